@@ -1,0 +1,209 @@
+//! The admin HTTP API (JSON under `/v1/`, Prometheus text at `/metrics`) behind the
+//! operator CLI. Binds loopback by default and has no authentication of its own:
+//! whoever can reach it can manage accounts.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use registry::RegistryError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::service::Node;
+
+/// Largest admin request body.
+const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
+
+type HttpResponse = hyper::Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: Value) -> HttpResponse {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    json_response(status, json!({ "error": message.into() }))
+}
+
+fn registry_error(e: RegistryError) -> HttpResponse {
+    let status = match &e {
+        RegistryError::InvalidAddress(_) | RegistryError::InvalidPassword(_) => StatusCode::BAD_REQUEST,
+        RegistryError::UserExists(_) => StatusCode::CONFLICT,
+        RegistryError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+        RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    address: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct NewPassword {
+    password: String,
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(req: hyper::Request<hyper::body::Incoming>) -> Result<T, HttpResponse> {
+    let bytes = Limited::new(req.into_body(), ADMIN_BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Handle one admin request.
+pub async fn handle(node: Arc<Node>, metrics: Option<PrometheusHandle>, req: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => json_response(StatusCode::OK, json!({"ok": true, "node": node.id()})),
+        (&Method::GET, ["v1", "users"]) => match node.registry.state().users() {
+            Ok(users) => json_response(StatusCode::OK, json!({ "users": users })),
+            Err(e) => registry_error(e),
+        },
+        (&Method::POST, ["v1", "users"]) => {
+            let body: NewUser = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match node.registry.add_user(&body.address, &body.password).await {
+                Ok(address) => json_response(StatusCode::CREATED, json!({ "address": address })),
+                Err(e) => registry_error(e),
+            }
+        }
+        (&Method::DELETE, ["v1", "users", address]) => {
+            match node.registry.del_user(&percent_decode(address)).await {
+                Ok(address) => json_response(StatusCode::OK, json!({ "deleted": address })),
+                Err(e) => registry_error(e),
+            }
+        }
+        (&Method::PUT, ["v1", "users", address, "password"]) => {
+            let address = percent_decode(address);
+            let body: NewPassword = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match node.registry.set_password(&address, &body.password).await {
+                Ok(address) => json_response(StatusCode::OK, json!({ "address": address })),
+                Err(e) => registry_error(e),
+            }
+        }
+        (&Method::GET, ["v1", "domains"]) => match node.registry.state().domains() {
+            Ok(domains) => json_response(StatusCode::OK, json!({ "domains": domains })),
+            Err(e) => registry_error(e),
+        },
+        (&Method::GET, ["v1", "cluster"]) => json_response(StatusCode::OK, cluster_status(&node)),
+        (&Method::GET, ["metrics"]) => {
+            record_gauges(&node);
+            let text = metrics.map(|m| m.render()).unwrap_or_default();
+            let mut r = hyper::Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (_, ["v1", ..]) | (_, ["metrics"]) => error(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
+        _ => error(StatusCode::NOT_FOUND, format!("no route {method} {path}; the API lives under /v1/")),
+    }
+}
+
+fn record_gauges(node: &Node) {
+    let stats = node.store.stats();
+    metrics::gauge!("porcupine_messages_stored").set(stats.messages as f64);
+    metrics::gauge!("porcupine_tombstones_stored").set(stats.tombstones as f64);
+    metrics::gauge!("porcupine_fragment_users").set(stats.users as f64);
+    metrics::gauge!("porcupine_segment_bytes").set(stats.segment_bytes as f64);
+    metrics::gauge!("porcupine_load").set(node.load() as f64);
+    metrics::gauge!("porcupine_users_managed").set(node.manager.users_managed() as f64);
+    let view = node.cluster.view();
+    metrics::gauge!("porcupine_view_epoch").set(view.view.epoch.counter as f64);
+    metrics::gauge!("porcupine_view_members").set(view.live.len() as f64);
+}
+
+/// This node's view of the cluster, as `GET /v1/cluster` and `porcupine status --json` show it.
+pub fn cluster_status(node: &Node) -> Value {
+    let view = node.cluster.view();
+    let mut known = node.cluster.known();
+    for m in &view.view.members {
+        if !known.iter().any(|k| k.id == m.id) {
+            known.push(m.clone());
+        }
+    }
+    known.sort_by_key(|k| k.id);
+    let nodes: Vec<Value> = known
+        .iter()
+        .map(|k| {
+            let alive = view.live.contains(&k.id);
+            let load = if k.id == node.id() { node.load() } else { node.cluster.load_of(k.id) };
+            json!({
+                "id": k.id,
+                "alive": alive,
+                "smtp": k.smtp,
+                "pop": k.pop,
+                "admin": k.admin,
+                "rpc": k.rpc,
+                "load": load,
+                "buckets": if alive { view.map.buckets_of(k.id) } else { 0 },
+            })
+        })
+        .collect();
+    let stats = node.store.stats();
+    let raft = node.registry.log().status();
+    json!({
+        "node": node.id(),
+        "epoch": view.view.epoch.counter,
+        "epoch_coordinator": view.view.epoch.coordinator,
+        "live": view.live,
+        "maps_complete": node.manager.is_complete(),
+        "users_managed": node.manager.users_managed(),
+        "fragments": {
+            "messages": stats.messages,
+            "users": stats.users,
+            "tombstones": stats.tombstones,
+            "segment_bytes": stats.segment_bytes,
+        },
+        "registry": {
+            "leader": raft.leader,
+            "voters": raft.voters,
+            "learners": raft.learners,
+            "last_applied": raft.last_applied,
+        },
+        "nodes": nodes,
+    })
+}

@@ -1,0 +1,155 @@
+//! The operator CLI's side of the admin API: a small JSON-over-HTTP client and the
+//! commands that print its answers.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// A client for one node's admin API.
+pub struct AdminClient {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Percent-encode one path segment.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@+".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl AdminClient {
+    /// A client for the admin API at `base` (e.g. `http://127.0.0.1:2502`).
+    pub fn new(base: &str) -> Self {
+        let base = base.trim_end_matches('/').to_string();
+        let base = if base.contains("://") { base } else { format!("http://{base}") };
+        AdminClient {
+            base,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        }
+    }
+
+    /// Send one request; returns the status and the decoded JSON body.
+    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+        let url = format!("{}{}", self.base, path);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .with_context(|| format!("building a request to {url}"))?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .with_context(|| format!("no answer from {url} within 30 s"))?
+            .with_context(|| format!("cannot reach the admin API at {} (is a node running there?)", self.base))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) }));
+        Ok((status, value))
+    }
+
+    async fn expect_ok(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let (status, value) = self.request(method, path, body).await?;
+        if !status.is_success() {
+            let msg = value.get("error").and_then(|e| e.as_str()).unwrap_or("request failed");
+            bail!("{msg} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+}
+
+/// `porcupine user add`.
+pub async fn user_add(c: &AdminClient, address: &str, password: &str) -> anyhow::Result<()> {
+    let v = c
+        .expect_ok(Method::POST, "/v1/users", Some(json!({"address": address, "password": password})))
+        .await?;
+    println!("added {}", v["address"].as_str().unwrap_or(address));
+    Ok(())
+}
+
+/// `porcupine user del`.
+pub async fn user_del(c: &AdminClient, address: &str) -> anyhow::Result<()> {
+    let v = c
+        .expect_ok(Method::DELETE, &format!("/v1/users/{}", encode_segment(address)), None)
+        .await?;
+    println!("deleted {}", v["deleted"].as_str().unwrap_or(address));
+    Ok(())
+}
+
+/// `porcupine user passwd`.
+pub async fn user_passwd(c: &AdminClient, address: &str, password: &str) -> anyhow::Result<()> {
+    c.expect_ok(
+        Method::PUT,
+        &format!("/v1/users/{}/password", encode_segment(address)),
+        Some(json!({ "password": password })),
+    )
+    .await?;
+    println!("password changed for {address}");
+    Ok(())
+}
+
+/// `porcupine user list`.
+pub async fn user_list(c: &AdminClient) -> anyhow::Result<()> {
+    let v = c.expect_ok(Method::GET, "/v1/users", None).await?;
+    for u in v["users"].as_array().into_iter().flatten() {
+        println!("{}", u.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `porcupine status`.
+pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
+    let v = c.expect_ok(Method::GET, "/v1/cluster", None).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "node {}  epoch {} (coordinator {})  mail maps {}  users managed {}",
+        v["node"],
+        v["epoch"],
+        v["epoch_coordinator"],
+        if v["maps_complete"].as_bool() == Some(true) { "complete" } else { "rebuilding" },
+        v["users_managed"]
+    );
+    println!(
+        "fragments here: {} messages of {} users, {} tombstones; registry leader {} voters {} learners {}",
+        v["fragments"]["messages"],
+        v["fragments"]["users"],
+        v["fragments"]["tombstones"],
+        v["registry"]["leader"],
+        v["registry"]["voters"],
+        v["registry"]["learners"],
+    );
+    println!(
+        "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>7}",
+        "id", "alive", "smtp", "pop", "admin", "rpc", "load", "buckets"
+    );
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>7}",
+            n["id"].to_string(),
+            if n["alive"].as_bool() == Some(true) { "yes" } else { "NO" },
+            n["smtp"].as_str().unwrap_or("-"),
+            n["pop"].as_str().unwrap_or("-"),
+            n["admin"].as_str().unwrap_or("-"),
+            n["rpc"].as_str().unwrap_or("-"),
+            n["load"].to_string(),
+            n["buckets"].to_string(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The node's picture of the cluster and the driver of the sans-IO membership core.
+//!
+//! [`Cluster`] holds the current view with its user map (rebuilt on every view change),
+//! the load table, and the channel into the membership driver task. The driver owns
+//! the [`membership::Membership`] state machine: it feeds it incoming messages, RPC
+//! failures and timeouts with real time, and sends what it asks to send.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use membership::{Dest, Event, Membership, MembershipConfig, Millis, NodeId, NodeInfo, UserMap, View};
+use tokio::sync::{mpsc, watch};
+
+use crate::rpc::{Request, RpcClient};
+
+/// One installed view and everything derived from it.
+#[derive(Debug)]
+pub struct ViewState {
+    /// The agreed view.
+    pub view: View,
+    /// bucket -> manager for this view.
+    pub map: UserMap,
+    /// Live member ids, sorted.
+    pub live: Vec<NodeId>,
+}
+
+impl ViewState {
+    fn new(view: View, buckets: u32) -> Self {
+        let live: Vec<NodeId> = view.members.iter().map(|m| m.id).collect();
+        let map = UserMap::new(&live, buckets);
+        ViewState { view, map, live }
+    }
+
+    /// The member with this id, if live.
+    pub fn member(&self, id: NodeId) -> Option<&NodeInfo> {
+        self.view.members.iter().find(|m| m.id == id)
+    }
+}
+
+/// What the driver task accepts.
+#[derive(Debug)]
+pub enum DriverInput {
+    /// A membership message from another node.
+    Message(membership::Message),
+    /// A membership send failed.
+    Unreachable(Dest),
+    /// Forget a node for good.
+    Forget(NodeId),
+}
+
+/// This node's shared picture of the cluster.
+pub struct Cluster {
+    me: NodeInfo,
+    buckets: u32,
+    current: RwLock<Arc<ViewState>>,
+    views: watch::Sender<Arc<ViewState>>,
+    loads: Mutex<HashMap<NodeId, u32>>,
+    known: RwLock<Vec<NodeInfo>>,
+    input: mpsc::UnboundedSender<DriverInput>,
+}
+
+impl Cluster {
+    /// Start with a one-node view of `me`; returns the cluster and the driver's inbox.
+    pub fn new(me: NodeInfo, buckets: u32) -> (Arc<Cluster>, mpsc::UnboundedReceiver<DriverInput>) {
+        let view = View {
+            epoch: membership::Epoch {
+                counter: 0,
+                coordinator: me.id,
+            },
+            members: vec![me.clone()],
+        };
+        let state = Arc::new(ViewState::new(view, buckets));
+        let (views, _) = watch::channel(state.clone());
+        let (input, rx) = mpsc::unbounded_channel();
+        let cluster = Cluster {
+            me: me.clone(),
+            buckets,
+            current: RwLock::new(state),
+            views,
+            loads: Mutex::new(HashMap::new()),
+            known: RwLock::new(vec![me]),
+            input,
+        };
+        (Arc::new(cluster), rx)
+    }
+
+    /// This node.
+    pub fn me(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// Buckets per cluster.
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The current view and user map.
+    pub fn view(&self) -> Arc<ViewState> {
+        self.current
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Subscribe to view changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ViewState>> {
+        self.views.subscribe()
+    }
+
+    /// Every node ever heard of.
+    pub fn known(&self) -> Vec<NodeInfo> {
+        self.known.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Hand an incoming membership message to the driver.
+    pub fn deliver_membership(&self, msg: membership::Message) {
+        let _ = self.input.send(DriverInput::Message(msg));
+    }
+
+    /// Ask the driver to forget a node for good.
+    pub fn forget(&self, id: NodeId) {
+        let _ = self.input.send(DriverInput::Forget(id));
+    }
+
+    /// Record a load figure learned from a reply or a ping.
+    pub fn set_load(&self, id: NodeId, load: u32) {
+        if let Ok(mut l) = self.loads.lock() {
+            l.insert(id, load);
+        }
+    }
+
+    /// Last known load of a node (0 when unknown).
+    pub fn load_of(&self, id: NodeId) -> u32 {
+        self.loads
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&id).copied())
+            .unwrap_or(0)
+    }
+
+    fn install(&self, view: View) {
+        let state = Arc::new(ViewState::new(view, self.buckets));
+        if let Ok(mut g) = self.current.write() {
+            *g = state.clone();
+        }
+        self.views.send_replace(state);
+    }
+}
+
+/// Run the membership core until `shutdown`; `load` reads this node's load figure.
+pub async fn drive(
+    cluster: Arc<Cluster>,
+    mut inbox: mpsc::UnboundedReceiver<DriverInput>,
+    seeds: Vec<String>,
+    config: MembershipConfig,
+    rpc: RpcClient,
+    load: impl Fn() -> u32 + Send + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let start = Instant::now();
+    let now = || Millis(start.elapsed().as_millis() as u64);
+    let mut core = Membership::new(cluster.me.clone(), seeds, config, now());
+    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<Dest>();
+    let publish = |core: &mut Membership, cluster: &Cluster| {
+        while let Some(event) = core.poll_event() {
+            match event {
+                Event::ViewChanged(view) => {
+                    tracing::info!(
+                        epoch = view.epoch.counter,
+                        coordinator = view.epoch.coordinator,
+                        members = ?view.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+                        "new view"
+                    );
+                    cluster.install(view);
+                }
+            }
+        }
+        for info in core.known_nodes() {
+            if let Some(l) = core.load_of(info.id) {
+                cluster.set_load(info.id, l);
+            }
+        }
+        if let Ok(mut k) = cluster.known.write() {
+            *k = core.known_nodes();
+        }
+    };
+    // The initial one-node view counts as a view change too.
+    cluster.install(core.view().clone());
+    loop {
+        core.set_local_load(load());
+        while let Some((dest, msg)) = core.poll_transmit() {
+            let addr = match &dest {
+                Dest::Node(info) => info.rpc.clone(),
+                Dest::Addr(a) => a.clone(),
+            };
+            let rpc = rpc.clone();
+            let fail_tx = fail_tx.clone();
+            tokio::spawn(async move {
+                let req = Request::Membership(msg);
+                if let Err(e) = rpc
+                    .call_with_timeout(&addr, &req, Duration::from_millis(1000))
+                    .await
+                {
+                    tracing::debug!(%addr, error = %e, "membership send failed");
+                    let _ = fail_tx.send(dest);
+                }
+            });
+        }
+        publish(&mut core, &cluster);
+        let deadline = core
+            .poll_timeout()
+            .map(|m| start + Duration::from_millis(m.0))
+            .unwrap_or_else(|| Instant::now() + Duration::from_millis(500));
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            input = inbox.recv() => match input {
+                Some(DriverInput::Message(msg)) => core.handle_message(now(), msg),
+                Some(DriverInput::Unreachable(dest)) => core.handle_unreachable(now(), &dest),
+                Some(DriverInput::Forget(id)) => core.forget(now(), id),
+                None => return,
+            },
+            Some(dest) = fail_rx.recv() => core.handle_unreachable(now(), &dest),
+            _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),
+        }
+    }
+}

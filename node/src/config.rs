@@ -1,0 +1,113 @@
+//! Node configuration: every `porcupine serve` flag has a key in `node.toml`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// Everything one node needs to start. Flags override the file; the file overrides defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Cluster-unique id of this node.
+    pub node_id: u64,
+    /// Data directory (owned by the `storage` crate).
+    pub data: PathBuf,
+    /// Name used in greetings and trace headers.
+    pub hostname: String,
+    /// SMTP listen address.
+    pub smtp: String,
+    /// POP3 listen address.
+    pub pop: String,
+    /// Admin HTTP listen address.
+    pub admin: String,
+    /// Cluster RPC listen address.
+    pub rpc: String,
+    /// RPC addresses of other nodes to find the cluster through.
+    pub seeds: Vec<String>,
+    /// Initialise the account registry as its first voter if it has never been initialised.
+    pub bootstrap: bool,
+    /// Copies of each message (issue 4); 1 stores one copy.
+    pub replicas: usize,
+    /// Soft upper bound on the nodes holding one user's fragments.
+    pub spread: usize,
+    /// Largest accepted message, in bytes.
+    pub smtp_message_size_max: usize,
+    /// Most recipients per message.
+    pub smtp_recipients_max: usize,
+    /// SMTP idle timeout, in seconds.
+    pub smtp_idle_timeout_secs: u64,
+    /// Most concurrent SMTP connections.
+    pub smtp_connections_max: usize,
+    /// POP3 idle timeout, in seconds.
+    pub pop_idle_timeout_secs: u64,
+    /// Most concurrent POP3 connections.
+    pub pop_connections_max: usize,
+    /// Delay before answering a failed POP3 login, in milliseconds.
+    pub pop_auth_failure_delay_ms: u64,
+    /// Failure detector: ping interval, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// Failure detector: silence after which a node is suspected, in milliseconds.
+    pub suspect_after_ms: u64,
+    /// Timeout of one cluster RPC, in milliseconds.
+    pub rpc_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            node_id: 0,
+            data: PathBuf::from("porcupine-data/node-0"),
+            hostname: "porcupine.localhost".into(),
+            smtp: "127.0.0.1:2500".into(),
+            pop: "127.0.0.1:2501".into(),
+            admin: "127.0.0.1:2502".into(),
+            rpc: "127.0.0.1:2503".into(),
+            seeds: Vec::new(),
+            bootstrap: false,
+            replicas: 2,
+            spread: 4,
+            smtp_message_size_max: 25 * 1024 * 1024,
+            smtp_recipients_max: 100,
+            smtp_idle_timeout_secs: 300,
+            smtp_connections_max: 1000,
+            pop_idle_timeout_secs: 600,
+            pop_connections_max: 1000,
+            pop_auth_failure_delay_ms: 1000,
+            ping_interval_ms: 500,
+            suspect_after_ms: 2000,
+            rpc_timeout_ms: 3000,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Read a `node.toml`.
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// SMTP session limits derived from this config.
+    pub fn smtp_config(&self) -> smtp::SmtpConfig {
+        smtp::SmtpConfig {
+            hostname: self.hostname.clone(),
+            message_size_max: self.smtp_message_size_max,
+            recipients_max: self.smtp_recipients_max,
+            idle_timeout: Duration::from_secs(self.smtp_idle_timeout_secs),
+            ..smtp::SmtpConfig::default()
+        }
+    }
+
+    /// POP3 session limits derived from this config.
+    pub fn pop_config(&self) -> pop::PopConfig {
+        pop::PopConfig {
+            hostname: self.hostname.clone(),
+            idle_timeout: Duration::from_secs(self.pop_idle_timeout_secs),
+            auth_failure_delay: Duration::from_millis(self.pop_auth_failure_delay_ms),
+            ..pop::PopConfig::default()
+        }
+    }
+}

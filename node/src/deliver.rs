@@ -1,0 +1,126 @@
+//! The delivery proxy: what the SMTP front end calls. Checks recipients against the
+//! registry, asks each recipient's user manager where to store, writes the copies and
+//! returns only when every copy is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use membership::NodeId;
+use smtp::{DeliverError, Envelope, RcptVerdict};
+use storage::MessageKey;
+
+use crate::rpc::{Request, Response};
+use crate::service::Node;
+
+/// Implements [`smtp::Deliver`] for a node.
+pub struct DeliveryProxy(pub Arc<Node>);
+
+impl DeliveryProxy {
+    async fn place(&self, user: &str, bucket: u16) -> Result<Vec<NodeId>, DeliverError> {
+        let node = &self.0;
+        // A view change may be under way: the manager answers NotReady or is
+        // unreachable for a moment. Retry briefly, then let the sender retry (4xx).
+        let mut last = String::new();
+        for attempt in 0..20 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            }
+            let view = node.cluster.view();
+            let manager = view.map.manager(bucket);
+            let req = Request::Place {
+                user: user.to_string(),
+                bucket,
+                replicas: node.config.replicas.min(255) as u8,
+            };
+            match node.call(manager, req).await {
+                Ok(Response::Targets(t)) if !t.is_empty() => return Ok(t),
+                Ok(other) => last = format!("manager {manager}: {other:?}"),
+                Err(e) => last = format!("manager {manager}: {e}"),
+            }
+        }
+        Err(DeliverError::Temporary(format!("no placement for {user}: {last}")))
+    }
+}
+
+impl smtp::Deliver for DeliveryProxy {
+    async fn check_recipient(&self, address: &str) -> RcptVerdict {
+        let state = self.0.registry.state();
+        let Ok(canonical) = registry::canonical_address(address) else {
+            return RcptVerdict::UnknownUser;
+        };
+        let domain = canonical.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        match state.is_local_domain(domain) {
+            Ok(false) => return RcptVerdict::RelayDenied,
+            Ok(true) => {}
+            Err(e) => return RcptVerdict::TempFail(e.to_string()),
+        }
+        match state.user(&canonical) {
+            Ok(Some(_)) => RcptVerdict::Accept,
+            Ok(None) => RcptVerdict::UnknownUser,
+            Err(e) => RcptVerdict::TempFail(e.to_string()),
+        }
+    }
+
+    async fn deliver(&self, envelope: &Envelope, message: Bytes) -> Result<(), DeliverError> {
+        let node = &self.0;
+        let id = node.next_message_id();
+        let epoch = node.cluster.view().view.epoch;
+        let mut users: Vec<String> = envelope
+            .rcpt_to
+            .iter()
+            .filter_map(|r| registry::canonical_address(r).ok())
+            .collect();
+        users.sort();
+        users.dedup();
+        if users.is_empty() {
+            return Err(DeliverError::Permanent("no valid recipients".into()));
+        }
+        let placements = futures::future::join_all(users.iter().map(|u| {
+            let bucket = membership::bucket_of(u, node.cluster.buckets());
+            async move { (u, bucket, self.place(u, bucket).await) }
+        }))
+        .await;
+        let mut per_node: HashMap<NodeId, Vec<(MessageKey, Bytes)>> = HashMap::new();
+        for (user, bucket, targets) in placements {
+            for t in targets? {
+                let key = MessageKey {
+                    bucket,
+                    user: user.clone(),
+                    id,
+                };
+                per_node.entry(t).or_default().push((key, message.clone()));
+            }
+        }
+        let results = futures::future::join_all(per_node.into_iter().map(|(target, msgs)| {
+            let keys: Vec<MessageKey> = msgs.iter().map(|(k, _)| k.clone()).collect();
+            async move {
+                let r = node.call(target, Request::Store { messages: msgs, epoch }).await;
+                (target, keys, r)
+            }
+        }))
+        .await;
+        let mut stored = Vec::new();
+        let mut failure = None;
+        for (target, keys, r) in results {
+            match r {
+                Ok(Response::Ack) => stored.push((target, keys)),
+                Ok(other) => failure = Some(format!("node {target}: {other:?}")),
+                Err(e) => failure = Some(format!("node {target}: {e}")),
+            }
+        }
+        if let Some(why) = failure {
+            // The sender will retry the whole message: withdraw the copies that did
+            // land, so the retry does not show up twice.
+            for (target, keys) in stored {
+                if let Err(e) = node.call(target, Request::Delete { keys }).await {
+                    tracing::warn!(target, error = %e, "withdrawing partial delivery");
+                }
+            }
+            tracing::warn!(reason = %why, "delivery failed; answering 4xx");
+            return Err(DeliverError::Temporary(why));
+        }
+        metrics::counter!("porcupine_messages_delivered_total").increment(users.len() as u64);
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! The Porcupine node: wires `storage`, `smtp`, `pop`, `membership` and `registry`
+//! into one daemon, and holds the operator CLI's client side.
+//!
+//! Modules:
+//! - [`config`]: `node.toml` keys and defaults.
+//! - [`service`]: the [`service::Node`] and its RPC entry point.
+//! - [`cluster`]: view, user map, loads, and the membership driver task.
+//! - [`manager`]: user-manager soft state (mail maps, POP3 locks).
+//! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
+//! - [`rpc`]: inter-node RPC over HTTP/2.
+//! - [`admin`]: the admin HTTP API; [`cli`]: its client; [`listen`]: accept loops.
+//! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod deliver;
+pub mod listen;
+pub mod manager;
+pub mod retrieve;
+pub mod rpc;
+pub mod serve;
+pub mod service;
+pub mod up;

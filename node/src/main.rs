@@ -1,0 +1,245 @@
+//! `porcupine`: the node daemon and the operator CLI.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use node::cli::{self, AdminClient};
+use node::config::NodeConfig;
+
+/// Porcupine: a clustered mail service (SMTP in, POP3 out) in which every node is the same.
+#[derive(Parser)]
+#[command(name = "porcupine", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local cluster of N nodes on loopback (the embedded default).
+    Up(node::up::UpArgs),
+    /// Run one node.
+    Serve(Box<ServeArgs>),
+    /// Manage accounts through a node's admin API.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Show this node's view of the cluster.
+    Status {
+        #[command(flatten)]
+        admin: AdminArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct AdminArg {
+    /// Admin API of any node.
+    #[arg(long, global = true, env = "PORCUPINE_ADMIN", default_value = "http://127.0.0.1:2502")]
+    admin: String,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account (its domain becomes a local domain).
+    Add {
+        /// The address, local@domain.
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Delete an account.
+    Del {
+        /// The address.
+        address: String,
+    },
+    /// List accounts.
+    List,
+    /// Change an account's password.
+    Passwd {
+        /// The address.
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct PasswordArgs {
+    /// The password (visible to other local users in the process list; prefer --password-stdin).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the password from standard input (first line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn read(&self) -> anyhow::Result<String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        let mut s = String::new();
+        std::io::stdin()
+            .take(4096)
+            .read_to_string(&mut s)
+            .context("reading the password from stdin")?;
+        let line = s.lines().next().unwrap_or("").to_string();
+        anyhow::ensure!(!line.is_empty(), "empty password on stdin");
+        Ok(line)
+    }
+}
+
+/// Flags of `porcupine serve`; each overrides the key of the same name (with `_`) in `--config`.
+#[derive(Args)]
+struct ServeArgs {
+    /// A node.toml; flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Cluster-unique node id (`node_id`).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Data directory (`data`).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Name in greetings and trace headers (`hostname`).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// SMTP listen address (`smtp`).
+    #[arg(long)]
+    smtp: Option<String>,
+    /// POP3 listen address (`pop`).
+    #[arg(long)]
+    pop: Option<String>,
+    /// Admin HTTP listen address (`admin`).
+    #[arg(long)]
+    admin: Option<String>,
+    /// Cluster RPC listen address (`rpc`).
+    #[arg(long)]
+    rpc: Option<String>,
+    /// RPC address of another node; repeat for several (`seeds`).
+    #[arg(long = "seed")]
+    seeds: Vec<String>,
+    /// Initialise the account registry with this node as first voter (`bootstrap`);
+    /// implied when there are no seeds.
+    #[arg(long)]
+    bootstrap: bool,
+    /// Copies of each message (`replicas`).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Soft bound on nodes holding one user's mail (`spread`).
+    #[arg(long)]
+    spread: Option<usize>,
+    /// Largest message in bytes (`smtp_message_size_max`).
+    #[arg(long)]
+    smtp_message_size_max: Option<usize>,
+    /// Most recipients per message (`smtp_recipients_max`).
+    #[arg(long)]
+    smtp_recipients_max: Option<usize>,
+    /// SMTP idle timeout in seconds (`smtp_idle_timeout_secs`).
+    #[arg(long)]
+    smtp_idle_timeout_secs: Option<u64>,
+    /// Most concurrent SMTP connections (`smtp_connections_max`).
+    #[arg(long)]
+    smtp_connections_max: Option<usize>,
+    /// POP3 idle timeout in seconds (`pop_idle_timeout_secs`).
+    #[arg(long)]
+    pop_idle_timeout_secs: Option<u64>,
+    /// Most concurrent POP3 connections (`pop_connections_max`).
+    #[arg(long)]
+    pop_connections_max: Option<usize>,
+    /// Delay before a failed POP3 login is answered, ms (`pop_auth_failure_delay_ms`).
+    #[arg(long)]
+    pop_auth_failure_delay_ms: Option<u64>,
+    /// Failure detector ping interval, ms (`ping_interval_ms`).
+    #[arg(long)]
+    ping_interval_ms: Option<u64>,
+    /// Silence before a node is suspected, ms (`suspect_after_ms`).
+    #[arg(long)]
+    suspect_after_ms: Option<u64>,
+    /// Timeout of one cluster RPC, ms (`rpc_timeout_ms`).
+    #[arg(long)]
+    rpc_timeout_ms: Option<u64>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let mut c = match &self.config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            node_id, data, hostname, smtp, pop, admin, rpc, replicas, spread,
+            smtp_message_size_max, smtp_recipients_max, smtp_idle_timeout_secs,
+            smtp_connections_max, pop_idle_timeout_secs, pop_connections_max,
+            pop_auth_failure_delay_ms, ping_interval_ms, suspect_after_ms, rpc_timeout_ms
+        );
+        if !self.seeds.is_empty() {
+            c.seeds = self.seeds;
+        }
+        c.bootstrap |= self.bootstrap || c.seeds.is_empty();
+        anyhow::ensure!(c.replicas >= 1, "replicas must be at least 1");
+        Ok(c)
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORCUPINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => {
+            init_logs();
+            node::up::run(args).await
+        }
+        Command::Serve(args) => {
+            init_logs();
+            match args.into_config() {
+                Ok(config) => node::serve::run(config).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::User { command, admin } => {
+            let client = AdminClient::new(&admin.admin);
+            match command {
+                UserCommand::Add { address, password } => match password.read() {
+                    Ok(p) => cli::user_add(&client, &address, &p).await,
+                    Err(e) => Err(e),
+                },
+                UserCommand::Del { address } => cli::user_del(&client, &address).await,
+                UserCommand::List => cli::user_list(&client).await,
+                UserCommand::Passwd { address, password } => match password.read() {
+                    Ok(p) => cli::user_passwd(&client, &address, &p).await,
+                    Err(e) => Err(e),
+                },
+            }
+        }
+        Command::Status { admin, json } => cli::status(&AdminClient::new(&admin.admin), json).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("porcupine: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

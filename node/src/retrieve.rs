@@ -1,0 +1,232 @@
+//! The retrieval proxy: what the POP3 front end calls. Logs users in against the
+//! registry, locks the mailbox at the user manager, lists every fragment in parallel and
+//! merges them into one maildrop, fetches from any holder, applies deletes at QUIT.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use membership::NodeId;
+use pop::{AuthError, MailboxError, MessageEntry};
+use storage::{MessageId, MessageKey};
+
+use crate::rpc::{Request, Response, SessionId};
+use crate::service::Node;
+
+/// How long an open waits for mail maps to be rebuilt before answering `[SYS/TEMP]`.
+const OPEN_WAIT: Duration = Duration::from_secs(3);
+
+/// Implements [`pop::Authenticate`] and [`pop::Mailbox`] for a node.
+pub struct RetrievalProxy(pub Arc<Node>);
+
+impl pop::Authenticate for RetrievalProxy {
+    async fn authenticate(&self, user: &str, password: &str) -> Result<String, AuthError> {
+        match self.0.registry.verify(user, password).await {
+            Ok(Some(canonical)) => Ok(canonical),
+            Ok(None) => Err(AuthError::Invalid),
+            Err(e) => Err(AuthError::TempFail(e.to_string())),
+        }
+    }
+}
+
+/// One open maildrop, locked at the user manager until commit or drop.
+pub struct ProxySession {
+    node: Arc<Node>,
+    user: String,
+    bucket: u16,
+    session: SessionId,
+    entries: Vec<MessageEntry>,
+    /// For each entry: its id and the nodes that listed it.
+    holders: Vec<(MessageId, Vec<NodeId>)>,
+    released: bool,
+}
+
+impl RetrievalProxy {
+    async fn lock(&self, user: &str, bucket: u16, session: SessionId) -> Result<Vec<NodeId>, MailboxError> {
+        let node = &self.0;
+        let deadline = tokio::time::Instant::now() + OPEN_WAIT;
+        loop {
+            let manager = node.cluster.view().map.manager(bucket);
+            let req = Request::Open {
+                user: user.to_string(),
+                bucket,
+                session,
+            };
+            let why = match node.call(manager, req).await {
+                Ok(Response::MailMap(map)) => return Ok(map),
+                Ok(Response::InUse) => return Err(MailboxError::InUse),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MailboxError::TempFail(format!(
+                    "mailbox map not available, try again later ({why})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl pop::Mailbox for RetrievalProxy {
+    type Session = ProxySession;
+
+    async fn open(&self, user: &str) -> Result<ProxySession, MailboxError> {
+        let node = self.0.clone();
+        let bucket = membership::bucket_of(user, node.cluster.buckets());
+        let session = node.begin_session(user);
+        let map = match self.lock(user, bucket, session).await {
+            Ok(x) => x,
+            Err(e) => {
+                node.end_session(session);
+                return Err(e);
+            }
+        };
+        let mut s = ProxySession {
+            node: node.clone(),
+            user: user.to_string(),
+            bucket,
+            session,
+            entries: Vec::new(),
+            holders: Vec::new(),
+            released: false,
+        };
+        let listings = futures::future::join_all(map.iter().map(|&holder| {
+            let node = node.clone();
+            let req = Request::List {
+                bucket,
+                user: user.to_string(),
+            };
+            async move { (holder, node.call(holder, req).await) }
+        }))
+        .await;
+        let mut merged: BTreeMap<MessageId, (u64, Vec<NodeId>)> = BTreeMap::new();
+        let mut failed = 0usize;
+        for (holder, r) in listings {
+            match r {
+                Ok(Response::Listing(list)) => {
+                    for (id, size) in list {
+                        merged.entry(id).or_insert((size, Vec::new())).1.push(holder);
+                    }
+                }
+                other => {
+                    tracing::warn!(holder, ?other, "listing a fragment failed");
+                    failed += 1;
+                }
+            }
+        }
+        // With R copies on distinct nodes, R-1 missing listings still show every message.
+        if failed >= node.config.replicas.max(1) {
+            return Err(MailboxError::TempFail(
+                "some of the mailbox is unreachable, try again later".into(),
+            ));
+        }
+        for (id, (size, nodes)) in merged {
+            s.entries.push(MessageEntry {
+                uid: id.to_string(),
+                size,
+            });
+            s.holders.push((id, nodes));
+        }
+        Ok(s)
+    }
+}
+
+impl ProxySession {
+    fn key(&self, id: MessageId) -> MessageKey {
+        MessageKey {
+            bucket: self.bucket,
+            user: self.user.clone(),
+            id,
+        }
+    }
+
+    async fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        self.node.end_session(self.session);
+        let req = Request::Close {
+            user: self.user.clone(),
+            session: self.session,
+        };
+        let manager = self.node.cluster.view().map.manager(self.bucket);
+        if let Err(e) = self.node.call(manager, req).await {
+            tracing::warn!(error = %e, "releasing mailbox lock");
+        }
+    }
+}
+
+impl pop::MailboxSession for ProxySession {
+    fn messages(&self) -> &[MessageEntry] {
+        &self.entries
+    }
+
+    async fn fetch(&mut self, index: usize) -> Result<Bytes, MailboxError> {
+        let (id, holders) = self.holders.get(index).ok_or(MailboxError::NoSuchMessage)?.clone();
+        let key = self.key(id);
+        let mut last = String::from("no holder");
+        for holder in holders {
+            match self.node.call(holder, Request::Read { key: key.clone() }).await {
+                Ok(Response::Message(Some(bytes))) => return Ok(bytes),
+                Ok(other) => last = format!("node {holder}: {other:?}"),
+                Err(e) => last = format!("node {holder}: {e}"),
+            }
+        }
+        Err(MailboxError::TempFail(format!("message unavailable: {last}")))
+    }
+
+    async fn commit(mut self, deleted: Vec<usize>) -> Result<(), MailboxError> {
+        let mut per_node: BTreeMap<NodeId, Vec<MessageKey>> = BTreeMap::new();
+        for i in deleted {
+            let Some((id, holders)) = self.holders.get(i).cloned() else {
+                continue;
+            };
+            for h in holders {
+                per_node.entry(h).or_default().push(self.key(id));
+            }
+        }
+        let node = self.node.clone();
+        let results = futures::future::join_all(per_node.into_iter().map(|(h, keys)| {
+            let node = node.clone();
+            async move { (h, node.call(h, Request::Delete { keys }).await) }
+        }))
+        .await;
+        let mut error = None;
+        for (h, r) in results {
+            match r {
+                Ok(Response::Ack) => {}
+                other => error = Some(format!("node {h}: {other:?}")),
+            }
+        }
+        self.release().await;
+        match error {
+            None => Ok(()),
+            Some(e) => Err(MailboxError::TempFail(format!("deleting: {e}"))),
+        }
+    }
+}
+
+impl Drop for ProxySession {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.node.end_session(self.session);
+        let node = self.node.clone();
+        let req = Request::Close {
+            user: self.user.clone(),
+            session: self.session,
+        };
+        let manager = self.node.cluster.view().map.manager(self.bucket);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = node.call(manager, req).await {
+                    tracing::warn!(error = %e, "releasing mailbox lock");
+                }
+            });
+        }
+    }
+}

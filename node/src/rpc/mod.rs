@@ -1,0 +1,168 @@
+//! Inter-node RPC: postcard-encoded [`proto::Request`]s over HTTP/2 (hyper, h2c prior
+//! knowledge), a timeout on every call, the responder's load on every reply.
+
+pub mod proto;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub use proto::{Reply, Request, Response, SessionId};
+
+/// Largest RPC body accepted (a message of the largest size plus framing).
+pub const RPC_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Why a call failed; every variant means "the callee may or may not have acted".
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// Could not connect or the connection broke.
+    #[error("rpc to {addr}: transport: {reason}")]
+    Transport {
+        /// Callee address.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("rpc to {addr}: timed out after {timeout_ms} ms")]
+    Timeout {
+        /// Callee address.
+        addr: String,
+        /// The timeout that expired.
+        timeout_ms: u64,
+    },
+    /// The answer did not decode or had a bad status.
+    #[error("rpc to {addr}: bad reply: {reason}")]
+    BadReply {
+        /// Callee address.
+        addr: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A pooled HTTP/2 client for calling other nodes.
+#[derive(Clone)]
+pub struct RpcClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl RpcClient {
+    /// A client whose calls give up after `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Some(Duration::from_secs(5)))
+            .http2_keep_alive_timeout(Duration::from_secs(5))
+            .build(connector);
+        RpcClient { client, timeout }
+    }
+
+    /// Send `req` to the node listening at `addr` and wait for its reply.
+    pub async fn call(&self, addr: &str, req: &Request) -> Result<Reply, RpcError> {
+        self.call_with_timeout(addr, req, self.timeout).await
+    }
+
+    /// As [`RpcClient::call`] with an explicit timeout.
+    pub async fn call_with_timeout(
+        &self,
+        addr: &str,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, RpcError> {
+        let body = postcard::to_allocvec(req).map_err(|e| RpcError::BadReply {
+            addr: addr.to_string(),
+            reason: format!("encoding request: {e}"),
+        })?;
+        let transport = |e: String| RpcError::Transport {
+            addr: addr.to_string(),
+            reason: e,
+        };
+        let http_req = hyper::Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{addr}/rpc"))
+            .header("content-type", "application/x-porcupine-rpc")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| transport(e.to_string()))?;
+        let fut = async {
+            let resp = self
+                .client
+                .request(http_req)
+                .await
+                .map_err(|e| transport(format!("{e:?}")))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), RPC_BODY_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| transport(e.to_string()))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                return Err(RpcError::BadReply {
+                    addr: addr.to_string(),
+                    reason: format!("status {status}: {}", String::from_utf8_lossy(&bytes)),
+                });
+            }
+            postcard::from_bytes::<Reply>(&bytes).map_err(|e| RpcError::BadReply {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::Timeout {
+                addr: addr.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+}
+
+/// What answers RPCs on this node.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// Handle one request.
+    fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+    /// This node's current load figure.
+    fn load(&self) -> u32;
+}
+
+/// Decode, dispatch and encode one RPC HTTP request.
+pub async fn serve_http<H: RpcHandler>(
+    handler: Arc<H>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let plain = |status: StatusCode, msg: String| {
+        let mut r = hyper::Response::new(Full::new(Bytes::from(msg)));
+        *r.status_mut() = status;
+        r
+    };
+    if req.method() != Method::POST || req.uri().path() != "/rpc" {
+        return plain(StatusCode::NOT_FOUND, "not an rpc path".into());
+    }
+    let bytes = match Limited::new(req.into_body(), RPC_BODY_BYTES_MAX).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("reading body: {e}")),
+    };
+    let request: Request = match postcard::from_bytes(&bytes) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("decoding request: {e}")),
+    };
+    let response = handler.handle(request).await;
+    let reply = Reply {
+        load: handler.load(),
+        response,
+    };
+    match postcard::to_allocvec(&reply) {
+        Ok(body) => hyper::Response::new(Full::new(Bytes::from(body))),
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding reply: {e}")),
+    }
+}

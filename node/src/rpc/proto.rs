@@ -1,0 +1,126 @@
+//! The inter-node RPC vocabulary: one request enum, one response enum, postcard on the wire.
+
+use bytes::Bytes;
+use membership::{Epoch, NodeId};
+use serde::{Deserialize, Serialize};
+use storage::{MessageId, MessageKey};
+
+/// Identifies one POP3 session cluster-wide: the proxy node and its local counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId {
+    /// The node running the POP3 session.
+    pub node: NodeId,
+    /// That node's session counter.
+    pub seq: u64,
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// A membership protocol message (one-way; answered with `Ack`).
+    Membership(membership::Message),
+    /// To a user manager: choose where to store a new message for `user`; the manager
+    /// records the chosen nodes in the user's mail map before answering.
+    Place {
+        /// Canonical user.
+        user: String,
+        /// The user's bucket.
+        bucket: u16,
+        /// Copies wanted.
+        replicas: u8,
+    },
+    /// To a fragment holder: store these messages durably before answering.
+    Store {
+        /// Messages to append.
+        messages: Vec<(MessageKey, Bytes)>,
+        /// The epoch the sender placed them in (the holder re-announces on mismatch).
+        epoch: Epoch,
+    },
+    /// To a user manager: lock `user`'s mailbox for `session` and return the mail map.
+    Open {
+        /// Canonical user.
+        user: String,
+        /// The user's bucket.
+        bucket: u16,
+        /// The locking session.
+        session: SessionId,
+    },
+    /// To a user manager: release the lock taken by `Open`.
+    Close {
+        /// Canonical user.
+        user: String,
+        /// The session that holds the lock.
+        session: SessionId,
+    },
+    /// To a fragment holder: the live messages of `user` stored there.
+    List {
+        /// The user's bucket.
+        bucket: u16,
+        /// Canonical user.
+        user: String,
+    },
+    /// To a fragment holder: one message's bytes.
+    Read {
+        /// Which message.
+        key: MessageKey,
+    },
+    /// To a fragment holder: tombstone these messages durably.
+    Delete {
+        /// Which messages.
+        keys: Vec<MessageKey>,
+    },
+    /// To a user manager after a view change: the users whose fragments the sender
+    /// holds in the manager's buckets, and the POP3 locks it holds there.
+    Report {
+        /// The view this report belongs to.
+        epoch: Epoch,
+        /// The reporting node.
+        from: NodeId,
+        /// Users with at least one live message on `from`.
+        users: Vec<String>,
+        /// POP3 sessions running on `from`.
+        locks: Vec<(String, SessionId)>,
+    },
+    /// To a user manager: `node` now holds fragments of `user` (sent when a store
+    /// raced a view change).
+    Announce {
+        /// Canonical user.
+        user: String,
+        /// The holder.
+        node: NodeId,
+    },
+    /// A registry (Raft) message, opaque here.
+    Registry(Vec<u8>),
+}
+
+/// An answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// Done, nothing to return.
+    Ack,
+    /// Nodes chosen by `Place`.
+    Targets(Vec<NodeId>),
+    /// Mail map returned by `Open`.
+    MailMap(Vec<NodeId>),
+    /// `Open` refused: another session holds the lock.
+    InUse,
+    /// The callee is not ready (reconstructing, or not the manager in its view): retry.
+    NotReady(String),
+    /// Listing of `List`.
+    Listing(Vec<(MessageId, u64)>),
+    /// Bytes of `Read`; `None` when absent or deleted.
+    Message(Option<Bytes>),
+    /// An opaque registry answer.
+    Registry(Vec<u8>),
+    /// The callee failed.
+    Error(String),
+}
+
+/// Every response travels with the responder's load, so callers learn loads for free.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    /// The responder's current load figure.
+    pub load: u32,
+    /// The answer.
+    pub response: Response,
+}

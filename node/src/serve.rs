@@ -1,0 +1,229 @@
+//! `porcupine serve`: start one node, run it until SIGINT/SIGTERM, stop it cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use membership::{MembershipConfig, NodeInfo};
+use registry::raft::{RaftLog, RaftTransport};
+use registry::{Registry, RegistryState};
+use storage::{Store, StoreConfig};
+use tokio::sync::watch;
+
+use crate::cluster::{self, Cluster};
+use crate::config::NodeConfig;
+use crate::deliver::DeliveryProxy;
+use crate::listen::{bind, serve_http, serve_tcp};
+use crate::retrieve::RetrievalProxy;
+use crate::rpc::{Request, Response, RpcClient};
+use crate::service::{Node, NodeRpc};
+
+/// Carries Raft traffic over the node's RPC channel.
+struct RaftOverRpc(RpcClient);
+
+impl RaftTransport for RaftOverRpc {
+    async fn send(&self, addr: &str, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+        match self.0.call(addr, &Request::Registry(bytes)).await {
+            Ok(reply) => match reply.response {
+                Response::Registry(b) => Ok(b),
+                other => Err(format!("unexpected reply {other:?}")),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Check that the data directory belongs to this node id (or claim it).
+fn check_identity(store: &Store, id: u64) -> anyhow::Result<()> {
+    let tree = store.kv("node")?;
+    match tree.get(b"id")? {
+        Some(v) if v.as_slice() != id.to_be_bytes().as_slice() => {
+            let other = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            anyhow::bail!("data directory belongs to node {other}, not node {id}")
+        }
+        Some(_) => Ok(()),
+        None => Ok(tree.insert(b"id", &id.to_be_bytes())?),
+    }
+}
+
+/// Wait for SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}
+
+/// Run one node until a stop signal.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let smtp_listener = bind("SMTP", &config.smtp).await?;
+    let pop_listener = bind("POP3", &config.pop).await?;
+    let admin_listener = bind("admin HTTP", &config.admin).await?;
+    let rpc_listener = bind("cluster RPC", &config.rpc).await?;
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string());
+    let me = NodeInfo {
+        id: config.node_id,
+        rpc: addr(&rpc_listener)?,
+        smtp: addr(&smtp_listener)?,
+        pop: addr(&pop_listener)?,
+        admin: addr(&admin_listener)?,
+    };
+
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("creating data directory {}", config.data.display()))?;
+    let store = Store::open(&config.data, StoreConfig::default())
+        .with_context(|| format!("opening the store in {}", config.data.display()))?;
+    check_identity(&store, config.node_id)?;
+
+    let rpc = RpcClient::new(Duration::from_millis(config.rpc_timeout_ms));
+    let state = RegistryState::new(store.kv("registry")?);
+    let raft = RaftLog::start(
+        config.node_id,
+        me.rpc.clone(),
+        &store,
+        state.clone(),
+        Arc::new(RaftOverRpc(rpc.clone())),
+    )
+    .await
+    .context("starting the registry (raft)")?;
+    if config.bootstrap {
+        raft.bootstrap().await.context("bootstrapping the registry")?;
+    }
+    let registry = Registry::new(state, raft);
+    let (cluster, inbox) = Cluster::new(me.clone(), membership::DEFAULT_BUCKETS);
+    let node = Arc::new(Node::new(config.clone(), store, registry, cluster.clone(), rpc.clone()));
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+        .ok();
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let rpc_handler = Arc::new(NodeRpc(node.clone()));
+    tasks.spawn(serve_http(rpc_listener, shutdown.clone(), move |req| {
+        crate::rpc::serve_http(rpc_handler.clone(), req)
+    }));
+    let admin_node = node.clone();
+    tasks.spawn(serve_http(admin_listener, shutdown.clone(), move |req| {
+        crate::admin::handle(admin_node.clone(), metrics.clone(), req)
+    }));
+
+    let smtp_config = Arc::new(config.smtp_config());
+    let deliver = Arc::new(DeliveryProxy(node.clone()));
+    let smtp_shutdown = shutdown.clone();
+    tasks.spawn(serve_tcp(
+        smtp_listener,
+        config.smtp_connections_max,
+        b"421 4.7.0 too many connections, try again later\r\n",
+        shutdown.clone(),
+        move |stream, peer| {
+            let (config, deliver, shutdown) = (smtp_config.clone(), deliver.clone(), smtp_shutdown.clone());
+            async move {
+                if let Err(e) = smtp::serve(stream, Some(peer), config, deliver, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "smtp session ended with an error");
+                }
+            }
+        },
+    ));
+
+    let pop_config = Arc::new(config.pop_config());
+    let retrieval = Arc::new(RetrievalProxy(node.clone()));
+    let pop_shutdown = shutdown.clone();
+    tasks.spawn(serve_tcp(
+        pop_listener,
+        config.pop_connections_max,
+        b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+        shutdown.clone(),
+        move |stream, peer| {
+            let (config, proxy, shutdown) = (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
+            async move {
+                if let Err(e) = pop::serve(stream, config, proxy.clone(), proxy, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "pop session ended with an error");
+                }
+            }
+        },
+    ));
+
+    // Every view change: rebuild soft state, and let the registry follow membership.
+    let mut views = cluster.subscribe();
+    let view_node = node.clone();
+    let mut view_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let view = views.borrow_and_update().clone();
+            let live: Vec<(u64, String)> = view.view.members.iter().map(|m| (m.id, m.rpc.clone())).collect();
+            let rebuild = view_node.reconstruct(view);
+            let sync = view_node.registry.log().sync_members(live);
+            tokio::select! {
+                _ = view_shutdown.changed() => return,
+                _ = async { tokio::join!(rebuild, sync) } => {}
+            }
+            tokio::select! {
+                _ = view_shutdown.changed() => return,
+                r = views.changed() => if r.is_err() { return },
+            }
+        }
+    });
+    // The registry leader changes without a view change; retry membership sync slowly.
+    let sync_node = node.clone();
+    let mut sync_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sync_shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            let view = sync_node.cluster.view();
+            let live = view.view.members.iter().map(|m| (m.id, m.rpc.clone())).collect();
+            sync_node.registry.log().sync_members(live).await;
+        }
+    });
+
+    let membership_config = MembershipConfig {
+        ping_interval_ms: config.ping_interval_ms,
+        suspect_after_ms: config.suspect_after_ms,
+        ..MembershipConfig::default()
+    };
+    let load_node = node.clone();
+    tasks.spawn(cluster::drive(
+        cluster.clone(),
+        inbox,
+        config.seeds.clone(),
+        membership_config,
+        rpc.clone(),
+        move || load_node.load(),
+        shutdown.clone(),
+    ));
+
+    tracing::info!(
+        node = me.id,
+        smtp = %me.smtp,
+        pop = %me.pop,
+        admin = %me.admin,
+        rpc = %me.rpc,
+        data = %config.data.display(),
+        "porcupine node ready"
+    );
+
+    stop_signal().await;
+    tracing::info!("stopping");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    node.registry.log().shutdown().await;
+    node.store.close().await.context("closing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}

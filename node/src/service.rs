@@ -1,0 +1,352 @@
+//! The node itself: the services every node runs, and the RPC entry point that serves
+//! other nodes (and this one, through a local shortcut).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use membership::{NodeId, NodeInfo};
+use storage::{MessageId, MessageKey, NewMessage, Store};
+
+use crate::cluster::{Cluster, ViewState};
+use crate::config::NodeConfig;
+use crate::manager::{OpenOutcome, UserManager};
+use registry::Registry;
+use registry::raft::RaftLog;
+use crate::rpc::{Reply, Request, Response, RpcClient, RpcError, RpcHandler, SessionId};
+
+/// The registry as a node runs it.
+pub type NodeRegistry = Registry<RaftLog>;
+
+/// Why a call to another node (or this one) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The node is not in the current view.
+    #[error("node {0} is not live")]
+    NotLive(NodeId),
+    /// Transport failure or timeout.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// Everything one node runs, shared by its listeners and tasks.
+pub struct Node {
+    /// Startup configuration.
+    pub config: NodeConfig,
+    /// Local hard state.
+    pub store: Store,
+    /// Accounts and domains.
+    pub registry: NodeRegistry,
+    /// View, user map, loads.
+    pub cluster: Arc<Cluster>,
+    /// Soft state for the users this node manages.
+    pub manager: UserManager,
+    /// Client for calls to other nodes.
+    pub rpc: RpcClient,
+    message_seq: AtomicU32,
+    session_seq: AtomicU64,
+    inflight: AtomicU32,
+    sessions: std::sync::Mutex<HashMap<SessionId, String>>,
+}
+
+impl Node {
+    /// Assemble a node from its parts.
+    pub fn new(
+        config: NodeConfig,
+        store: Store,
+        registry: NodeRegistry,
+        cluster: Arc<Cluster>,
+        rpc: RpcClient,
+    ) -> Self {
+        Node {
+            config,
+            store,
+            registry,
+            cluster,
+            manager: UserManager::new(),
+            rpc,
+            message_seq: AtomicU32::new(0),
+            session_seq: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+            sessions: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.cluster.me().id
+    }
+
+    /// This node's endpoints.
+    pub fn info(&self) -> &NodeInfo {
+        self.cluster.me()
+    }
+
+    /// A fresh cluster-unique message id.
+    pub fn next_message_id(&self) -> MessageId {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let seq = self.message_seq.fetch_add(1, Ordering::Relaxed);
+        MessageId::new(micros, self.id() as u32, seq)
+    }
+
+    /// Register a POP3 session run by this node; the lock it takes is reported to
+    /// new managers after a view change.
+    pub fn begin_session(&self, user: &str) -> SessionId {
+        let seq = self.session_seq.fetch_add(1, Ordering::Relaxed);
+        let id = SessionId {
+            node: self.id(),
+            seq,
+        };
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(id, user.to_string());
+        }
+        id
+    }
+
+    /// Forget a POP3 session of this node.
+    pub fn end_session(&self, id: SessionId) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.remove(&id);
+        }
+    }
+
+    /// This node's load figure: requests being served now.
+    pub fn load(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Call `node` (directly when it is this node).
+    pub async fn call(&self, node: NodeId, req: Request) -> Result<Response, CallError> {
+        if node == self.id() {
+            return Ok(self.serve(req).await);
+        }
+        let view = self.cluster.view();
+        let addr = match view.member(node) {
+            Some(info) => info.rpc.clone(),
+            None => return Err(CallError::NotLive(node)),
+        };
+        let Reply { load, response } = self.rpc.call(&addr, &req).await?;
+        self.cluster.set_load(node, load);
+        Ok(response)
+    }
+
+    async fn serve(&self, req: Request) -> Response {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        let r = self.dispatch(req).await;
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        r
+    }
+
+    async fn dispatch(&self, req: Request) -> Response {
+        match req {
+            Request::Membership(msg) => {
+                self.cluster.deliver_membership(msg);
+                Response::Ack
+            }
+            Request::Place {
+                user,
+                bucket,
+                replicas,
+            } => self.place(&user, bucket, replicas as usize),
+            Request::Store { messages, epoch } => {
+                let users: Vec<(u16, String)> = messages
+                    .iter()
+                    .map(|(k, _)| (k.bucket, k.user.clone()))
+                    .collect();
+                let batch = messages
+                    .into_iter()
+                    .map(|(key, data)| NewMessage { key, data })
+                    .collect();
+                match self.store.append(batch).await {
+                    Ok(()) => {
+                        let view = self.cluster.view();
+                        if view.view.epoch != epoch {
+                            // Placed under another view: our report for the current one
+                            // may have gone out before this store; tell the manager.
+                            for (bucket, user) in users {
+                                let manager = view.map.manager(bucket);
+                                let req = Request::Announce {
+                                    user,
+                                    node: self.id(),
+                                };
+                                if let Err(e) = Box::pin(self.call(manager, req)).await {
+                                    tracing::warn!(error = %e, "announce after view change failed");
+                                }
+                            }
+                        }
+                        Response::Ack
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing messages");
+                        Response::Error(format!("store: {e}"))
+                    }
+                }
+            }
+            Request::Open {
+                user,
+                bucket,
+                session,
+            } => {
+                if !self.manages(bucket) {
+                    return Response::NotReady("not the manager in this view".into());
+                }
+                match self.manager.open(&user, session) {
+                    OpenOutcome::Locked(map) => Response::MailMap(map),
+                    OpenOutcome::InUse => Response::InUse,
+                    OpenOutcome::NotReady => Response::NotReady("mail maps rebuilding".into()),
+                }
+            }
+            Request::Close { user, session } => {
+                self.manager.close(&user, session);
+                Response::Ack
+            }
+            Request::List { bucket, user } => match self.store.list(bucket, &user) {
+                Ok(list) => Response::Listing(list.into_iter().map(|m| (m.id, m.size)).collect()),
+                Err(e) => Response::Error(format!("list: {e}")),
+            },
+            Request::Read { key } => match self.store.read(&key).await {
+                Ok(data) => Response::Message(data),
+                Err(e) => Response::Error(format!("read: {e}")),
+            },
+            Request::Delete { keys } => match self.store.delete(keys).await {
+                Ok(()) => Response::Ack,
+                Err(e) => Response::Error(format!("delete: {e}")),
+            },
+            Request::Report {
+                epoch,
+                from,
+                users,
+                locks,
+            } => {
+                if self.manager.report(epoch, from, users, locks) {
+                    Response::Ack
+                } else {
+                    Response::NotReady("report for another view".into())
+                }
+            }
+            Request::Announce { user, node } => {
+                self.manager.add(&user, &[node]);
+                Response::Ack
+            }
+            Request::Registry(bytes) => Response::Registry(self.registry.log().handle_rpc(&bytes).await),
+        }
+    }
+
+    fn manages(&self, bucket: u16) -> bool {
+        self.cluster.view().map.manager(bucket) == self.id()
+    }
+
+    /// As user manager: choose the nodes that will store a new message of `user`.
+    fn place(&self, user: &str, bucket: u16, replicas: usize) -> Response {
+        let view = self.cluster.view();
+        if view.map.manager(bucket) != self.id() {
+            return Response::NotReady("not the manager in this view".into());
+        }
+        let mail_map = self.manager.mail_map(user);
+        let load = |id: NodeId| {
+            if id == self.id() {
+                self.load()
+            } else {
+                self.cluster.load_of(id)
+            }
+        };
+        let tie_break = self.message_seq.fetch_add(1, Ordering::Relaxed) as u64;
+        let targets = membership::pick_targets(
+            &mail_map,
+            &view.live,
+            &load,
+            self.config.spread.max(1),
+            replicas.clamp(1, view.live.len().max(1)),
+            tie_break,
+        );
+        self.manager.add(user, &targets);
+        Response::Targets(targets)
+    }
+
+    /// Rebuild soft state for a newly installed view: reset what this node manages and
+    /// report this node's fragments and POP3 locks to every manager of the view.
+    pub async fn reconstruct(self: &Arc<Self>, view: Arc<ViewState>) {
+        self.manager
+            .new_view(view.view.epoch, view.live.iter().copied());
+        let users = match self.store.users(|_| true) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, "scanning fragments for reconstruction");
+                return;
+            }
+        };
+        let mut per_manager: HashMap<NodeId, (Vec<String>, Vec<(String, SessionId)>)> =
+            view.live.iter().map(|&id| (id, Default::default())).collect();
+        for (bucket, user, _) in users {
+            let m = view.map.manager(bucket);
+            if let Some(entry) = per_manager.get_mut(&m) {
+                entry.0.push(user);
+            }
+        }
+        let sessions: Vec<(SessionId, String)> = self
+            .sessions
+            .lock()
+            .map(|s| s.iter().map(|(k, v)| (*k, v.clone())).collect())
+            .unwrap_or_default();
+        for (session, user) in sessions {
+            let bucket = membership::bucket_of(&user, self.cluster.buckets());
+            let m = view.map.manager(bucket);
+            if let Some(entry) = per_manager.get_mut(&m) {
+                entry.1.push((user, session));
+            }
+        }
+        let mut tasks = Vec::new();
+        for (manager, (users, locks)) in per_manager {
+            let node = self.clone();
+            let view = view.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::Report {
+                    epoch: view.view.epoch,
+                    from: node.id(),
+                    users,
+                    locks,
+                };
+                loop {
+                    if node.cluster.view().view.epoch != view.view.epoch {
+                        return; // superseded; the next reconstruction reports again
+                    }
+                    match node.call(manager, req.clone()).await {
+                        Ok(Response::Ack) => return,
+                        Ok(other) => tracing::debug!(manager, ?other, "report not taken yet"),
+                        Err(e) => tracing::debug!(manager, error = %e, "report failed"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// The key of `user`'s copy of message `id`.
+    pub fn key_for(&self, user: &str, id: MessageId) -> MessageKey {
+        MessageKey {
+            bucket: membership::bucket_of(user, self.cluster.buckets()),
+            user: user.to_string(),
+            id,
+        }
+    }
+}
+
+/// Serves RPCs arriving over HTTP.
+pub struct NodeRpc(pub Arc<Node>);
+
+impl RpcHandler for NodeRpc {
+    async fn handle(&self, req: Request) -> Response {
+        self.0.serve(req).await
+    }
+
+    fn load(&self) -> u32 {
+        self.0.load()
+    }
+}

@@ -1,0 +1,276 @@
+//! `porcupine up`: a whole local cluster as N separate `porcupine serve` processes on
+//! loopback, each with a self-sufficient command line that the operator can re-run.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hyper::Method;
+use tokio::process::{Child, Command};
+
+use crate::cli::AdminClient;
+
+/// Flags of `porcupine up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u16,
+    /// Node i listens on P+10i (SMTP), +1 (POP3), +2 (admin), +3 (RPC).
+    #[arg(long, default_value_t = 2500)]
+    pub base_port: u16,
+    /// Data directory; node i keeps its state in DIR/node-i.
+    #[arg(long, default_value = "porcupine-data")]
+    pub data: PathBuf,
+    /// Copies of each message (default: 2, or 1 for a single node).
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Seconds to wait for the nodes to agree on one view.
+    #[arg(long, default_value_t = 60)]
+    pub wait_secs: u64,
+}
+
+struct Planned {
+    id: u16,
+    smtp: String,
+    pop: String,
+    admin: String,
+    rpc: String,
+    data: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
+    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    let top = args.base_port as u32 + 10 * (args.nodes as u32 - 1) + 3;
+    anyhow::ensure!(top <= 65535, "ports would run past 65535 (base port {} with {} nodes)", args.base_port, args.nodes);
+    let data = std::path::absolute(&args.data).context("resolving --data")?;
+    let port = |i: u16, k: u16| format!("127.0.0.1:{}", args.base_port + 10 * i + k);
+    let replicas = args.replicas.unwrap_or(if args.nodes > 1 { 2 } else { 1 });
+    let mut out = Vec::new();
+    for i in 0..args.nodes {
+        let node_data = data.join(format!("node-{i}"));
+        let mut a = vec![
+            exe.display().to_string(),
+            "serve".into(),
+            "--node-id".into(),
+            i.to_string(),
+            "--data".into(),
+            node_data.display().to_string(),
+            "--smtp".into(),
+            port(i, 0),
+            "--pop".into(),
+            port(i, 1),
+            "--admin".into(),
+            port(i, 2),
+            "--rpc".into(),
+            port(i, 3),
+            "--replicas".into(),
+            replicas.to_string(),
+        ];
+        if i == 0 {
+            a.push("--bootstrap".into());
+        }
+        for j in 0..args.nodes {
+            if j != i {
+                a.push("--seed".into());
+                a.push(port(j, 3));
+            }
+        }
+        out.push(Planned {
+            id: i,
+            smtp: port(i, 0),
+            pop: port(i, 1),
+            admin: port(i, 2),
+            rpc: port(i, 3),
+            data: node_data,
+            log: data.join(format!("node-{i}.log")),
+            args: a,
+        });
+    }
+    Ok(out)
+}
+
+fn check_ports_free(nodes: &[Planned]) -> anyhow::Result<()> {
+    for n in nodes {
+        for (what, addr) in [("SMTP", &n.smtp), ("POP3", &n.pop), ("admin", &n.admin), ("RPC", &n.rpc)] {
+            if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+                bail!("port {addr} ({what} of node {}) is not available: {e}", n.id);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn shell_line(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn spawn(n: &Planned) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&n.log)
+        .with_context(|| format!("opening log file {}", n.log.display()))?;
+    let child = Command::new(&n.args[0])
+        .args(&n.args[1..])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(false)
+        .spawn()
+        .with_context(|| format!("starting node {}", n.id))?;
+    Ok(child)
+}
+
+/// Wait until every node answers and all report the same epoch with every node alive.
+async fn wait_agreed(nodes: &[Planned], children: &mut [Child], wait: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + wait;
+    let clients: Vec<AdminClient> = nodes.iter().map(|n| AdminClient::new(&n.admin)).collect();
+    loop {
+        for (n, child) in nodes.iter().zip(children.iter_mut()) {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "node {} exited during start-up ({status}); its log: {}",
+                    n.id,
+                    n.log.display()
+                );
+            }
+        }
+        let mut epochs = Vec::new();
+        for c in &clients {
+            match c.request(Method::GET, "/v1/cluster", None).await {
+                Ok((s, v)) if s.is_success() => {
+                    let live = v["live"].as_array().map(|a| a.len()).unwrap_or(0);
+                    let leader = !v["registry"]["leader"].is_null();
+                    let complete = v["maps_complete"].as_bool() == Some(true);
+                    if live == nodes.len() && leader && complete {
+                        epochs.push(v["epoch"].as_u64().unwrap_or(0));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if epochs.len() == nodes.len() && epochs.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(epochs[0]);
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not agree on one view within {} s; see the logs in {}", wait.as_secs(), nodes[0].log.parent().map(|p| p.display().to_string()).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on a pid we spawned and have not reaped; no memory involved.
+        unsafe {
+            libc::kill(pid as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Run `porcupine up` until Ctrl-C / SIGTERM.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating the porcupine binary")?;
+    let nodes = plan(&args, &exe)?;
+    check_ports_free(&nodes)?;
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let mut children = Vec::new();
+    for n in &nodes {
+        match spawn(n) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                for c in &children {
+                    signal(c, libc::SIGTERM);
+                }
+                return Err(e);
+            }
+        }
+    }
+    let agreed = tokio::select! {
+        r = wait_agreed(&nodes, &mut children, Duration::from_secs(args.wait_secs)) => r,
+        _ = crate::serve::stop_signal() => Err(anyhow::anyhow!("interrupted during start-up")),
+    };
+    let epoch = match agreed {
+        Ok(e) => e,
+        Err(e) => {
+            for c in &children {
+                signal(c, libc::SIGTERM);
+            }
+            for c in &mut children {
+                let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+            }
+            return Err(e);
+        }
+    };
+    println!("porcupine: {} node(s) up, view epoch {epoch}, data in {}", nodes.len(), std::path::absolute(&args.data)?.display());
+    println!("{:>4} {:>8} {:>16} {:>16} {:>16} {:>16}", "node", "pid", "smtp", "pop3", "admin", "rpc");
+    for (n, c) in nodes.iter().zip(&children) {
+        println!(
+            "{:>4} {:>8} {:>16} {:>16} {:>16} {:>16}",
+            n.id,
+            c.id().map(|p| p.to_string()).unwrap_or_default(),
+            n.smtp,
+            n.pop,
+            format!("http://{}", n.admin),
+            n.rpc
+        );
+    }
+    println!("command lines (re-run one to bring its node back; logs beside each data dir):");
+    for n in &nodes {
+        println!("  node {}: {}", n.id, shell_line(&n.args));
+        let _ = &n.data;
+    }
+    println!("add a user:  porcupine user add alice@example.test --password s3cret --admin http://{}", nodes[0].admin);
+    println!("press Ctrl-C to stop");
+
+    let mut alive: Vec<bool> = vec![true; children.len()];
+    let stop = crate::serve::stop_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (i, c) in children.iter_mut().enumerate() {
+                    if alive[i] && let Ok(Some(status)) = c.try_wait() {
+                        alive[i] = false;
+                        println!("porcupine: node {i} exited ({status}); not restarting it. To bring it back run:\n  {}", shell_line(&nodes[i].args));
+                    }
+                }
+            }
+        }
+    }
+    println!("porcupine: stopping {} node(s)", alive.iter().filter(|a| **a).count());
+    for (i, c) in children.iter().enumerate() {
+        if alive[i] {
+            signal(c, libc::SIGTERM);
+        }
+    }
+    for (i, c) in children.iter_mut().enumerate() {
+        if !alive[i] {
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_secs(20), c.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("porcupine: node {i} did not stop in 20 s; killing it");
+                let _ = c.kill().await;
+            }
+        }
+    }
+    println!("porcupine: stopped");
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! One POP3 session: greeting, the AUTHORIZATION / TRANSACTION / UPDATE states, the
+//! session limits, and the way out (QUIT, disconnect, idle timeout, shutdown).
+//!
+//! `conn` hides the bytes, `authorization` and `transaction` hold the verbs of their
+//! state; this file holds the loop and what is common to every state.
+
+mod authorization;
+mod conn;
+mod transaction;
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::auth::Authenticate;
+use crate::command::{self, Command, ParseError};
+use crate::config::PopConfig;
+use crate::error::SessionError;
+use crate::mailbox::Mailbox;
+use crate::maildrop::Maildrop;
+use conn::{Connection, Input};
+
+/// Capabilities announced by CAPA (RFC 2449), the same in every state.
+const CAPABILITIES: &[&str] = &[
+    "TOP",
+    "USER",
+    "UIDL",
+    "RESP-CODES",
+    "PIPELINING",
+    "AUTH-RESP-CODE",
+    "SASL PLAIN",
+    "IMPLEMENTATION Porcupine",
+];
+
+/// Run one POP3 session over `io` until the client quits or leaves, the session
+/// times out or breaks a limit, or `shutdown` turns true (or its sender is dropped).
+///
+/// Messages are deleted only by a QUIT in TRANSACTION state; every other ending drops
+/// the mailbox session, which releases its lock and deletes nothing. Protocol-level
+/// endings return `Ok(())`; only a failing transport is an error.
+pub async fn serve<IO, A, M>(
+    io: IO,
+    config: Arc<PopConfig>,
+    auth: Arc<A>,
+    mailbox: Arc<M>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    A: Authenticate,
+    M: Mailbox,
+{
+    let conn = Connection::new(
+        io,
+        config.command_line_max,
+        config.idle_timeout,
+        shutdown,
+    );
+    let mut session = Session {
+        conn,
+        config,
+        auth,
+        mailbox,
+        state: State::Authorization { pending_user: None },
+        commands: 0,
+        errors: 0,
+        auth_failures: 0,
+    };
+    let result = session.run().await;
+    // Drop the maildrop (releasing its lock) before the goodbye is written, so a
+    // client that reconnects at once finds it free.
+    session.state = State::Update;
+    match result {
+        Ok(()) => {
+            session.conn.close().await;
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Where the session is in RFC 1939's state machine.
+enum State<S> {
+    /// Not logged in yet; `pending_user` is the name from a USER just before.
+    Authorization { pending_user: Option<String> },
+    /// Logged in with the maildrop open and locked.
+    Transaction(Maildrop<S>),
+    /// QUIT is being carried out, or the session is over.
+    Update,
+}
+
+/// Whether the session goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session<IO, A, M: Mailbox> {
+    conn: Connection<IO>,
+    config: Arc<PopConfig>,
+    auth: Arc<A>,
+    mailbox: Arc<M>,
+    state: State<M::Session>,
+    /// Command lines received so far (good or bad).
+    commands: usize,
+    /// Protocol errors so far (see [`Session::protocol_error`]).
+    errors: usize,
+    /// Failed logins so far.
+    auth_failures: usize,
+}
+
+impl<IO, A, M> Session<IO, A, M>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    A: Authenticate,
+    M: Mailbox,
+{
+    async fn run(&mut self) -> Result<(), SessionError> {
+        if self.conn.is_shutting_down() {
+            self.shutting_down();
+            return Ok(());
+        }
+        let greeting = format!("{} POP3 Porcupine ready", self.config.hostname);
+        self.conn.reply(true, &greeting);
+        loop {
+            let flow = match self.conn.next_input().await? {
+                Input::Line(line) => {
+                    self.commands += 1;
+                    if self.commands > self.config.commands_max {
+                        self.conn.reply(false, "too many commands");
+                        Flow::Close
+                    } else {
+                        self.handle_line(&line).await?
+                    }
+                }
+                Input::TooLong => {
+                    self.commands += 1;
+                    self.protocol_error("line too long")
+                }
+                Input::Closed => {
+                    tracing::debug!("pop: client left without QUIT");
+                    Flow::Close
+                }
+                Input::IdleTimeout => {
+                    tracing::debug!("pop: idle timeout");
+                    self.conn.reply(false, "idle timeout");
+                    Flow::Close
+                }
+                Input::Shutdown => {
+                    self.shutting_down();
+                    Flow::Close
+                }
+            };
+            if flow == Flow::Close {
+                return Ok(());
+            }
+        }
+    }
+
+    fn shutting_down(&mut self) {
+        self.conn
+            .reply(false, "[SYS/TEMP] server shutting down");
+    }
+
+    async fn handle_line(&mut self, line: &[u8]) -> Result<Flow, SessionError> {
+        let command = match command::parse(line) {
+            Ok(command) => command,
+            Err(ParseError::Unknown) => return Ok(self.protocol_error("unknown command")),
+            Err(ParseError::BadArguments(why)) => return Ok(self.protocol_error(why)),
+        };
+        // RFC 1939: PASS must follow USER directly, so any other command forgets it.
+        let pending_user = match &mut self.state {
+            State::Authorization { pending_user } => pending_user.take(),
+            _ => None,
+        };
+        match command {
+            Command::Capa => {
+                self.conn
+                    .reply_lines("Capability list follows", CAPABILITIES)
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Command::Noop => {
+                if matches!(self.state, State::Transaction(_)) {
+                    self.conn.reply(true, "");
+                    Ok(Flow::Continue)
+                } else {
+                    Ok(self.wrong_state())
+                }
+            }
+            Command::Quit => self.quit().await,
+            Command::User(_) | Command::Pass(_) | Command::Auth { .. } => {
+                if matches!(self.state, State::Authorization { .. }) {
+                    self.authorization(command, pending_user).await
+                } else {
+                    Ok(self.wrong_state())
+                }
+            }
+            Command::Stat
+            | Command::List(_)
+            | Command::Uidl(_)
+            | Command::Retr(_)
+            | Command::Top { .. }
+            | Command::Dele(_)
+            | Command::Rset => {
+                if matches!(self.state, State::Transaction(_)) {
+                    self.transaction(command).await
+                } else {
+                    Ok(self.wrong_state())
+                }
+            }
+        }
+    }
+
+    /// QUIT: in TRANSACTION state commit the deletes (UPDATE state); in any case close.
+    async fn quit(&mut self) -> Result<Flow, SessionError> {
+        match std::mem::replace(&mut self.state, State::Update) {
+            State::Transaction(maildrop) => match maildrop.commit().await {
+                Ok(removed) => {
+                    let text = format!("Porcupine POP3 server signing off ({removed} messages deleted)");
+                    self.conn.reply(true, &text);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "pop: commit of deletes failed");
+                    self.conn
+                        .reply(false, "[SYS/TEMP] messages not deleted, try again later");
+                }
+            },
+            State::Authorization { .. } | State::Update => {
+                self.conn.reply(true, "Porcupine POP3 server signing off");
+            }
+        }
+        Ok(Flow::Close)
+    }
+
+    fn wrong_state(&mut self) -> Flow {
+        self.protocol_error("command not valid in this state")
+    }
+
+    /// Answer a client mistake (unknown command, bad arguments, wrong state, long
+    /// line). The `errors_max`-th one is answered `-ERR too many errors` and closes
+    /// the session. Failed logins and missing messages are not counted here.
+    fn protocol_error(&mut self, text: &str) -> Flow {
+        self.errors += 1;
+        if self.errors >= self.config.errors_max {
+            self.conn.reply(false, "too many errors");
+            Flow::Close
+        } else {
+            self.conn.reply(false, text);
+            Flow::Continue
+        }
+    }
+}

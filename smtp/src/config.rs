@@ -1,0 +1,40 @@
+//! Limits and identity of the SMTP service.
+
+use std::time::Duration;
+
+/// Limits and identity of the SMTP service.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Name of this server in the greeting, the EHLO reply and the `Received` header.
+    pub hostname: String,
+    /// Largest message body accepted, in bytes; advertised as `SIZE` in the EHLO reply.
+    pub message_size_max: usize,
+    /// Most recipients in one transaction; more get `452 4.5.3`.
+    pub recipients_max: usize,
+    /// Longest command line in bytes, CRLF included; longer lines get `500 5.5.2`.
+    pub command_line_max: usize,
+    /// Longest line of message text in bytes, CRLF included; a longer line makes the
+    /// message fail with `552 5.3.4` once its data has ended.
+    pub text_line_max: usize,
+    /// How long one read or write may wait before the session ends with `421 4.4.2`.
+    pub idle_timeout: Duration,
+    /// Bad commands tolerated in one session; the last one is followed by `421 4.7.0`.
+    pub errors_max: usize,
+    /// Commands allowed in one session; the one after them gets `421 4.7.0`.
+    pub commands_max: usize,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            hostname: "localhost".to_string(),
+            message_size_max: 25 * 1024 * 1024,
+            recipients_max: 100,
+            command_line_max: 512,
+            text_line_max: 1000,
+            idle_timeout: Duration::from_secs(300),
+            errors_max: 10,
+            commands_max: 10_000,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Live totals of a store: kept in atomics by the writer thread so that
+//! [`crate::Store::stats`] costs nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Totals for status pages and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreStats {
+    /// Live (indexed, not tombstoned) messages.
+    pub messages: u64,
+    /// Tombstones recorded.
+    pub tombstones: u64,
+    /// Users holding at least one live message.
+    pub users: u64,
+    /// Bytes in all segment files (including deleted messages: no compaction yet).
+    pub segment_bytes: u64,
+    /// `fdatasync` calls on segments since open (one per group commit, plus one per
+    /// segment roll).
+    pub syncs: u64,
+    /// Group commits since open.
+    pub batches: u64,
+    /// `append`/`delete` calls served since open.
+    pub write_requests: u64,
+}
+
+/// The atomics behind [`StoreStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    messages: AtomicU64,
+    tombstones: AtomicU64,
+    users: AtomicU64,
+    segment_bytes: AtomicU64,
+    syncs: AtomicU64,
+    batches: AtomicU64,
+    write_requests: AtomicU64,
+}
+
+/// Changes that one index update made to the totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Deltas {
+    pub(crate) messages: i64,
+    pub(crate) tombstones: i64,
+    pub(crate) users: i64,
+}
+
+fn add_signed(counter: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+impl Counters {
+    /// Start from totals counted at open.
+    pub(crate) fn new(messages: u64, tombstones: u64, users: u64, segment_bytes: u64) -> Counters {
+        Counters {
+            messages: AtomicU64::new(messages),
+            tombstones: AtomicU64::new(tombstones),
+            users: AtomicU64::new(users),
+            segment_bytes: AtomicU64::new(segment_bytes),
+            ..Counters::default()
+        }
+    }
+
+    pub(crate) fn apply(&self, deltas: Deltas) {
+        add_signed(&self.messages, deltas.messages);
+        add_signed(&self.tombstones, deltas.tombstones);
+        add_signed(&self.users, deltas.users);
+    }
+
+    pub(crate) fn add_segment_bytes(&self, len_bytes: u64) {
+        self.segment_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_sync(&self) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_batch(&self, requests: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.write_requests.fetch_add(requests, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            messages: self.messages.load(Ordering::Relaxed),
+            tombstones: self.tombstones.load(Ordering::Relaxed),
+            users: self.users.load(Ordering::Relaxed),
+            segment_bytes: self.segment_bytes.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            write_requests: self.write_requests.load(Ordering::Relaxed),
+        }
+    }
+}
