@@ -156,7 +156,10 @@ mod tests {
         let headers_len = b"From: a\r\nSubject: s\r\n\r\n".len();
         assert_eq!(top_length(msg, 0), headers_len);
         assert_eq!(top_length(msg, 1), headers_len + b"line1\r\n".len());
-        assert_eq!(top_length(msg, 2), headers_len + b"line1\r\nline2\r\n".len());
+        assert_eq!(
+            top_length(msg, 2),
+            headers_len + b"line1\r\nline2\r\n".len()
+        );
         assert_eq!(top_length(msg, 3), msg.len());
         assert_eq!(top_length(msg, usize::MAX), msg.len());
     }

@@ -103,10 +103,19 @@ mod tests {
     fn refuses_bad_base64_and_bad_shapes() {
         assert_eq!(decode_plain("not base64!"), Err(SaslError::Base64));
         assert_eq!(decode_plain("="), Err(SaslError::Malformed));
-        assert_eq!(decode_plain(&encode(b"alice\0pw")), Err(SaslError::Malformed));
-        assert_eq!(decode_plain(&encode(b"\0a\0b\0c")), Err(SaslError::Malformed));
+        assert_eq!(
+            decode_plain(&encode(b"alice\0pw")),
+            Err(SaslError::Malformed)
+        );
+        assert_eq!(
+            decode_plain(&encode(b"\0a\0b\0c")),
+            Err(SaslError::Malformed)
+        );
         assert_eq!(decode_plain(&encode(b"\0\0pw")), Err(SaslError::Malformed));
-        assert_eq!(decode_plain(&encode(b"\0alice\0")), Err(SaslError::Malformed));
+        assert_eq!(
+            decode_plain(&encode(b"\0alice\0")),
+            Err(SaslError::Malformed)
+        );
         assert_eq!(
             decode_plain(&encode(b"\0al\xffice\0pw")),
             Err(SaslError::Malformed)

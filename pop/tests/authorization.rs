@@ -63,7 +63,12 @@ async fn login_uses_the_canonical_mailbox_name() {
     let store = sample_store();
     let mut h = start(test_config(), &store);
     h.client.line().await;
-    assert!(h.client.login("ALICE", "wonderland").await.starts_with("+OK maildrop has 3"));
+    assert!(
+        h.client
+            .login("ALICE", "wonderland")
+            .await
+            .starts_with("+OK maildrop has 3")
+    );
     assert!(store.is_locked("alice"));
 }
 
@@ -132,10 +137,19 @@ async fn wrong_password_is_refused_after_the_delay() {
         h.client.cmd("PASS wrong").await,
         "-ERR [AUTH] invalid credentials"
     );
-    assert!(before.elapsed() >= Duration::from_secs(1), "{:?}", before.elapsed());
+    assert!(
+        before.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        before.elapsed()
+    );
     assert!(!store.is_locked("alice"));
     // Still in AUTHORIZATION: a correct login now works.
-    assert!(h.client.login("alice", "wonderland").await.starts_with("+OK"));
+    assert!(
+        h.client
+            .login("alice", "wonderland")
+            .await
+            .starts_with("+OK")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -166,7 +180,10 @@ async fn proxy_authzid_is_a_failed_login() {
     h.client.line().await;
     let reply = h
         .client
-        .cmd(&format!("AUTH PLAIN {}", plain("bob", "alice", "wonderland")))
+        .cmd(&format!(
+            "AUTH PLAIN {}",
+            plain("bob", "alice", "wonderland")
+        ))
         .await;
     assert_eq!(reply, "-ERR [AUTH] invalid credentials");
     assert!(!store.is_locked("alice") && !store.is_locked("bob"));
@@ -177,8 +194,14 @@ async fn too_many_failed_logins_close_the_session() {
     let store = sample_store();
     let mut h = start(test_config(), &store);
     h.client.line().await;
-    assert_eq!(h.client.login("alice", "a").await, "-ERR [AUTH] invalid credentials");
-    assert_eq!(h.client.login("alice", "b").await, "-ERR [AUTH] invalid credentials");
+    assert_eq!(
+        h.client.login("alice", "a").await,
+        "-ERR [AUTH] invalid credentials"
+    );
+    assert_eq!(
+        h.client.login("alice", "b").await,
+        "-ERR [AUTH] invalid credentials"
+    );
     assert_eq!(
         h.client.login("alice", "c").await,
         "-ERR [AUTH] invalid credentials, too many failures"
@@ -205,11 +228,13 @@ async fn second_session_gets_in_use_and_stays_in_authorization() {
     assert_eq!(first.client.cmd("QUIT").await.get(..3), Some("+OK"));
     finish(first.task).await.unwrap();
     assert!(!store.is_locked("alice"));
-    assert!(second
-        .client
-        .login("alice", "wonderland")
-        .await
-        .starts_with("+OK maildrop has 3"));
+    assert!(
+        second
+            .client
+            .login("alice", "wonderland")
+            .await
+            .starts_with("+OK maildrop has 3")
+    );
 }
 
 #[tokio::test]
@@ -229,7 +254,12 @@ async fn temporary_failures_answer_sys_temp() {
         "-ERR [SYS/TEMP] maildrop temporarily unavailable"
     );
     store.set_open_tempfail(false);
-    assert!(h.client.login("alice", "wonderland").await.starts_with("+OK"));
+    assert!(
+        h.client
+            .login("alice", "wonderland")
+            .await
+            .starts_with("+OK")
+    );
 }
 
 #[tokio::test]
@@ -252,11 +282,12 @@ async fn password_may_contain_spaces() {
     store.add_user("carol", "two words ");
     let mut h = start(test_config(), &store);
     h.client.line().await;
-    assert!(h
-        .client
-        .login("carol", "two words ")
-        .await
-        .starts_with("+OK maildrop has 0 messages (0 octets)"));
+    assert!(
+        h.client
+            .login("carol", "two words ")
+            .await
+            .starts_with("+OK maildrop has 0 messages (0 octets)")
+    );
 }
 
 #[tokio::test]

@@ -144,6 +144,7 @@ impl MessageBody {
     }
 
     /// Bytes received so far.
+    #[cfg(test)]
     pub(crate) fn len_bytes(&self) -> usize {
         self.bytes.len()
     }

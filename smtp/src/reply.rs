@@ -57,8 +57,7 @@ pub(crate) const NEED_MAIL: Reply = Reply::new(503, [5, 5, 1], "Send MAIL first"
 /// DATA or BDAT with no accepted recipient.
 pub(crate) const NEED_RCPT: Reply = Reply::new(503, [5, 5, 1], "No valid recipients");
 /// DATA after BDAT chunks in the same transaction.
-pub(crate) const DATA_AFTER_BDAT: Reply =
-    Reply::new(503, [5, 5, 1], "DATA not allowed after BDAT");
+pub(crate) const DATA_AFTER_BDAT: Reply = Reply::new(503, [5, 5, 1], "DATA not allowed after BDAT");
 /// SIZE parameter or body over `message_size_max`.
 pub(crate) const TOO_BIG: Reply = Reply::new(
     552,
@@ -68,8 +67,7 @@ pub(crate) const TOO_BIG: Reply = Reply::new(
 /// A text line over `text_line_max`.
 pub(crate) const TEXT_LINE_TOO_LONG: Reply = Reply::new(552, [5, 3, 4], "Line too long");
 /// Over `recipients_max`.
-pub(crate) const TOO_MANY_RECIPIENTS: Reply =
-    Reply::new(452, [4, 5, 3], "Too many recipients");
+pub(crate) const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, [4, 5, 3], "Too many recipients");
 /// [`RcptVerdict::UnknownUser`](crate::RcptVerdict::UnknownUser).
 pub(crate) const UNKNOWN_USER: Reply = Reply::new(550, [5, 1, 1], "User unknown");
 /// [`RcptVerdict::RelayDenied`](crate::RcptVerdict::RelayDenied).
@@ -170,7 +168,10 @@ mod tests {
         let mut replies = Replies::default();
         replies.push(OK);
         replies.push_text(451, [4, 3, 0], "disk\r\nfull");
-        assert_eq!(replies.as_bytes(), b"250 2.0.0 Ok\r\n451 4.3.0 disk  full\r\n");
+        assert_eq!(
+            replies.as_bytes(),
+            b"250 2.0.0 Ok\r\n451 4.3.0 disk  full\r\n"
+        );
     }
 
     #[test]

@@ -67,7 +67,11 @@ struct HeaderText<'a>(&'a str);
 impl std::fmt::Display for HeaderText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for ch in self.0.chars() {
-            f.write_char(if ch.is_ascii_graphic() || ch == ' ' { ch } else { '?' })?;
+            f.write_char(if ch.is_ascii_graphic() || ch == ' ' {
+                ch
+            } else {
+                '?'
+            })?;
         }
         Ok(())
     }
@@ -110,7 +114,10 @@ mod tests {
 
     #[test]
     fn fields_for_esmtp_over_ipv4() {
-        let fields = trace_fields(&envelope(Some("192.0.2.7:2525".parse().unwrap())), &info(true));
+        let fields = trace_fields(
+            &envelope(Some("192.0.2.7:2525".parse().unwrap())),
+            &info(true),
+        );
         assert_eq!(
             String::from_utf8(fields).unwrap(),
             "Return-Path: <sender@remote.test>\r\n\
@@ -125,7 +132,11 @@ mod tests {
         let mut env = envelope(Some("[2001:db8::1]:25".parse().unwrap()));
         env.mail_from = String::new();
         let text = String::from_utf8(trace_fields(&env, &info(false))).unwrap();
-        assert!(text.starts_with("Return-Path: <>\r\nReceived: from client.test ([IPv6:2001:db8::1])\r\n"));
+        assert!(
+            text.starts_with(
+                "Return-Path: <>\r\nReceived: from client.test ([IPv6:2001:db8::1])\r\n"
+            )
+        );
         assert!(text.contains(" with SMTP id ABC123\r\n"));
     }
 

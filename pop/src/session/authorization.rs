@@ -52,7 +52,7 @@ where
     ) -> Result<Flow, SessionError> {
         let Some(mechanism) = mechanism else {
             // Bare AUTH lists the mechanisms, as pre-CAPA clients expect.
-            self.conn.reply_lines("", ["PLAIN"]).await?;
+            self.conn.reply_lines("", ["PLAIN"]);
             return Ok(Flow::Continue);
         };
         if mechanism != "PLAIN" {

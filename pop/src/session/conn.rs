@@ -119,8 +119,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     /// Queue a one-line reply: `+OK text` or `-ERR text`.
     pub fn reply(&mut self, ok: bool, text: &str) {
-        self.out
-            .put_slice(if ok { b"+OK".as_slice() } else { b"-ERR".as_slice() });
+        self.out.put_slice(if ok {
+            b"+OK".as_slice()
+        } else {
+            b"-ERR".as_slice()
+        });
         if !text.is_empty() {
             self.out.put_u8(b' ');
             self.out.put_slice(text.as_bytes());
@@ -129,7 +132,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 
     /// Queue `+OK text` then a multi-line body of short text lines and the terminator.
-    pub async fn reply_lines<I, L>(&mut self, text: &str, lines: I) -> Result<(), SessionError>
+    ///
+    /// Synchronous on purpose: listings are small (about 20 bytes a message), and an
+    /// await here would hold the caller's borrowing iterator across a suspension.
+    pub fn reply_lines<I, L>(&mut self, text: &str, lines: I)
     where
         I: IntoIterator<Item = L>,
         L: AsRef<str>,
@@ -138,12 +144,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         for line in lines {
             self.raw(line.as_ref().as_bytes());
             self.raw(b"\r\n");
-            if self.out.len() >= OUT_FLUSH_BYTES {
-                self.flush().await?;
-            }
         }
         self.raw(b".\r\n");
-        Ok(())
     }
 
     /// Queue `+OK text` then `body` as a byte-stuffed multi-line body with its

@@ -51,12 +51,7 @@ where
     A: Authenticate,
     M: Mailbox,
 {
-    let conn = Connection::new(
-        io,
-        config.command_line_max,
-        config.idle_timeout,
-        shutdown,
-    );
+    let conn = Connection::new(io, config.command_line_max, config.idle_timeout, shutdown);
     let mut session = Session {
         conn,
         config,
@@ -125,20 +120,17 @@ where
         let greeting = format!("{} POP3 Porcupine ready", self.config.hostname);
         self.conn.reply(true, &greeting);
         loop {
-            let flow = match self.conn.next_input().await? {
-                Input::Line(line) => {
-                    self.commands += 1;
-                    if self.commands > self.config.commands_max {
-                        self.conn.reply(false, "too many commands");
-                        Flow::Close
-                    } else {
-                        self.handle_line(&line).await?
-                    }
+            let input = self.conn.next_input().await?;
+            if matches!(input, Input::Line(_) | Input::TooLong) {
+                self.commands += 1;
+                if self.commands > self.config.commands_max {
+                    self.conn.reply(false, "too many commands");
+                    return Ok(());
                 }
-                Input::TooLong => {
-                    self.commands += 1;
-                    self.protocol_error("line too long")
-                }
+            }
+            let flow = match input {
+                Input::Line(line) => self.handle_line(&line).await?,
+                Input::TooLong => self.protocol_error("line too long"),
                 Input::Closed => {
                     tracing::debug!("pop: client left without QUIT");
                     Flow::Close
@@ -160,8 +152,7 @@ where
     }
 
     fn shutting_down(&mut self) {
-        self.conn
-            .reply(false, "[SYS/TEMP] server shutting down");
+        self.conn.reply(false, "[SYS/TEMP] server shutting down");
     }
 
     async fn handle_line(&mut self, line: &[u8]) -> Result<Flow, SessionError> {
@@ -178,8 +169,7 @@ where
         match command {
             Command::Capa => {
                 self.conn
-                    .reply_lines("Capability list follows", CAPABILITIES)
-                    .await?;
+                    .reply_lines("Capability list follows", CAPABILITIES);
                 Ok(Flow::Continue)
             }
             Command::Noop => {
@@ -219,7 +209,8 @@ where
         match std::mem::replace(&mut self.state, State::Update) {
             State::Transaction(maildrop) => match maildrop.commit().await {
                 Ok(removed) => {
-                    let text = format!("Porcupine POP3 server signing off ({removed} messages deleted)");
+                    let text =
+                        format!("Porcupine POP3 server signing off ({removed} messages deleted)");
                     self.conn.reply(true, &text);
                 }
                 Err(error) => {

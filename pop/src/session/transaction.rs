@@ -35,7 +35,7 @@ where
                 let lines = maildrop
                     .visible()
                     .map(|(number, entry)| format!("{number} {}", entry.size));
-                conn.reply_lines(&text, lines).await?;
+                conn.reply_lines(&text, lines);
             }
             Command::List(Some(number)) => match maildrop.entry(number) {
                 Ok(entry) => conn.reply(true, &format!("{number} {}", entry.size)),
@@ -45,7 +45,7 @@ where
                 let lines = maildrop
                     .visible()
                     .map(|(number, entry)| format!("{number} {}", entry.uid));
-                conn.reply_lines("unique-id listing follows", lines).await?;
+                conn.reply_lines("unique-id listing follows", lines);
             }
             Command::Uidl(Some(number)) => match maildrop.entry(number) {
                 Ok(entry) => conn.reply(true, &format!("{number} {}", entry.uid)),
@@ -99,11 +99,8 @@ where
     }
 }
 
-fn fetch_failed<IO>(
-    conn: &mut super::conn::Connection<IO>,
-    number: usize,
-    error: &MailboxError,
-) where
+fn fetch_failed<IO>(conn: &mut super::conn::Connection<IO>, number: usize, error: &MailboxError)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     match error {

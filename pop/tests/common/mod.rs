@@ -46,7 +46,9 @@ impl MemStore {
     /// Add a user (lower-case canonical name) with a password and an empty maildrop.
     pub fn add_user(&self, user: &str, password: &str) {
         let mut inner = self.inner.lock().unwrap();
-        inner.passwords.insert(user.to_string(), password.to_string());
+        inner
+            .passwords
+            .insert(user.to_string(), password.to_string());
         inner.mailboxes.entry(user.to_string()).or_default();
     }
 
@@ -62,7 +64,10 @@ impl MemStore {
     /// Uids now stored for `user`.
     pub fn uids(&self, user: &str) -> Vec<String> {
         let inner = self.inner.lock().unwrap();
-        inner.mailboxes[user].iter().map(|(uid, _)| uid.clone()).collect()
+        inner.mailboxes[user]
+            .iter()
+            .map(|(uid, _)| uid.clone())
+            .collect()
     }
 
     pub fn is_locked(&self, user: &str) -> bool {
@@ -206,10 +211,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
         result
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -255,11 +257,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut body = Vec::new();
         loop {
             let line = self.raw_line().await;
-            assert!(!line.is_empty(), "stream ended inside a multi-line response");
+            assert!(
+                !line.is_empty(),
+                "stream ended inside a multi-line response"
+            );
             if line == b".\r\n" {
                 return body;
             }
-            let unstuffed = if line.starts_with(b".") { &line[1..] } else { &line[..] };
+            let unstuffed = if line.starts_with(b".") {
+                &line[1..]
+            } else {
+                &line[..]
+            };
             body.extend_from_slice(unstuffed);
         }
     }
@@ -269,7 +278,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut wire = Vec::new();
         loop {
             let line = self.raw_line().await;
-            assert!(!line.is_empty(), "stream ended inside a multi-line response");
+            assert!(
+                !line.is_empty(),
+                "stream ended inside a multi-line response"
+            );
             wire.extend_from_slice(&line);
             if line == b".\r\n" {
                 return wire;

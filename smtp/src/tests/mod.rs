@@ -1,0 +1,11 @@
+//! Session tests over in-memory streams (`tokio::io::duplex`) and one real loopback
+//! TCP connection, against an in-memory [`Deliver`](crate::Deliver).
+
+mod support;
+
+mod bdat;
+mod commands;
+mod lifecycle;
+mod limits;
+mod message;
+mod transaction;
