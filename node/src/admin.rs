@@ -127,6 +127,12 @@ pub async fn handle(node: Arc<Node>, metrics: Option<PrometheusHandle>, req: hyp
             Ok(domains) => json_response(StatusCode::OK, json!({ "domains": domains })),
             Err(e) => registry_error(e),
         },
+        (&Method::POST, ["v1", "nodes", id, "remove"]) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return error(StatusCode::BAD_REQUEST, format!("bad node id {id:?}"));
+            };
+            remove_node(&node, id).await
+        }
         (&Method::GET, ["v1", "cluster"]) => json_response(StatusCode::OK, cluster_status(&node)),
         (&Method::GET, ["metrics"]) => {
             record_gauges(&node);
@@ -143,6 +149,37 @@ pub async fn handle(node: Arc<Node>, metrics: Option<PrometheusHandle>, req: hyp
     }
 }
 
+/// Declare node `id` gone for good: every live node forgets it, and repair passes then
+/// bring its messages back to R copies.
+async fn remove_node(node: &Arc<Node>, id: u64) -> HttpResponse {
+    let view = node.cluster.view();
+    if view.live.contains(&id) {
+        return error(
+            StatusCode::CONFLICT,
+            format!("node {id} is alive in the current view; stop it before removing it"),
+        );
+    }
+    if !node.cluster.known().iter().any(|k| k.id == id) {
+        return error(StatusCode::NOT_FOUND, format!("no known node {id}"));
+    }
+    let calls = view
+        .live
+        .iter()
+        .map(|&n| async move { (n, node.call(n, crate::rpc::Request::Forget { id }).await) });
+    let mut told = Vec::new();
+    let mut failed = Vec::new();
+    for (n, r) in futures::future::join_all(calls).await {
+        match r {
+            Ok(crate::rpc::Response::Ack) => told.push(n),
+            other => failed.push(json!({"node": n, "error": format!("{other:?}")})),
+        }
+    }
+    json_response(
+        if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY },
+        json!({"removed": id, "told": told, "failed": failed}),
+    )
+}
+
 fn record_gauges(node: &Node) {
     let stats = node.store.stats();
     metrics::gauge!("porcupine_messages_stored").set(stats.messages as f64);
@@ -154,6 +191,13 @@ fn record_gauges(node: &Node) {
     let view = node.cluster.view();
     metrics::gauge!("porcupine_view_epoch").set(view.view.epoch.counter as f64);
     metrics::gauge!("porcupine_view_members").set(view.live.len() as f64);
+    let r = &node.repair;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    metrics::gauge!("porcupine_under_replicated_messages").set(get(&r.under_replicated));
+    metrics::gauge!("porcupine_repair_pending_messages").set(get(&r.pending));
+    metrics::gauge!("porcupine_repair_copies_made_total").set(get(&r.copies_made_total));
+    metrics::gauge!("porcupine_repair_tombstones_spread_total").set(get(&r.tombstones_spread_total));
+    metrics::gauge!("porcupine_repair_passes_total").set(get(&r.passes_total));
 }
 
 /// This node's view of the cluster, as `GET /v1/cluster` and `porcupine status --json` show it.
@@ -185,6 +229,7 @@ pub fn cluster_status(node: &Node) -> Value {
         .collect();
     let stats = node.store.stats();
     let raft = node.registry.log().status();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     json!({
         "node": node.id(),
         "epoch": view.view.epoch.counter,
@@ -198,11 +243,20 @@ pub fn cluster_status(node: &Node) -> Value {
             "tombstones": stats.tombstones,
             "segment_bytes": stats.segment_bytes,
         },
+        "repair": {
+            "under_replicated": get(&node.repair.under_replicated),
+            "pending": get(&node.repair.pending),
+            "copies_made_total": get(&node.repair.copies_made_total),
+            "tombstones_spread_total": get(&node.repair.tombstones_spread_total),
+            "passes_total": get(&node.repair.passes_total),
+            "last_pass_ms": get(&node.repair.last_pass_ms),
+        },
         "registry": {
-            "leader": raft.leader,
-            "voters": raft.voters,
-            "learners": raft.learners,
-            "last_applied": raft.last_applied,
+            "leader": raft.leader_id,
+            "voters": raft.voter_ids,
+            "learners": raft.learner_ids,
+            "last_applied": raft.last_applied_index,
+            "term": raft.term,
         },
         "nodes": nodes,
     })

@@ -135,6 +135,14 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
         v["registry"]["learners"],
     );
     println!(
+        "repair: under-replicated {} (pending {}), copies made {}, tombstones spread {}, passes {}",
+        v["repair"]["under_replicated"],
+        v["repair"]["pending"],
+        v["repair"]["copies_made_total"],
+        v["repair"]["tombstones_spread_total"],
+        v["repair"]["passes_total"],
+    );
+    println!(
         "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>7}",
         "id", "alive", "smtp", "pop", "admin", "rpc", "load", "buckets"
     );
@@ -151,5 +159,14 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
             n["buckets"].to_string(),
         );
     }
+    Ok(())
+}
+
+/// `porcupine node remove`.
+pub async fn node_remove(c: &AdminClient, id: u64) -> anyhow::Result<()> {
+    let v = c
+        .expect_ok(Method::POST, &format!("/v1/nodes/{id}/remove"), None)
+        .await?;
+    println!("node {id} removed; told nodes {}", v["told"]);
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! - [`cluster`]: view, user map, loads, and the membership driver task.
 //! - [`manager`]: user-manager soft state (mail maps, POP3 locks).
 //! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
+//! - [`repair`]: anti-entropy (tombstone spreading, re-replication).
 //! - [`rpc`]: inter-node RPC over HTTP/2.
 //! - [`admin`]: the admin HTTP API; [`cli`]: its client; [`listen`]: accept loops.
 //! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod deliver;
 pub mod listen;
 pub mod manager;
+pub mod repair;
 pub mod retrieve;
 pub mod rpc;
 pub mod serve;

@@ -29,6 +29,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Operate on cluster nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
     /// Show this node's view of the cluster.
     Status {
         #[command(flatten)]
@@ -68,6 +75,15 @@ enum UserCommand {
         address: String,
         #[command(flatten)]
         password: PasswordArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Declare a dead node gone for good; its messages are re-replicated.
+    Remove {
+        /// The node id.
+        id: u64,
     },
 }
 
@@ -200,6 +216,7 @@ fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -233,6 +250,10 @@ async fn main() -> std::process::ExitCode {
                 },
             }
         }
+        Command::Node {
+            command: NodeCommand::Remove { id },
+            admin,
+        } => cli::node_remove(&AdminClient::new(&admin.admin), id).await,
         Command::Status { admin, json } => cli::status(&AdminClient::new(&admin.admin), json).await,
     };
     match result {

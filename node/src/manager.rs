@@ -132,6 +132,20 @@ impl UserManager {
         }
     }
 
+    /// Every managed user with its mail map (for repair passes).
+    pub fn snapshot(&self) -> Vec<(String, Vec<NodeId>)> {
+        let s = self.lock();
+        s.maps
+            .iter()
+            .map(|(u, set)| (u.clone(), set.iter().copied().collect()))
+            .collect()
+    }
+
+    /// The epoch the soft state belongs to.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.lock().epoch
+    }
+
     /// Number of users with a mail map here.
     pub fn users_managed(&self) -> usize {
         self.lock().maps.len()

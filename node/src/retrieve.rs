@@ -2,7 +2,7 @@
 //! registry, locks the mailbox at the user manager, lists every fragment in parallel and
 //! merges them into one maildrop, fetches from any holder, applies deletes at QUIT.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct ProxySession {
     user: String,
     bucket: u16,
     session: SessionId,
+    /// The mail map at open: every node holding fragments of this user.
+    map: Vec<NodeId>,
     entries: Vec<MessageEntry>,
     /// For each entry: its id and the nodes that listed it.
     holders: Vec<(MessageId, Vec<NodeId>)>,
@@ -88,6 +90,7 @@ impl pop::Mailbox for RetrievalProxy {
             user: user.to_string(),
             bucket,
             session,
+            map: map.clone(),
             entries: Vec::new(),
             holders: Vec::new(),
             released: false,
@@ -102,13 +105,18 @@ impl pop::Mailbox for RetrievalProxy {
         }))
         .await;
         let mut merged: BTreeMap<MessageId, (u64, Vec<NodeId>)> = BTreeMap::new();
+        let mut deleted: BTreeSet<MessageId> = BTreeSet::new();
         let mut failed = 0usize;
         for (holder, r) in listings {
             match r {
-                Ok(Response::Listing(list)) => {
-                    for (id, size) in list {
+                Ok(Response::Listing {
+                    messages,
+                    tombstones,
+                }) => {
+                    for (id, size) in messages {
                         merged.entry(id).or_insert((size, Vec::new())).1.push(holder);
                     }
+                    deleted.extend(tombstones);
                 }
                 other => {
                     tracing::warn!(holder, ?other, "listing a fragment failed");
@@ -116,6 +124,8 @@ impl pop::Mailbox for RetrievalProxy {
                 }
             }
         }
+        // A replica that missed a delete still lists the message; a tombstone anywhere wins.
+        merged.retain(|id, _| !deleted.contains(id));
         // With R copies on distinct nodes, R-1 missing listings still show every message.
         if failed >= node.config.replicas.max(1) {
             return Err(MailboxError::TempFail(
@@ -180,13 +190,19 @@ impl pop::MailboxSession for ProxySession {
 
     async fn commit(mut self, deleted: Vec<usize>) -> Result<(), MailboxError> {
         let mut per_node: BTreeMap<NodeId, Vec<MessageKey>> = BTreeMap::new();
+        let mut wanted: Vec<(MessageId, Vec<NodeId>)> = Vec::new();
         for i in deleted {
             let Some((id, holders)) = self.holders.get(i).cloned() else {
                 continue;
             };
-            for h in holders {
+            // Tombstone on every fragment node, not only the holders: the more nodes
+            // know of the delete, the fewer ways a stale copy can come back.
+            let mut targets: BTreeSet<NodeId> = holders.iter().copied().collect();
+            targets.extend(self.map.iter().copied());
+            for &h in &targets {
                 per_node.entry(h).or_default().push(self.key(id));
             }
+            wanted.push((id, targets.into_iter().collect()));
         }
         let node = self.node.clone();
         let results = futures::future::join_all(per_node.into_iter().map(|(h, keys)| {
@@ -194,18 +210,28 @@ impl pop::MailboxSession for ProxySession {
             async move { (h, node.call(h, Request::Delete { keys }).await) }
         }))
         .await;
-        let mut error = None;
+        let mut acked = BTreeSet::new();
         for (h, r) in results {
             match r {
-                Ok(Response::Ack) => {}
-                other => error = Some(format!("node {h}: {other:?}")),
+                Ok(Response::Ack) => {
+                    acked.insert(h);
+                }
+                other => tracing::warn!(node = h, ?other, "tombstoning failed on one node"),
             }
         }
         self.release().await;
-        match error {
-            None => Ok(()),
-            Some(e) => Err(MailboxError::TempFail(format!("deleting: {e}"))),
+        // A delete holds once one node has the tombstone: listings drop any message
+        // tombstoned anywhere, and repair passes spread the tombstone.
+        let missed = wanted
+            .iter()
+            .filter(|(_, targets)| !targets.iter().any(|t| acked.contains(t)))
+            .count();
+        if missed > 0 {
+            return Err(MailboxError::TempFail(format!(
+                "{missed} deletes could not be recorded"
+            )));
         }
+        Ok(())
     }
 }
 

@@ -69,8 +69,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let admin_listener = bind("admin HTTP", &config.admin).await?;
     let rpc_listener = bind("cluster RPC", &config.rpc).await?;
     let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string());
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let me = NodeInfo {
         id: config.node_id,
+        incarnation,
         rpc: addr(&rpc_listener)?,
         smtp: addr(&smtp_listener)?,
         pop: addr(&pop_listener)?,
@@ -188,6 +193,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             sync_node.registry.log().sync_members(live).await;
         }
     });
+
+    tasks.spawn(crate::repair::run(node.clone(), Duration::from_secs(30), shutdown.clone()));
 
     let membership_config = MembershipConfig {
         ping_interval_ms: config.ping_interval_ms,

@@ -44,6 +44,10 @@ pub struct Node {
     pub manager: UserManager,
     /// Client for calls to other nodes.
     pub rpc: RpcClient,
+    /// Anti-entropy figures.
+    pub repair: crate::repair::RepairStats,
+    /// Wakes the repair task early (after `node remove`).
+    pub repair_kick: tokio::sync::Notify,
     message_seq: AtomicU32,
     session_seq: AtomicU64,
     inflight: AtomicU32,
@@ -66,6 +70,8 @@ impl Node {
             cluster,
             manager: UserManager::new(),
             rpc,
+            repair: Default::default(),
+            repair_kick: tokio::sync::Notify::new(),
             message_seq: AtomicU32::new(0),
             session_seq: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
@@ -204,10 +210,18 @@ impl Node {
                 self.manager.close(&user, session);
                 Response::Ack
             }
-            Request::List { bucket, user } => match self.store.list(bucket, &user) {
-                Ok(list) => Response::Listing(list.into_iter().map(|m| (m.id, m.size)).collect()),
+            Request::List { bucket, user } => match self.list_fragment(bucket, &user) {
+                Ok((messages, tombstones)) => Response::Listing {
+                    messages,
+                    tombstones,
+                },
                 Err(e) => Response::Error(format!("list: {e}")),
             },
+            Request::Forget { id } => {
+                self.cluster.forget(id);
+                self.repair_kick.notify_one();
+                Response::Ack
+            }
             Request::Read { key } => match self.store.read(&key).await {
                 Ok(data) => Response::Message(data),
                 Err(e) => Response::Error(format!("read: {e}")),
@@ -234,6 +248,29 @@ impl Node {
             }
             Request::Registry(bytes) => Response::Registry(self.registry.log().handle_rpc(&bytes).await),
         }
+    }
+
+    /// This node's fragment of one user: live messages with sizes, and tombstoned ids.
+    pub fn list_fragment(
+        &self,
+        bucket: u16,
+        user: &str,
+    ) -> Result<(Vec<(MessageId, u64)>, Vec<MessageId>), storage::StorageError> {
+        let messages = self
+            .store
+            .list(bucket, user)?
+            .into_iter()
+            .map(|m| (m.id, m.size))
+            .collect();
+        let tombstones = self
+            .store
+            .bucket_entries(bucket)?
+            .tombstones
+            .into_iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, id)| id)
+            .collect();
+        Ok((messages, tombstones))
     }
 
     fn manages(&self, bucket: u16) -> bool {

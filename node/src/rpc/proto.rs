@@ -89,6 +89,11 @@ pub enum Request {
         /// The holder.
         node: NodeId,
     },
+    /// To every node: forget node `id` for good (operator `node remove`).
+    Forget {
+        /// The node that is gone.
+        id: NodeId,
+    },
     /// A registry (Raft) message, opaque here.
     Registry(Vec<u8>),
 }
@@ -106,8 +111,13 @@ pub enum Response {
     InUse,
     /// The callee is not ready (reconstructing, or not the manager in its view): retry.
     NotReady(String),
-    /// Listing of `List`.
-    Listing(Vec<(MessageId, u64)>),
+    /// Listing of `List`: live messages with sizes, and tombstoned ids.
+    Listing {
+        /// Live messages and their sizes.
+        messages: Vec<(MessageId, u64)>,
+        /// Ids deleted here (a replica that missed the delete must not resurrect them).
+        tombstones: Vec<MessageId>,
+    },
     /// Bytes of `Read`; `None` when absent or deleted.
     Message(Option<Bytes>),
     /// An opaque registry answer.
