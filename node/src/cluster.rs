@@ -57,12 +57,19 @@ pub struct Cluster {
     views: watch::Sender<Arc<ViewState>>,
     loads: Mutex<HashMap<NodeId, u32>>,
     known: RwLock<Vec<NodeInfo>>,
+    seeds: Vec<String>,
+    forgotten: RwLock<std::collections::BTreeSet<String>>,
     input: mpsc::UnboundedSender<DriverInput>,
 }
 
 impl Cluster {
     /// Start with a one-node view of `me`; returns the cluster and the driver's inbox.
-    pub fn new(me: NodeInfo, buckets: u32) -> (Arc<Cluster>, mpsc::UnboundedReceiver<DriverInput>) {
+    pub fn new(
+        me: NodeInfo,
+        buckets: u32,
+        seeds: Vec<String>,
+        forgotten: impl IntoIterator<Item = String>,
+    ) -> (Arc<Cluster>, mpsc::UnboundedReceiver<DriverInput>) {
         let view = View {
             epoch: membership::Epoch {
                 counter: 0,
@@ -80,6 +87,8 @@ impl Cluster {
             views,
             loads: Mutex::new(HashMap::new()),
             known: RwLock::new(vec![me]),
+            seeds,
+            forgotten: RwLock::new(forgotten.into_iter().collect()),
             input,
         };
         (Arc::new(cluster), rx)
@@ -118,9 +127,30 @@ impl Cluster {
         let _ = self.input.send(DriverInput::Message(msg));
     }
 
-    /// Ask the driver to forget a node for good.
-    pub fn forget(&self, id: NodeId) {
+    /// Ask the driver to forget a node for good; returns its RPC address if known.
+    pub fn forget(&self, id: NodeId) -> Option<String> {
+        let addr = self.known().into_iter().find(|k| k.id == id).map(|k| k.rpc);
+        if let (Some(a), Ok(mut f)) = (&addr, self.forgotten.write()) {
+            f.insert(a.clone());
+        }
         let _ = self.input.send(DriverInput::Forget(id));
+        addr
+    }
+
+    /// Whether every node this node knows of (from gossip or as a seed) is live in the
+    /// current view or was removed by the operator: only then is a message with fewer
+    /// than R live copies really short of copies, not just waiting for a node to return.
+    pub fn all_accounted_for(&self) -> bool {
+        let view = self.view();
+        let live_addrs: std::collections::BTreeSet<&str> =
+            view.view.members.iter().map(|m| m.rpc.as_str()).collect();
+        let forgotten = self.forgotten.read().map(|f| f.clone()).unwrap_or_default();
+        let known_ok = self.known().iter().all(|k| view.live.contains(&k.id) || forgotten.contains(&k.rpc));
+        let seeds_ok = self
+            .seeds
+            .iter()
+            .all(|s| live_addrs.contains(s.as_str()) || forgotten.contains(s));
+        known_ok && seeds_ok
     }
 
     /// Record a load figure learned from a reply or a ping.

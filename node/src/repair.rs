@@ -96,7 +96,7 @@ pub async fn pass(node: &Arc<Node>) -> PassReport {
     let view = node.cluster.view();
     let epoch = view.view.epoch;
     let live: BTreeSet<NodeId> = view.live.iter().copied().collect();
-    let all_known_live = node.cluster.known().iter().all(|k| live.contains(&k.id));
+    let all_known_live = node.cluster.all_accounted_for();
     let wanted = node.config.replicas.clamp(1, live.len().max(1));
     for (user, map) in node.manager.snapshot() {
         if node.cluster.view().view.epoch != epoch {

@@ -103,7 +103,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         raft.bootstrap().await.context("bootstrapping the registry")?;
     }
     let registry = Registry::new(state, raft);
-    let (cluster, inbox) = Cluster::new(me.clone(), membership::DEFAULT_BUCKETS);
+    let forgotten: Vec<String> = store
+        .kv("forgotten")?
+        .scan_prefix(b"")?
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    let (cluster, inbox) = Cluster::new(
+        me.clone(),
+        membership::DEFAULT_BUCKETS,
+        config.seeds.clone(),
+        forgotten,
+    );
     let node = Arc::new(Node::new(config.clone(), store, registry, cluster.clone(), rpc.clone()));
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

@@ -218,7 +218,15 @@ impl Node {
                 Err(e) => Response::Error(format!("list: {e}")),
             },
             Request::Forget { id } => {
-                self.cluster.forget(id);
+                if let Some(addr) = self.cluster.forget(id) {
+                    let saved = self
+                        .store
+                        .kv("forgotten")
+                        .and_then(|t| t.insert(addr.as_bytes(), &id.to_be_bytes()));
+                    if let Err(e) = saved {
+                        tracing::error!(error = %e, "recording a removed node");
+                    }
+                }
                 self.repair_kick.notify_one();
                 Response::Ack
             }

@@ -5,18 +5,22 @@
 //! go through a [`RegistryLog`] (the Raft group in a cluster) and are applied on every
 //! replica in the same order. Passwords are hashed with Argon2 before they leave the
 //! admin request, so neither the log nor the state ever holds one in clear.
+//!
+//! Modules: [`state`] (the local replica and the commands that change it) and [`raft`]
+//! (the Raft group: log and state machine on disk, peer RPC, membership upkeep).
 
-pub mod state;
 pub mod raft;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use blake2::{Blake2b512, Digest};
 
+pub use raft::{RaftLog, RaftOptions, RaftStatus, RaftTransport};
 pub use state::{RegistryCommand, RegistryOutcome, RegistryState, UserRecord};
 
 /// Registry failures, each mapped to an HTTP status by the admin API.
@@ -174,7 +178,11 @@ impl<L: RegistryLog> Registry<L> {
     }
 
     /// Replace an account's password.
-    pub async fn set_password(&self, address: &str, password: &str) -> Result<String, RegistryError> {
+    pub async fn set_password(
+        &self,
+        address: &str,
+        password: &str,
+    ) -> Result<String, RegistryError> {
         let address = canonical_address(address)?;
         let hash = hash_blocking(password.to_string()).await?;
         self.forget_verified(&address);
@@ -207,7 +215,11 @@ impl<L: RegistryLog> Registry<L> {
     }
 
     /// Check a login; `Ok(Some(canonical))` when the password matches.
-    pub async fn verify(&self, address: &str, password: &str) -> Result<Option<String>, RegistryError> {
+    pub async fn verify(
+        &self,
+        address: &str,
+        password: &str,
+    ) -> Result<Option<String>, RegistryError> {
         let Ok(address) = canonical_address(address) else {
             return Ok(None);
         };
@@ -246,6 +258,17 @@ async fn hash_blocking(password: String) -> Result<String, RegistryError> {
         .map_err(|e| RegistryError::Hash(e.to_string()))?
 }
 
+/// A shared log is a log too: lets the node keep its [`raft::RaftLog`] in an `Arc` for
+/// RPC handling while a [`Registry`] writes through it.
+impl<L: RegistryLog> RegistryLog for std::sync::Arc<L> {
+    fn submit(
+        &self,
+        cmd: RegistryCommand,
+    ) -> impl std::future::Future<Output = Result<RegistryOutcome, RegistryError>> + Send {
+        L::submit(self, cmd)
+    }
+}
+
 /// A registry log that applies commands to the local replica only: a cluster of one
 /// without Raft, used by unit tests.
 pub struct LocalLog {
@@ -271,10 +294,16 @@ mod tests {
 
     #[test]
     fn canonical_addresses() {
-        assert_eq!(canonical_address("Alice@Example.TEST").unwrap(), "alice@example.test");
+        assert_eq!(
+            canonical_address("Alice@Example.TEST").unwrap(),
+            "alice@example.test"
+        );
         assert_eq!(canonical_address("<bob@x.y>").unwrap(), "bob@x.y");
         for bad in ["", "alice", "@x", "a@", "a b@x", "a@x..", "a@.x", "a@x/y"] {
-            assert!(canonical_address(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                canonical_address(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

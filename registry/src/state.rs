@@ -51,6 +51,9 @@ pub struct UserRecord {
     pub password_hash: String,
 }
 
+/// Every (key, value) of the registry tree: what a Raft snapshot carries.
+pub type StateEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 const USER_PREFIX: &[u8] = b"u/";
 const DOMAIN_PREFIX: &[u8] = b"d/";
 
@@ -152,12 +155,12 @@ impl RegistryState {
     }
 
     /// Every entry of the tree, for a Raft snapshot.
-    pub fn export(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, RegistryError> {
+    pub fn export(&self) -> Result<StateEntries, RegistryError> {
         Ok(self.tree.scan_prefix(b"")?)
     }
 
     /// Replace the whole state, from a Raft snapshot.
-    pub fn import(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), RegistryError> {
+    pub fn import(&self, entries: StateEntries) -> Result<(), RegistryError> {
         self.tree.clear()?;
         self.tree
             .apply(entries.into_iter().map(|(k, v)| (k, Some(v))).collect())?;

@@ -105,7 +105,7 @@ impl StorageError {
     pub(crate) fn index(
         tree: &str,
         action: &'static str,
-    ) -> impl FnOnce(sled::Error) -> StorageError {
+    ) -> impl FnOnce(sled::Error) -> StorageError + use<> {
         let tree = tree.to_owned();
         move |source| StorageError::Index {
             tree,

@@ -88,10 +88,11 @@ impl FromStr for MessageId {
         }
         let mut bytes = [0u8; 16];
         for (i, byte) in bytes.iter_mut().enumerate() {
-            let hi = hex_value(text[2 * i])
-                .ok_or(ParseMessageIdError::BadDigit { position: 2 * i })?;
-            let lo = hex_value(text[2 * i + 1])
-                .ok_or(ParseMessageIdError::BadDigit { position: 2 * i + 1 })?;
+            let hi =
+                hex_value(text[2 * i]).ok_or(ParseMessageIdError::BadDigit { position: 2 * i })?;
+            let lo = hex_value(text[2 * i + 1]).ok_or(ParseMessageIdError::BadDigit {
+                position: 2 * i + 1,
+            })?;
             *byte = (hi << 4) | lo;
         }
         Ok(MessageId(bytes))

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -24,6 +25,8 @@ const TOMBSTONES: &str = "tombstones";
 const USERS: &str = "users";
 const META: &str = "meta";
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// How long `open` waits for sled's lock before reporting the directory as busy.
+const LOCK_WAIT_MS: u64 = 1_000;
 
 /// The sled database plus what makes its flush durable.
 pub(crate) struct IndexDb {
@@ -37,14 +40,27 @@ impl IndexDb {
     /// Open (or create) the sled database in `path`. Fails if another process (or
     /// another `Store` in this one) has it open: sled locks its log file.
     pub(crate) fn open(path: &Path) -> Result<Arc<IndexDb>, StorageError> {
-        let sled = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| StorageError::Index {
-                tree: path.display().to_string(),
-                action: "open index database",
-                source,
-            })?;
+        let started = Instant::now();
+        let sled = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                // A store that was just dropped in this process may still be
+                // releasing the lock (sled finishes IO on background threads).
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < Duration::from_millis(LOCK_WAIT_MS) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(source) => {
+                    return Err(StorageError::Index {
+                        tree: path.display().to_string(),
+                        action: "open index database",
+                        source,
+                    });
+                }
+            }
+        };
         let log_path = path.join("db");
         let log_file = match File::open(&log_path) {
             Ok(file) => Some(file),
@@ -152,25 +168,32 @@ impl Index {
                 for op in ops {
                     match op.location {
                         Some(location) => {
-                            if tombstones.get(&op.key)?.is_some() || messages.get(&op.key)?.is_some() {
+                            if tombstones.get(&op.key)?.is_some()
+                                || messages.get(&op.key)?.is_some()
+                            {
                                 continue;
                             }
                             messages.insert(op.key.as_slice(), &location.encode()[..])?;
                             deltas.messages += 1;
                             let count = match users.get(&op.user_key)? {
-                                Some(v) => keys::decode_count(&v).map_err(ConflictableTransactionError::Abort)?,
+                                Some(v) => keys::decode_count(&v)
+                                    .map_err(ConflictableTransactionError::Abort)?,
                                 None => 0,
                             };
                             if count == 0 {
                                 deltas.users += 1;
                             }
-                            users.insert(op.user_key.as_slice(), &keys::encode_count(count + 1)[..])?;
+                            users.insert(
+                                op.user_key.as_slice(),
+                                &keys::encode_count(count + 1)[..],
+                            )?;
                         }
                         None => {
                             if messages.remove(op.key.as_slice())?.is_some() {
                                 deltas.messages -= 1;
                                 let count = match users.get(&op.user_key)? {
-                                    Some(v) => keys::decode_count(&v).map_err(ConflictableTransactionError::Abort)?,
+                                    Some(v) => keys::decode_count(&v)
+                                        .map_err(ConflictableTransactionError::Abort)?,
                                     None => 0,
                                 };
                                 if count <= 1 {
@@ -179,10 +202,13 @@ impl Index {
                                     }
                                     users.remove(op.user_key.as_slice())?;
                                 } else {
-                                    users.insert(op.user_key.as_slice(), &keys::encode_count(count - 1)[..])?;
+                                    users.insert(
+                                        op.user_key.as_slice(),
+                                        &keys::encode_count(count - 1)[..],
+                                    )?;
                                 }
                             }
-                            if tombstones.insert(op.key.as_slice(), &[][..])?.is_none() {
+                            if tombstones.insert(op.key.as_slice(), &b""[..])?.is_none() {
                                 deltas.tombstones += 1;
                             }
                         }
@@ -209,7 +235,9 @@ impl Index {
             .get(k)
             .map_err(StorageError::index(MESSAGES, "look up message"))?
         {
-            Some(v) => Location::decode(&v).map(Some).map_err(|r| corrupt(MESSAGES, r)),
+            Some(v) => Location::decode(&v)
+                .map(Some)
+                .map_err(|r| corrupt(MESSAGES, r)),
             None => Ok(None),
         }
     }
@@ -231,7 +259,12 @@ impl Index {
             let location = Location::decode(&v).map_err(|r| corrupt(MESSAGES, r))?;
             let size = u64::from(location.len)
                 .checked_sub(header_len)
-                .ok_or_else(|| corrupt(MESSAGES, format!("location of {id} shorter than its header")))?;
+                .ok_or_else(|| {
+                    corrupt(
+                        MESSAGES,
+                        format!("location of {id} shorter than its header"),
+                    )
+                })?;
             out.push(MessageMeta { id, size });
         }
         Ok(out)
@@ -239,7 +272,10 @@ impl Index {
 
     /// (bucket, user, live count) of every user in the buckets `filter` accepts.
     /// Rejected buckets are skipped with one seek each, not scanned.
-    pub(crate) fn users(&self, filter: impl Fn(u16) -> bool) -> Result<Vec<(u16, String, u64)>, StorageError> {
+    pub(crate) fn users(
+        &self,
+        filter: impl Fn(u16) -> bool,
+    ) -> Result<Vec<(u16, String, u64)>, StorageError> {
         let mut out = Vec::new();
         let mut from = keys::bucket_prefix(0).to_vec();
         loop {
@@ -251,7 +287,8 @@ impl Index {
             if filter(bucket) {
                 for item in self.users.scan_prefix(keys::bucket_prefix(bucket)) {
                     let (k, v) = item.map_err(StorageError::index(USERS, "scan users"))?;
-                    let (bucket, user) = keys::decode_user_key(&k).map_err(|r| corrupt(USERS, r))?;
+                    let (bucket, user) =
+                        keys::decode_user_key(&k).map_err(|r| corrupt(USERS, r))?;
                     let count = keys::decode_count(&v).map_err(|r| corrupt(USERS, r))?;
                     out.push((bucket, user, count));
                 }
@@ -266,7 +303,9 @@ impl Index {
 
     /// Every live message key and tombstone key in one bucket.
     pub(crate) fn bucket_entries(&self, bucket: u16) -> Result<BucketEntries, StorageError> {
-        let scan = |tree: &sled::Tree, name: &str| -> Result<Vec<(String, crate::MessageId)>, StorageError> {
+        let scan = |tree: &sled::Tree,
+                    name: &str|
+         -> Result<Vec<(String, crate::MessageId)>, StorageError> {
             let mut out = Vec::new();
             for item in tree.scan_prefix(keys::bucket_prefix(bucket)) {
                 let (k, _) = item.map_err(|source| StorageError::Index {

@@ -237,8 +237,14 @@ mod tests {
 
     #[test]
     fn position_order_is_segment_then_offset() {
-        let a = Position { segment: 1, offset: 900 };
-        let b = Position { segment: 2, offset: 0 };
+        let a = Position {
+            segment: 1,
+            offset: 900,
+        };
+        let b = Position {
+            segment: 2,
+            offset: 0,
+        };
         assert!(a < b);
         assert!(a.encode() < b.encode());
     }

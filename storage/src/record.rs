@@ -276,10 +276,19 @@ mod tests {
 
     #[test]
     fn garbage_is_corrupt_and_short_is_incomplete() {
-        assert!(matches!(decode(b"hello world, this is not a record at all"), Err(DecodeError::Corrupt(_))));
-        assert!(matches!(decode(&MAGIC.to_be_bytes()), Err(DecodeError::Incomplete)));
+        assert!(matches!(
+            decode(b"hello world, this is not a record at all"),
+            Err(DecodeError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(&MAGIC.to_be_bytes()),
+            Err(DecodeError::Incomplete)
+        ));
         let mut input: &[u8] = &[0x50, 0x43];
-        assert!(matches!(read_record(&mut input, 2), Err(DecodeError::Incomplete)));
+        assert!(matches!(
+            read_record(&mut input, 2),
+            Err(DecodeError::Incomplete)
+        ));
     }
 
     #[test]

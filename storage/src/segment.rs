@@ -31,7 +31,8 @@ pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
 /// ignored.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StorageError> {
     let mut segments = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(StorageError::io(dir, "list segment directory"))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(StorageError::io(dir, "list segment directory"))?;
     for entry in entries {
         let entry = entry.map_err(StorageError::io(dir, "list segment directory"))?;
         let name = entry.file_name();
@@ -42,7 +43,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StorageEr
         if stem.is_empty() || !stem.bytes().all(|c| c.is_ascii_digit()) {
             continue;
         }
-        let Ok(id) = stem.parse::<u32>() else { continue };
+        let Ok(id) = stem.parse::<u32>() else {
+            continue;
+        };
         segments.push((id, entry.path()));
     }
     segments.sort();
@@ -98,7 +101,10 @@ impl SegmentWriter {
             // Anything past the replayed end was torn or never acknowledged.
             file.set_len(at.offset)
                 .and_then(|()| file.sync_all())
-                .map_err(StorageError::io(&path, "truncate segment to its last whole record"))?;
+                .map_err(StorageError::io(
+                    &path,
+                    "truncate segment to its last whole record",
+                ))?;
         }
         Ok(SegmentWriter {
             dir: dir.to_owned(),
@@ -178,11 +184,14 @@ impl SegmentWriter {
     /// is acknowledged.
     fn roll(&mut self) -> Result<(), StorageError> {
         self.sync()?;
-        let next = self.id.checked_add(1).ok_or_else(|| StorageError::Corrupt {
-            path: self.path.clone(),
-            offset: self.len_bytes,
-            reason: "segment numbers exhausted".to_owned(),
-        })?;
+        let next = self
+            .id
+            .checked_add(1)
+            .ok_or_else(|| StorageError::Corrupt {
+                path: self.path.clone(),
+                offset: self.len_bytes,
+                reason: "segment numbers exhausted".to_owned(),
+            })?;
         let path = segment_path(&self.dir, next);
         let file = OpenOptions::new()
             .create_new(true)
@@ -224,7 +233,9 @@ impl SegmentReader {
             return Ok(file.clone());
         }
         let path = self.path(id);
-        let file = Arc::new(File::open(&path).map_err(StorageError::io(&path, "open segment for reading"))?);
+        let file = Arc::new(
+            File::open(&path).map_err(StorageError::io(&path, "open segment for reading"))?,
+        );
         files.insert(id, file.clone());
         Ok(file)
     }
@@ -233,21 +244,25 @@ impl SegmentReader {
     pub(crate) fn read(&self, location: Location) -> Result<Vec<u8>, StorageError> {
         let file = self.file(location.segment)?;
         let mut buf = vec![0u8; location.len as usize];
-        file.read_exact_at(&mut buf, location.offset).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                StorageError::Corrupt {
-                    path: self.path(location.segment),
-                    offset: location.offset,
-                    reason: format!("segment ends inside a {}-byte record the index points at", location.len),
+        file.read_exact_at(&mut buf, location.offset)
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                    StorageError::Corrupt {
+                        path: self.path(location.segment),
+                        offset: location.offset,
+                        reason: format!(
+                            "segment ends inside a {}-byte record the index points at",
+                            location.len
+                        ),
+                    }
+                } else {
+                    StorageError::Io {
+                        path: self.path(location.segment),
+                        action: "read segment",
+                        source,
+                    }
                 }
-            } else {
-                StorageError::Io {
-                    path: self.path(location.segment),
-                    action: "read segment",
-                    source,
-                }
-            }
-        })?;
+            })?;
         Ok(buf)
     }
 }

@@ -21,6 +21,9 @@ pub struct StoreStats {
     pub batches: u64,
     /// `append`/`delete` calls served since open.
     pub write_requests: u64,
+    /// `append`/`delete` calls queued for the writer and not yet answered (a
+    /// measure of disk load).
+    pub pending_write_requests: u64,
 }
 
 /// The atomics behind [`StoreStats`].
@@ -33,6 +36,7 @@ pub(crate) struct Counters {
     syncs: AtomicU64,
     batches: AtomicU64,
     write_requests: AtomicU64,
+    pending_write_requests: AtomicU64,
 }
 
 /// Changes that one index update made to the totals.
@@ -82,6 +86,16 @@ impl Counters {
         self.write_requests.fetch_add(requests, Ordering::Relaxed);
     }
 
+    /// A write request was queued for the writer.
+    pub(crate) fn add_pending(&self) {
+        self.pending_write_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A queued write request was answered.
+    pub(crate) fn remove_pending(&self) {
+        self.pending_write_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> StoreStats {
         StoreStats {
             messages: self.messages.load(Ordering::Relaxed),
@@ -91,6 +105,7 @@ impl Counters {
             syncs: self.syncs.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             write_requests: self.write_requests.load(Ordering::Relaxed),
+            pending_write_requests: self.pending_write_requests.load(Ordering::Relaxed),
         }
     }
 }

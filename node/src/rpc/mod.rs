@@ -61,6 +61,8 @@ impl RpcClient {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
         let client = Client::builder(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .http2_only(true)
             .http2_keep_alive_interval(Some(Duration::from_secs(5)))
             .http2_keep_alive_timeout(Duration::from_secs(5))

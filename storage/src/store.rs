@@ -1,0 +1,310 @@
+//! [`Store`]: the public face of a node's disk. Reads go straight to the index and
+//! segment files; writes go through the single writer thread (see `writer`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::index::{Index, IndexDb};
+use crate::keys::{Location, validate_user};
+use crate::record::{self, RecordKind};
+use crate::segment::{SegmentReader, SegmentWriter, list_segments, sync_dir};
+use crate::stats::Counters;
+use crate::writer::{Request, Writer};
+use crate::{BucketEntries, KvTree, MessageKey, MessageMeta, NewMessage, StorageError, StoreStats};
+
+/// Records up to this size are read inline; larger ones on a blocking thread so a
+/// cold multi-megabyte read does not stall the async runtime.
+const INLINE_READ_BYTES_MAX: u32 = 64 * 1024;
+
+/// Tuning of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Start a new segment file once the current one would pass this size (a
+    /// single record larger than this gets a segment of its own).
+    pub segment_size_bytes_max: u64,
+    /// Cap on the bytes written by one group commit.
+    pub batch_bytes_max: usize,
+}
+
+impl Default for StoreConfig {
+    /// 256 MiB segments, 64 MiB per group commit.
+    fn default() -> StoreConfig {
+        StoreConfig {
+            segment_size_bytes_max: 256 * 1024 * 1024,
+            batch_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    index: Index,
+    reader: SegmentReader,
+    counters: Arc<Counters>,
+    /// `None` only while dropping.
+    requests: Option<mpsc::Sender<Request>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn send(&self, request: Request) -> Result<(), StorageError> {
+        let Some(requests) = self.requests.as_ref() else {
+            return Err(StorageError::Closed);
+        };
+        let is_write = !matches!(request, Request::Close { .. });
+        if is_write {
+            // Counted before sending: the writer may answer (and uncount) at once.
+            self.counters.add_pending();
+        }
+        requests.send(request).map_err(|_| {
+            if is_write {
+                self.counters.remove_pending();
+            }
+            StorageError::Closed
+        })
+    }
+
+    fn take_writer(&self) -> Option<JoinHandle<()>> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Read one record and check that it is the message the index says it is.
+    fn read_message(&self, location: Location, key: &MessageKey) -> Result<Bytes, StorageError> {
+        let bytes = self.reader.read(location)?;
+        let corrupt = |reason: String| StorageError::Corrupt {
+            path: self.reader.path(location.segment),
+            offset: location.offset,
+            reason,
+        };
+        let header = record::decode(&bytes).map_err(|e| {
+            corrupt(match e {
+                record::DecodeError::Corrupt(reason) => reason,
+                record::DecodeError::Incomplete => "record longer than the index says".to_owned(),
+                record::DecodeError::Io(e) => e.to_string(),
+            })
+        })?;
+        if header.kind != RecordKind::Message
+            || header.key != *key
+            || header.record_len() != u64::from(location.len)
+        {
+            return Err(corrupt(format!(
+                "index entry for {}/{}/{} points at a different record",
+                key.bucket, key.user, key.id
+            )));
+        }
+        Ok(Bytes::from(bytes).slice(header.len()..))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel makes the writer finish queued work, checkpoint and
+        // exit; waiting for it releases sled's lock before a reopen.
+        self.requests = None;
+        if let Some(handle) = self.take_writer()
+            && handle.join().is_err()
+        {
+            tracing::error!("storage writer thread panicked");
+        }
+    }
+}
+
+/// A node's local store: message bodies in segment files, indexes and the node's
+/// key-value trees in sled. Cheap to clone (an `Arc` inside). The last clone to be
+/// dropped stops the writer thread (after finishing queued writes) and waits for it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir`: replays the segment log past the last
+    /// checkpoint into the index, truncates a torn tail, and starts the writer
+    /// thread. Blocking (replay reads files): call it before serving, or from
+    /// `spawn_blocking`. Fails if another store has `dir` open.
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StorageError> {
+        let segments_dir = dir.join("segments");
+        std::fs::create_dir_all(&segments_dir)
+            .map_err(StorageError::io(&segments_dir, "create directory"))?;
+        sync_dir(dir)?;
+        // sled first: its lock keeps a second opener from truncating our segments.
+        let db = IndexDb::open(&dir.join("index"))?;
+        let index = Index::open(db.clone())?;
+        let checkpoint = index.checkpoint()?;
+        let end = crate::replay::replay(&segments_dir, checkpoint, &index)?;
+
+        let (messages, tombstones, users) = index.count_all();
+        let mut segment_bytes = 0;
+        for (_, path) in list_segments(&segments_dir)? {
+            segment_bytes += std::fs::metadata(&path)
+                .map_err(StorageError::io(&path, "stat segment"))?
+                .len();
+        }
+        let counters = Arc::new(Counters::new(messages, tombstones, users, segment_bytes));
+        let segments = SegmentWriter::open(
+            &segments_dir,
+            end,
+            config.segment_size_bytes_max,
+            counters.clone(),
+        )?;
+        if checkpoint != Some(end) {
+            index.checkpoint_at(end)?;
+            db.durable_flush()?;
+        }
+
+        let (requests, receiver) = mpsc::channel();
+        let writer = Writer::new(
+            segments,
+            index.clone(),
+            counters.clone(),
+            config.batch_bytes_max,
+            end,
+        );
+        let handle = std::thread::Builder::new()
+            .name("storage-writer".to_owned())
+            .spawn(move || writer.run(receiver))
+            .map_err(StorageError::io(dir, "spawn storage writer thread"))?;
+        tracing::info!(dir = %dir.display(), messages, tombstones, users, "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                index,
+                reader: SegmentReader::new(&segments_dir),
+                counters,
+                requests: Some(requests),
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Durably store messages (group-committed with concurrent callers). `Ok` means
+    /// fsync'd and readable. Re-appending a stored key is a no-op (the first copy
+    /// wins); appending a tombstoned key is ignored.
+    pub async fn append(&self, messages: Vec<NewMessage>) -> Result<(), StorageError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for message in &messages {
+            validate_user(&message.key.user)?;
+            let len = record::record_len(message.key.user.len(), message.data.len());
+            if len > record::RECORD_LEN_MAX {
+                return Err(StorageError::TooLarge {
+                    size_bytes: message.data.len() as u64,
+                    size_bytes_max: record::RECORD_LEN_MAX
+                        - record::header_len(message.key.user.len()) as u64,
+                });
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner.send(Request::Append { messages, reply })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Durably tombstone messages (same writer, same group commit). The message
+    /// disappears from `list`/`read`, and any later copy of it is ignored.
+    pub async fn delete(&self, keys: Vec<MessageKey>) -> Result<(), StorageError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        for key in &keys {
+            validate_user(&key.user)?;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner.send(Request::Delete { keys, reply })?;
+        answer.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Live messages of one user, ordered by id.
+    pub fn list(&self, bucket: u16, user: &str) -> Result<Vec<MessageMeta>, StorageError> {
+        validate_user(user)?;
+        self.inner.index.list(bucket, user)
+    }
+
+    /// The exact bytes of one live message, None if absent or tombstoned. The
+    /// record's checksum is verified on every read.
+    pub async fn read(&self, key: &MessageKey) -> Result<Option<Bytes>, StorageError> {
+        validate_user(&key.user)?;
+        let Some(location) = self.inner.index.location(key)? else {
+            return Ok(None);
+        };
+        if location.len <= INLINE_READ_BYTES_MAX {
+            return self.inner.read_message(location, key).map(Some);
+        }
+        let inner = self.inner.clone();
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || inner.read_message(location, &key))
+            .await
+            .map_err(|e| StorageError::Task {
+                action: "read message",
+                reason: e.to_string(),
+            })?
+            .map(Some)
+    }
+
+    /// Whether `key` has been deleted (tombstones are kept; no collection yet).
+    pub fn is_tombstoned(&self, key: &MessageKey) -> Result<bool, StorageError> {
+        validate_user(&key.user)?;
+        self.inner.index.is_tombstoned(key)
+    }
+
+    /// Users holding at least one live message in the buckets accepted by `filter`,
+    /// with counts, as (bucket, user, live messages) sorted by bucket then user.
+    pub fn users(
+        &self,
+        filter: impl Fn(u16) -> bool,
+    ) -> Result<Vec<(u16, String, u64)>, StorageError> {
+        self.inner.index.users(filter)
+    }
+
+    /// Every live message key and every tombstone key in one bucket (for anti-entropy).
+    pub fn bucket_entries(&self, bucket: u16) -> Result<BucketEntries, StorageError> {
+        self.inner.index.bucket_entries(bucket)
+    }
+
+    /// Totals for status/metrics.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// A named key-value tree (registry, raft log, node identity...). Trees share
+    /// the index database but never its keys.
+    pub fn kv(&self, name: &str) -> Result<KvTree, StorageError> {
+        KvTree::open(self.inner.index.db().clone(), name)
+    }
+
+    /// Stop the writer thread after draining; flush sled. Later writes fail with
+    /// [`StorageError::Closed`]; reads keep working. Closing twice is harmless.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let result = match self.inner.send(Request::Close { reply }) {
+            Ok(()) => answer.await.unwrap_or(Ok(())),
+            // Already closed by an earlier call.
+            Err(StorageError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Some(handle) = self.inner.take_writer() {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("storage writer thread panicked");
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,259 @@
+//! The writer thread: the only code that appends to segments and changes the
+//! message index. It group-commits: it drains every queued request (up to
+//! `batch_bytes_max`), writes them all, calls ONE `fdatasync`, indexes the batch,
+//! and only then answers each requester. So an acknowledged write is durable and
+//! readable.
+//!
+//! It also advances the checkpoint (how far replay may skip on the next open):
+//! when idle, every few seconds under load, and at close. A plain OS thread, not a
+//! tokio task, because nearly all it does is blocking file IO.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::index::{Index, IndexOp};
+use crate::keys::Position;
+use crate::record::{self, RecordKind};
+use crate::segment::SegmentWriter;
+use crate::stats::Counters;
+use crate::{MessageKey, NewMessage, StorageError};
+
+/// Checkpoint after this long without requests (if anything is unchecked).
+const CHECKPOINT_IDLE_MS: u64 = 200;
+/// Checkpoint at least this often under constant load, so replay stays short.
+const CHECKPOINT_INTERVAL_MS: u64 = 5_000;
+/// How long to wait for a request when there is nothing to checkpoint.
+const IDLE_WAIT_MS: u64 = 60_000;
+
+/// Where a requester waits for its answer.
+pub(crate) type Reply = oneshot::Sender<Result<(), StorageError>>;
+
+/// Work for the writer thread.
+pub(crate) enum Request {
+    /// Store these messages.
+    Append {
+        messages: Vec<NewMessage>,
+        reply: Reply,
+    },
+    /// Tombstone these keys.
+    Delete { keys: Vec<MessageKey>, reply: Reply },
+    /// Finish every earlier request, checkpoint, flush and stop.
+    Close { reply: Reply },
+}
+
+impl Request {
+    /// Bytes this request adds to the segment log.
+    fn size_bytes(&self) -> u64 {
+        match self {
+            Request::Append { messages, .. } => messages
+                .iter()
+                .map(|m| record::record_len(m.key.user.len(), m.data.len()))
+                .sum(),
+            Request::Delete { keys, .. } => keys
+                .iter()
+                .map(|k| record::record_len(k.user.len(), 0))
+                .sum(),
+            Request::Close { .. } => 0,
+        }
+    }
+
+    fn reply(self, result: Result<(), StorageError>, counters: &Counters) {
+        let reply = match self {
+            Request::Append { reply, .. } | Request::Delete { reply, .. } => {
+                counters.remove_pending();
+                reply
+            }
+            Request::Close { reply } => reply,
+        };
+        // The requester may have given up waiting; the write stands either way.
+        let _ = reply.send(result);
+    }
+}
+
+/// State of the writer thread.
+pub(crate) struct Writer {
+    segments: SegmentWriter,
+    index: Index,
+    counters: Arc<Counters>,
+    batch_bytes_max: u64,
+    /// End of the last record that is written, synced and indexed.
+    applied: Position,
+    /// The last checkpoint recorded.
+    checkpointed: Position,
+    last_checkpoint: Instant,
+    /// Set by the first failed write, sync or index update; see
+    /// [`StorageError::WriterFailed`].
+    failed: Option<Arc<StorageError>>,
+}
+
+impl Writer {
+    /// `segments` is positioned at the end of the replayed log, which the index
+    /// covers and whose checkpoint is `checkpointed`.
+    pub(crate) fn new(
+        segments: SegmentWriter,
+        index: Index,
+        counters: Arc<Counters>,
+        batch_bytes_max: usize,
+        checkpointed: Position,
+    ) -> Writer {
+        Writer {
+            applied: segments.position(),
+            segments,
+            index,
+            counters,
+            batch_bytes_max: batch_bytes_max.max(1) as u64,
+            checkpointed,
+            last_checkpoint: Instant::now(),
+            failed: None,
+        }
+    }
+
+    /// The thread body: serve requests until `Close` or until every sender is gone.
+    pub(crate) fn run(mut self, requests: Receiver<Request>) {
+        let mut carried: Option<Request> = None;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => {
+                    let wait_ms = if self.applied != self.checkpointed {
+                        CHECKPOINT_IDLE_MS
+                    } else {
+                        IDLE_WAIT_MS
+                    };
+                    match requests.recv_timeout(Duration::from_millis(wait_ms)) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.checkpoint_logged();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => {
+                            if let Err(e) = self.shutdown() {
+                                tracing::error!(error = %e, "storage writer: final flush failed");
+                            }
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Request::Close { .. } = first {
+                let result = self.shutdown();
+                first.reply(result, &self.counters);
+                return;
+            }
+            let mut batch_bytes = first.size_bytes();
+            let mut batch = vec![first];
+            while batch_bytes < self.batch_bytes_max {
+                match requests.try_recv() {
+                    Ok(request) => {
+                        let size = request.size_bytes();
+                        let is_close = matches!(request, Request::Close { .. });
+                        if is_close || batch_bytes + size > self.batch_bytes_max {
+                            carried = Some(request);
+                            break;
+                        }
+                        batch_bytes += size;
+                        batch.push(request);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.commit(batch);
+            if self.last_checkpoint.elapsed() >= Duration::from_millis(CHECKPOINT_INTERVAL_MS) {
+                self.checkpoint_logged();
+            }
+        }
+    }
+
+    /// Write, sync and index one batch, then answer every request in it.
+    fn commit(&mut self, batch: Vec<Request>) {
+        if let Some(failure) = &self.failed {
+            for request in batch {
+                request.reply(
+                    Err(StorageError::WriterFailed {
+                        source: failure.clone(),
+                    }),
+                    &self.counters,
+                );
+            }
+            return;
+        }
+        self.counters.add_batch(batch.len() as u64);
+        match self.write_and_index(&batch) {
+            Ok(()) => {
+                for request in batch {
+                    request.reply(Ok(()), &self.counters);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage writer failed; refusing further writes until restart");
+                let failure = Arc::new(e);
+                self.failed = Some(failure.clone());
+                for request in batch {
+                    request.reply(
+                        Err(StorageError::WriterFailed {
+                            source: failure.clone(),
+                        }),
+                        &self.counters,
+                    );
+                }
+            }
+        }
+    }
+
+    fn write_and_index(&mut self, batch: &[Request]) -> Result<(), StorageError> {
+        let mut ops = Vec::new();
+        for request in batch {
+            match request {
+                Request::Append { messages, .. } => {
+                    for message in messages {
+                        let header =
+                            record::encode_header(RecordKind::Message, &message.key, &message.data);
+                        let location = self.segments.append(&header, &message.data)?;
+                        ops.push(IndexOp::new(RecordKind::Message, &message.key, location));
+                    }
+                }
+                Request::Delete { keys, .. } => {
+                    for key in keys {
+                        let header = record::encode_header(RecordKind::Tombstone, key, &[]);
+                        let location = self.segments.append(&header, &[])?;
+                        ops.push(IndexOp::new(RecordKind::Tombstone, key, location));
+                    }
+                }
+                Request::Close { .. } => {}
+            }
+        }
+        self.segments.sync()?;
+        let deltas = self.index.apply(&ops)?;
+        self.counters.apply(deltas);
+        self.applied = self.segments.position();
+        Ok(())
+    }
+
+    /// Advance the checkpoint to everything indexed so far. Never past a failed
+    /// batch: its records may be on disk but unindexed, and replay must see them.
+    fn checkpoint(&mut self) -> Result<(), StorageError> {
+        self.last_checkpoint = Instant::now();
+        if self.applied == self.checkpointed {
+            return Ok(());
+        }
+        self.index.checkpoint_at(self.applied)?;
+        self.checkpointed = self.applied;
+        Ok(())
+    }
+
+    /// A failed checkpoint only means a longer replay next time: log and go on.
+    fn checkpoint_logged(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "storage writer: checkpoint failed");
+        }
+    }
+
+    /// Final checkpoint, then a flush that makes it (and every kv tree) durable.
+    fn shutdown(&mut self) -> Result<(), StorageError> {
+        self.checkpoint()?;
+        self.index.db().durable_flush()
+    }
+}
