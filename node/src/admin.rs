@@ -35,7 +35,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 
 fn registry_error(e: RegistryError) -> HttpResponse {
     let status = match &e {
-        RegistryError::InvalidAddress(_) | RegistryError::InvalidPassword(_) => StatusCode::BAD_REQUEST,
+        RegistryError::InvalidAddress(_) | RegistryError::InvalidPassword(_) => {
+            StatusCode::BAD_REQUEST
+        }
         RegistryError::UserExists(_) => StatusCode::CONFLICT,
         RegistryError::NoSuchUser(_) => StatusCode::NOT_FOUND,
         RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -55,13 +57,16 @@ struct NewPassword {
     password: String,
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(req: hyper::Request<hyper::body::Incoming>) -> Result<T, HttpResponse> {
+async fn body_json<T: serde::de::DeserializeOwned>(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<T, HttpResponse> {
     let bytes = Limited::new(req.into_body(), ADMIN_BODY_BYTES_MAX)
         .collect()
         .await
         .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading body: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -86,12 +91,18 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Handle one admin request.
-pub async fn handle(node: Arc<Node>, metrics: Option<PrometheusHandle>, req: hyper::Request<hyper::body::Incoming>) -> HttpResponse {
+pub async fn handle(
+    node: Arc<Node>,
+    metrics: Option<PrometheusHandle>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> HttpResponse {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "health"]) => json_response(StatusCode::OK, json!({"ok": true, "node": node.id()})),
+        (&Method::GET, ["v1", "health"]) => {
+            json_response(StatusCode::OK, json!({"ok": true, "node": node.id()}))
+        }
         (&Method::GET, ["v1", "users"]) => match node.registry.state().users() {
             Ok(users) => json_response(StatusCode::OK, json!({ "users": users })),
             Err(e) => registry_error(e),
@@ -123,6 +134,9 @@ pub async fn handle(node: Arc<Node>, metrics: Option<PrometheusHandle>, req: hyp
                 Err(e) => registry_error(e),
             }
         }
+        (&Method::GET, ["v1", "mailboxes", address]) => {
+            mailbox(&node, &percent_decode(address)).await
+        }
         (&Method::GET, ["v1", "domains"]) => match node.registry.state().domains() {
             Ok(domains) => json_response(StatusCode::OK, json!({ "domains": domains })),
             Err(e) => registry_error(e),
@@ -144,8 +158,13 @@ pub async fn handle(node: Arc<Node>, metrics: Option<PrometheusHandle>, req: hyp
             );
             r
         }
-        (_, ["v1", ..]) | (_, ["metrics"]) => error(StatusCode::NOT_FOUND, format!("no route {method} {path}")),
-        _ => error(StatusCode::NOT_FOUND, format!("no route {method} {path}; the API lives under /v1/")),
+        (_, ["v1", ..]) | (_, ["metrics"]) => {
+            error(StatusCode::NOT_FOUND, format!("no route {method} {path}"))
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no route {method} {path}; the API lives under /v1/"),
+        ),
     }
 }
 
@@ -175,8 +194,56 @@ async fn remove_node(node: &Arc<Node>, id: u64) -> HttpResponse {
         }
     }
     json_response(
-        if failed.is_empty() { StatusCode::OK } else { StatusCode::BAD_GATEWAY },
+        if failed.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_GATEWAY
+        },
         json!({"removed": id, "told": told, "failed": failed}),
+    )
+}
+
+/// Where one user's messages are: every live message with the nodes holding a copy.
+async fn mailbox(node: &Arc<Node>, address: &str) -> HttpResponse {
+    let user = match registry::canonical_address(address) {
+        Ok(u) => u,
+        Err(e) => return registry_error(e),
+    };
+    let bucket = membership::bucket_of(&user, node.cluster.buckets());
+    let manager = node.cluster.view().map.manager(bucket);
+    let req = crate::rpc::Request::MailMap {
+        user: user.clone(),
+        bucket,
+    };
+    let map = match node.call(manager, req).await {
+        Ok(crate::rpc::Response::MailMap(m)) => m,
+        other => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("mail map of {user} not available from manager {manager}: {other:?}"),
+            );
+        }
+    };
+    let h = crate::repair::gather(node, &user, bucket, &map).await;
+    let messages: Vec<Value> = h
+        .messages
+        .iter()
+        .filter(|(id, _)| !h.tombstones.contains(id))
+        .map(
+            |(id, (size, holders))| json!({"id": id.to_string(), "size": size, "holders": holders}),
+        )
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "user": user,
+            "bucket": bucket,
+            "manager": manager,
+            "mail_map": map,
+            "answered": h.listed,
+            "messages": messages,
+            "tombstones": h.tombstones.len(),
+        }),
     )
 }
 
@@ -192,11 +259,13 @@ fn record_gauges(node: &Node) {
     metrics::gauge!("porcupine_view_epoch").set(view.view.epoch.counter as f64);
     metrics::gauge!("porcupine_view_members").set(view.live.len() as f64);
     let r = &node.repair;
-    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+    let get =
+        |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
     metrics::gauge!("porcupine_under_replicated_messages").set(get(&r.under_replicated));
     metrics::gauge!("porcupine_repair_pending_messages").set(get(&r.pending));
     metrics::gauge!("porcupine_repair_copies_made_total").set(get(&r.copies_made_total));
-    metrics::gauge!("porcupine_repair_tombstones_spread_total").set(get(&r.tombstones_spread_total));
+    metrics::gauge!("porcupine_repair_tombstones_spread_total")
+        .set(get(&r.tombstones_spread_total));
     metrics::gauge!("porcupine_repair_passes_total").set(get(&r.passes_total));
 }
 
@@ -214,7 +283,11 @@ pub fn cluster_status(node: &Node) -> Value {
         .iter()
         .map(|k| {
             let alive = view.live.contains(&k.id);
-            let load = if k.id == node.id() { node.load() } else { node.cluster.load_of(k.id) };
+            let load = if k.id == node.id() {
+                node.load()
+            } else {
+                node.cluster.load_of(k.id)
+            };
             json!({
                 "id": k.id,
                 "alive": alive,

@@ -35,7 +35,11 @@ impl AdminClient {
     /// A client for the admin API at `base` (e.g. `http://127.0.0.1:2502`).
     pub fn new(base: &str) -> Self {
         let base = base.trim_end_matches('/').to_string();
-        let base = if base.contains("://") { base } else { format!("http://{base}") };
+        let base = if base.contains("://") {
+            base
+        } else {
+            format!("http://{base}")
+        };
         AdminClient {
             base,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -43,28 +47,54 @@ impl AdminClient {
     }
 
     /// Send one request; returns the status and the decoded JSON body.
-    pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<(StatusCode, Value)> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
         let url = format!("{}{}", self.base, path);
         let req = hyper::Request::builder()
             .method(method)
             .uri(&url)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
             .with_context(|| format!("building a request to {url}"))?;
         let resp = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
             .await
             .with_context(|| format!("no answer from {url} within 30 s"))?
-            .with_context(|| format!("cannot reach the admin API at {} (is a node running there?)", self.base))?;
+            .with_context(|| {
+                format!(
+                    "cannot reach the admin API at {} (is a node running there?)",
+                    self.base
+                )
+            })?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) }));
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the answer")?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) }));
         Ok((status, value))
     }
 
-    async fn expect_ok(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn expect_ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let (status, value) = self.request(method, path, body).await?;
         if !status.is_success() {
-            let msg = value.get("error").and_then(|e| e.as_str()).unwrap_or("request failed");
+            let msg = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("request failed");
             bail!("{msg} (HTTP {})", status.as_u16());
         }
         Ok(value)
@@ -74,7 +104,11 @@ impl AdminClient {
 /// `porcupine user add`.
 pub async fn user_add(c: &AdminClient, address: &str, password: &str) -> anyhow::Result<()> {
     let v = c
-        .expect_ok(Method::POST, "/v1/users", Some(json!({"address": address, "password": password})))
+        .expect_ok(
+            Method::POST,
+            "/v1/users",
+            Some(json!({"address": address, "password": password})),
+        )
         .await?;
     println!("added {}", v["address"].as_str().unwrap_or(address));
     Ok(())
@@ -83,7 +117,11 @@ pub async fn user_add(c: &AdminClient, address: &str, password: &str) -> anyhow:
 /// `porcupine user del`.
 pub async fn user_del(c: &AdminClient, address: &str) -> anyhow::Result<()> {
     let v = c
-        .expect_ok(Method::DELETE, &format!("/v1/users/{}", encode_segment(address)), None)
+        .expect_ok(
+            Method::DELETE,
+            &format!("/v1/users/{}", encode_segment(address)),
+            None,
+        )
         .await?;
     println!("deleted {}", v["deleted"].as_str().unwrap_or(address));
     Ok(())
@@ -122,7 +160,11 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
         v["node"],
         v["epoch"],
         v["epoch_coordinator"],
-        if v["maps_complete"].as_bool() == Some(true) { "complete" } else { "rebuilding" },
+        if v["maps_complete"].as_bool() == Some(true) {
+            "complete"
+        } else {
+            "rebuilding"
+        },
         v["users_managed"]
     );
     println!(
@@ -150,7 +192,11 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
         println!(
             "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>7}",
             n["id"].to_string(),
-            if n["alive"].as_bool() == Some(true) { "yes" } else { "NO" },
+            if n["alive"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "NO"
+            },
             n["smtp"].as_str().unwrap_or("-"),
             n["pop"].as_str().unwrap_or("-"),
             n["admin"].as_str().unwrap_or("-"),

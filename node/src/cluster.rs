@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use membership::{Dest, Event, Membership, MembershipConfig, Millis, NodeId, NodeInfo, UserMap, View};
+use membership::{
+    Dest, Event, Membership, MembershipConfig, Millis, NodeId, NodeInfo, UserMap, View,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::rpc::{Request, RpcClient};
@@ -145,7 +147,10 @@ impl Cluster {
         let live_addrs: std::collections::BTreeSet<&str> =
             view.view.members.iter().map(|m| m.rpc.as_str()).collect();
         let forgotten = self.forgotten.read().map(|f| f.clone()).unwrap_or_default();
-        let known_ok = self.known().iter().all(|k| view.live.contains(&k.id) || forgotten.contains(&k.rpc));
+        let known_ok = self
+            .known()
+            .iter()
+            .all(|k| view.live.contains(&k.id) || forgotten.contains(&k.rpc));
         let seeds_ok = self
             .seeds
             .iter()

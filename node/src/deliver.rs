@@ -39,7 +39,9 @@ impl DeliveryProxy {
                 Err(e) => last = format!("manager {manager}: {e}"),
             }
         }
-        Err(DeliverError::Temporary(format!("no placement for {user}: {last}")))
+        Err(DeliverError::Temporary(format!(
+            "no placement for {user}: {last}"
+        )))
     }
 }
 
@@ -95,7 +97,15 @@ impl smtp::Deliver for DeliveryProxy {
         let results = futures::future::join_all(per_node.into_iter().map(|(target, msgs)| {
             let keys: Vec<MessageKey> = msgs.iter().map(|(k, _)| k.clone()).collect();
             async move {
-                let r = node.call(target, Request::Store { messages: msgs, epoch }).await;
+                let r = node
+                    .call(
+                        target,
+                        Request::Store {
+                            messages: msgs,
+                            epoch,
+                        },
+                    )
+                    .await;
                 (target, keys, r)
             }
         }))

@@ -64,7 +64,8 @@ pub async fn serve_tcp<F, Fut>(
             }
             Err(_) => {
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
                     let _ = stream.shutdown().await;
                 });
             }
@@ -79,8 +80,11 @@ pub async fn serve_tcp<F, Fut>(
 }
 
 /// Serve HTTP (1.1 or h2c) on `listener` with `handler` until shutdown.
-pub async fn serve_http<H, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: H)
-where
+pub async fn serve_http<H, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    handler: H,
+) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
 {
@@ -105,7 +109,8 @@ where
                 let h = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(h(req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                 .await

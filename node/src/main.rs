@@ -49,7 +49,12 @@ enum Command {
 #[derive(Args, Clone)]
 struct AdminArg {
     /// Admin API of any node.
-    #[arg(long, global = true, env = "PORCUPINE_ADMIN", default_value = "http://127.0.0.1:2502")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORCUPINE_ADMIN",
+        default_value = "http://127.0.0.1:2502"
+    )]
     admin: String,
 }
 
@@ -196,10 +201,25 @@ impl ServeArgs {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
         }
         set!(
-            node_id, data, hostname, smtp, pop, admin, rpc, replicas, spread,
-            smtp_message_size_max, smtp_recipients_max, smtp_idle_timeout_secs,
-            smtp_connections_max, pop_idle_timeout_secs, pop_connections_max,
-            pop_auth_failure_delay_ms, ping_interval_ms, suspect_after_ms, rpc_timeout_ms
+            node_id,
+            data,
+            hostname,
+            smtp,
+            pop,
+            admin,
+            rpc,
+            replicas,
+            spread,
+            smtp_message_size_max,
+            smtp_recipients_max,
+            smtp_idle_timeout_secs,
+            smtp_connections_max,
+            pop_idle_timeout_secs,
+            pop_connections_max,
+            pop_auth_failure_delay_ms,
+            ping_interval_ms,
+            suspect_after_ms,
+            rpc_timeout_ms
         );
         if !self.seeds.is_empty() {
             c.seeds = self.seeds;

@@ -175,7 +175,10 @@ mod tests {
         assert!(m.report(epoch(2), 1, vec!["a".into()], vec![]));
         assert!(m.report(epoch(2), 2, vec![], vec![]));
         assert_eq!(m.open("a", sess(1, 1)), OpenOutcome::NotReady);
-        assert!(!m.report(epoch(1), 3, vec!["a".into()], vec![]), "stale epoch");
+        assert!(
+            !m.report(epoch(1), 3, vec!["a".into()], vec![]),
+            "stale epoch"
+        );
         assert!(m.report(epoch(2), 3, vec!["a".into()], vec![]));
         assert_eq!(m.open("a", sess(1, 1)), OpenOutcome::Locked(vec![1, 3]));
     }
@@ -192,7 +195,11 @@ mod tests {
         m.report(epoch(2), 2, vec![], vec![]);
         assert_eq!(m.open("a", sess(2, 9)), OpenOutcome::InUse);
         m.close("a", sess(2, 9));
-        assert_eq!(m.open("a", sess(2, 9)), OpenOutcome::InUse, "only the holder releases");
+        assert_eq!(
+            m.open("a", sess(2, 9)),
+            OpenOutcome::InUse,
+            "only the holder releases"
+        );
         m.close("a", sess(1, 1));
         assert!(matches!(m.open("a", sess(2, 9)), OpenOutcome::Locked(_)));
     }

@@ -50,14 +50,18 @@ pub struct PassReport {
     pub pending: u64,
 }
 
-struct Holdings {
-    /// id -> (size, live holders)
-    messages: BTreeMap<MessageId, (u64, Vec<NodeId>)>,
-    tombstones: BTreeSet<MessageId>,
-    listed: Vec<NodeId>,
+/// What the fragment nodes of one user hold.
+pub struct Holdings {
+    /// id -> (size, nodes holding a live copy)
+    pub messages: BTreeMap<MessageId, (u64, Vec<NodeId>)>,
+    /// Ids tombstoned on at least one node.
+    pub tombstones: BTreeSet<MessageId>,
+    /// Nodes that answered.
+    pub listed: Vec<NodeId>,
 }
 
-async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -> Holdings {
+/// List one user's fragment on every node of `map` and merge.
+pub async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -> Holdings {
     let listings = futures::future::join_all(map.iter().map(|&holder| {
         let req = Request::List {
             bucket,
@@ -79,7 +83,11 @@ async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -> Ho
         {
             h.listed.push(holder);
             for (id, size) in messages {
-                h.messages.entry(id).or_insert((size, Vec::new())).1.push(holder);
+                h.messages
+                    .entry(id)
+                    .or_insert((size, Vec::new()))
+                    .1
+                    .push(holder);
             }
             h.tombstones.extend(tombstones);
         }
@@ -147,18 +155,37 @@ pub async fn pass(node: &Arc<Node>) -> PassReport {
 }
 
 /// Copy one message from a holder to `count` new nodes.
-async fn copy(node: &Arc<Node>, key: MessageKey, holders: &[NodeId], count: usize, live: &[NodeId]) -> Result<u64, String> {
+async fn copy(
+    node: &Arc<Node>,
+    key: MessageKey,
+    holders: &[NodeId],
+    count: usize,
+    live: &[NodeId],
+) -> Result<u64, String> {
     let mut data = None;
     for &h in holders {
-        if let Ok(Response::Message(Some(bytes))) = node.call(h, Request::Read { key: key.clone() }).await {
+        if let Ok(Response::Message(Some(bytes))) =
+            node.call(h, Request::Read { key: key.clone() }).await
+        {
             data = Some(bytes);
             break;
         }
     }
     let data = data.ok_or("no holder could be read")?;
-    let candidates: Vec<NodeId> = live.iter().copied().filter(|n| !holders.contains(n)).collect();
+    let candidates: Vec<NodeId> = live
+        .iter()
+        .copied()
+        .filter(|n| !holders.contains(n))
+        .collect();
     let load = |id: NodeId| node.cluster.load_of(id);
-    let targets = membership::pick_targets(&[], &candidates, &load, candidates.len().max(1), count, key.id.0[15] as u64);
+    let targets = membership::pick_targets(
+        &[],
+        &candidates,
+        &load,
+        candidates.len().max(1),
+        count,
+        key.id.0[15] as u64,
+    );
     let epoch = node.cluster.view().view.epoch;
     let mut made = 0;
     for t in targets {
@@ -178,7 +205,11 @@ async fn copy(node: &Arc<Node>, key: MessageKey, holders: &[NodeId], count: usiz
 }
 
 /// Run repair passes: shortly after every view change and then every `interval`.
-pub async fn run(node: Arc<Node>, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    node: Arc<Node>,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut views = node.cluster.subscribe();
     loop {
         // Let reconstruction finish first.
@@ -190,14 +221,22 @@ pub async fn run(node: Arc<Node>, interval: Duration, mut shutdown: tokio::sync:
         let started = Instant::now();
         let r = pass(&node).await;
         let s = &node.repair;
-        s.under_replicated.store(r.under_replicated, Ordering::Relaxed);
+        s.under_replicated
+            .store(r.under_replicated, Ordering::Relaxed);
         s.pending.store(r.pending, Ordering::Relaxed);
-        s.copies_made_total.fetch_add(r.copies_made, Ordering::Relaxed);
-        s.tombstones_spread_total.fetch_add(r.tombstones_spread, Ordering::Relaxed);
+        s.copies_made_total
+            .fetch_add(r.copies_made, Ordering::Relaxed);
+        s.tombstones_spread_total
+            .fetch_add(r.tombstones_spread, Ordering::Relaxed);
         s.passes_total.fetch_add(1, Ordering::Relaxed);
-        s.last_pass_ms.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        s.last_pass_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if r != PassReport::default() {
-            tracing::info!(?r, elapsed_ms = started.elapsed().as_millis() as u64, "repair pass");
+            tracing::info!(
+                ?r,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "repair pass"
+            );
         }
         let kick = node.repair_kick.notified();
         tokio::select! {

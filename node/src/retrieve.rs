@@ -45,7 +45,12 @@ pub struct ProxySession {
 }
 
 impl RetrievalProxy {
-    async fn lock(&self, user: &str, bucket: u16, session: SessionId) -> Result<Vec<NodeId>, MailboxError> {
+    async fn lock(
+        &self,
+        user: &str,
+        bucket: u16,
+        session: SessionId,
+    ) -> Result<Vec<NodeId>, MailboxError> {
         let node = &self.0;
         let deadline = tokio::time::Instant::now() + OPEN_WAIT;
         loop {
@@ -114,7 +119,11 @@ impl pop::Mailbox for RetrievalProxy {
                     tombstones,
                 }) => {
                     for (id, size) in messages {
-                        merged.entry(id).or_insert((size, Vec::new())).1.push(holder);
+                        merged
+                            .entry(id)
+                            .or_insert((size, Vec::new()))
+                            .1
+                            .push(holder);
                     }
                     deleted.extend(tombstones);
                 }
@@ -175,17 +184,27 @@ impl pop::MailboxSession for ProxySession {
     }
 
     async fn fetch(&mut self, index: usize) -> Result<Bytes, MailboxError> {
-        let (id, holders) = self.holders.get(index).ok_or(MailboxError::NoSuchMessage)?.clone();
+        let (id, holders) = self
+            .holders
+            .get(index)
+            .ok_or(MailboxError::NoSuchMessage)?
+            .clone();
         let key = self.key(id);
         let mut last = String::from("no holder");
         for holder in holders {
-            match self.node.call(holder, Request::Read { key: key.clone() }).await {
+            match self
+                .node
+                .call(holder, Request::Read { key: key.clone() })
+                .await
+            {
                 Ok(Response::Message(Some(bytes))) => return Ok(bytes),
                 Ok(other) => last = format!("node {holder}: {other:?}"),
                 Err(e) => last = format!("node {holder}: {e}"),
             }
         }
-        Err(MailboxError::TempFail(format!("message unavailable: {last}")))
+        Err(MailboxError::TempFail(format!(
+            "message unavailable: {last}"
+        )))
     }
 
     async fn commit(mut self, deleted: Vec<usize>) -> Result<(), MailboxError> {

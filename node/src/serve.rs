@@ -38,7 +38,11 @@ fn check_identity(store: &Store, id: u64) -> anyhow::Result<()> {
     let tree = store.kv("node")?;
     match tree.get(b"id")? {
         Some(v) if v.as_slice() != id.to_be_bytes().as_slice() => {
-            let other = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            let other = v
+                .as_slice()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
             anyhow::bail!("data directory belongs to node {other}, not node {id}")
         }
         Some(_) => Ok(()),
@@ -100,7 +104,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     .await
     .context("starting the registry (raft)")?;
     if config.bootstrap {
-        raft.bootstrap().await.context("bootstrapping the registry")?;
+        raft.bootstrap()
+            .await
+            .context("bootstrapping the registry")?;
     }
     let registry = Registry::new(state, raft);
     let forgotten: Vec<String> = store
@@ -115,7 +121,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         config.seeds.clone(),
         forgotten,
     );
-    let node = Arc::new(Node::new(config.clone(), store, registry, cluster.clone(), rpc.clone()));
+    let node = Arc::new(Node::new(
+        config.clone(),
+        store,
+        registry,
+        cluster.clone(),
+        rpc.clone(),
+    ));
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -143,7 +155,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         b"421 4.7.0 too many connections, try again later\r\n",
         shutdown.clone(),
         move |stream, peer| {
-            let (config, deliver, shutdown) = (smtp_config.clone(), deliver.clone(), smtp_shutdown.clone());
+            let (config, deliver, shutdown) =
+                (smtp_config.clone(), deliver.clone(), smtp_shutdown.clone());
             async move {
                 if let Err(e) = smtp::serve(stream, Some(peer), config, deliver, shutdown).await {
                     tracing::debug!(%peer, error = %e, "smtp session ended with an error");
@@ -161,7 +174,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
         shutdown.clone(),
         move |stream, peer| {
-            let (config, proxy, shutdown) = (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
+            let (config, proxy, shutdown) =
+                (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
             async move {
                 if let Err(e) = pop::serve(stream, config, proxy.clone(), proxy, shutdown).await {
                     tracing::debug!(%peer, error = %e, "pop session ended with an error");
@@ -177,7 +191,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     tasks.spawn(async move {
         loop {
             let view = views.borrow_and_update().clone();
-            let live: Vec<(u64, String)> = view.view.members.iter().map(|m| (m.id, m.rpc.clone())).collect();
+            let live: Vec<(u64, String)> = view
+                .view
+                .members
+                .iter()
+                .map(|m| (m.id, m.rpc.clone()))
+                .collect();
             let rebuild = view_node.reconstruct(view);
             let sync = view_node.registry.log().sync_members(live);
             tokio::select! {
@@ -200,12 +219,21 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
             let view = sync_node.cluster.view();
-            let live = view.view.members.iter().map(|m| (m.id, m.rpc.clone())).collect();
+            let live = view
+                .view
+                .members
+                .iter()
+                .map(|m| (m.id, m.rpc.clone()))
+                .collect();
             sync_node.registry.log().sync_members(live).await;
         }
     });
 
-    tasks.spawn(crate::repair::run(node.clone(), Duration::from_secs(30), shutdown.clone()));
+    tasks.spawn(crate::repair::run(
+        node.clone(),
+        Duration::from_secs(30),
+        shutdown.clone(),
+    ));
 
     let membership_config = MembershipConfig {
         ping_interval_ms: config.ping_interval_ms,

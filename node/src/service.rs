@@ -12,9 +12,15 @@ use storage::{MessageId, MessageKey, NewMessage, Store};
 use crate::cluster::{Cluster, ViewState};
 use crate::config::NodeConfig;
 use crate::manager::{OpenOutcome, UserManager};
+use crate::rpc::{Reply, Request, Response, RpcClient, RpcError, RpcHandler, SessionId};
 use registry::Registry;
 use registry::raft::RaftLog;
-use crate::rpc::{Reply, Request, Response, RpcClient, RpcError, RpcHandler, SessionId};
+
+/// One node's fragment of a user: live messages with sizes, and tombstoned ids.
+pub type Fragment = (Vec<(MessageId, u64)>, Vec<MessageId>);
+
+/// What a node reports to one manager: users it holds mail for, POP3 sessions it runs.
+type ReportParts = (Vec<String>, Vec<(String, SessionId)>);
 
 /// The registry as a node runs it.
 pub type NodeRegistry = Registry<RaftLog>;
@@ -206,6 +212,12 @@ impl Node {
                     OpenOutcome::NotReady => Response::NotReady("mail maps rebuilding".into()),
                 }
             }
+            Request::MailMap { user, bucket } => {
+                if !self.manages(bucket) || !self.manager.is_complete() {
+                    return Response::NotReady("not the manager, or maps rebuilding".into());
+                }
+                Response::MailMap(self.manager.mail_map(&user))
+            }
             Request::Close { user, session } => {
                 self.manager.close(&user, session);
                 Response::Ack
@@ -254,7 +266,9 @@ impl Node {
                 self.manager.add(&user, &[node]);
                 Response::Ack
             }
-            Request::Registry(bytes) => Response::Registry(self.registry.log().handle_rpc(&bytes).await),
+            Request::Registry(bytes) => {
+                Response::Registry(self.registry.log().handle_rpc(&bytes).await)
+            }
         }
     }
 
@@ -263,7 +277,7 @@ impl Node {
         &self,
         bucket: u16,
         user: &str,
-    ) -> Result<(Vec<(MessageId, u64)>, Vec<MessageId>), storage::StorageError> {
+    ) -> Result<Fragment, storage::StorageError> {
         let messages = self
             .store
             .list(bucket, user)?
@@ -324,8 +338,11 @@ impl Node {
                 return;
             }
         };
-        let mut per_manager: HashMap<NodeId, (Vec<String>, Vec<(String, SessionId)>)> =
-            view.live.iter().map(|&id| (id, Default::default())).collect();
+        let mut per_manager: HashMap<NodeId, ReportParts> = view
+            .live
+            .iter()
+            .map(|&id| (id, Default::default()))
+            .collect();
         for (bucket, user, _) in users {
             let m = view.map.manager(bucket);
             if let Some(entry) = per_manager.get_mut(&m) {

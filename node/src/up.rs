@@ -46,7 +46,12 @@ struct Planned {
 fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
     anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
     let top = args.base_port as u32 + 10 * (args.nodes as u32 - 1) + 3;
-    anyhow::ensure!(top <= 65535, "ports would run past 65535 (base port {} with {} nodes)", args.base_port, args.nodes);
+    anyhow::ensure!(
+        top <= 65535,
+        "ports would run past 65535 (base port {} with {} nodes)",
+        args.base_port,
+        args.nodes
+    );
     let data = std::path::absolute(&args.data).context("resolving --data")?;
     let port = |i: u16, k: u16| format!("127.0.0.1:{}", args.base_port + 10 * i + k);
     let replicas = args.replicas.unwrap_or(if args.nodes > 1 { 2 } else { 1 });
@@ -96,9 +101,17 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
 
 fn check_ports_free(nodes: &[Planned]) -> anyhow::Result<()> {
     for n in nodes {
-        for (what, addr) in [("SMTP", &n.smtp), ("POP3", &n.pop), ("admin", &n.admin), ("RPC", &n.rpc)] {
+        for (what, addr) in [
+            ("SMTP", &n.smtp),
+            ("POP3", &n.pop),
+            ("admin", &n.admin),
+            ("RPC", &n.rpc),
+        ] {
             if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
-                bail!("port {addr} ({what} of node {}) is not available: {e}", n.id);
+                bail!(
+                    "port {addr} ({what} of node {}) is not available: {e}",
+                    n.id
+                );
             }
         }
     }
@@ -108,7 +121,9 @@ fn check_ports_free(nodes: &[Planned]) -> anyhow::Result<()> {
 fn shell_line(args: &[String]) -> String {
     args.iter()
         .map(|a| {
-            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@".contains(c)) {
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -136,7 +151,11 @@ fn spawn(n: &Planned) -> anyhow::Result<Child> {
 }
 
 /// Wait until every node answers and all report the same epoch with every node alive.
-async fn wait_agreed(nodes: &[Planned], children: &mut [Child], wait: Duration) -> anyhow::Result<u64> {
+async fn wait_agreed(
+    nodes: &[Planned],
+    children: &mut [Child],
+    wait: Duration,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + wait;
     let clients: Vec<AdminClient> = nodes.iter().map(|n| AdminClient::new(&n.admin)).collect();
     loop {
@@ -167,7 +186,15 @@ async fn wait_agreed(nodes: &[Planned], children: &mut [Child], wait: Duration) 
             return Ok(epochs[0]);
         }
         if Instant::now() > deadline {
-            bail!("the nodes did not agree on one view within {} s; see the logs in {}", wait.as_secs(), nodes[0].log.parent().map(|p| p.display().to_string()).unwrap_or_default());
+            bail!(
+                "the nodes did not agree on one view within {} s; see the logs in {}",
+                wait.as_secs(),
+                nodes[0]
+                    .log
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -187,7 +214,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the porcupine binary")?;
     let nodes = plan(&args, &exe)?;
     check_ports_free(&nodes)?;
-    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
     let mut children = Vec::new();
     for n in &nodes {
         match spawn(n) {
@@ -216,8 +244,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    println!("porcupine: {} node(s) up, view epoch {epoch}, data in {}", nodes.len(), std::path::absolute(&args.data)?.display());
-    println!("{:>4} {:>8} {:>16} {:>16} {:>16} {:>16}", "node", "pid", "smtp", "pop3", "admin", "rpc");
+    println!(
+        "porcupine: {} node(s) up, view epoch {epoch}, data in {}",
+        nodes.len(),
+        std::path::absolute(&args.data)?.display()
+    );
+    println!(
+        "{:>4} {:>8} {:>16} {:>16} {:>16} {:>16}",
+        "node", "pid", "smtp", "pop3", "admin", "rpc"
+    );
     for (n, c) in nodes.iter().zip(&children) {
         println!(
             "{:>4} {:>8} {:>16} {:>16} {:>16} {:>16}",
@@ -234,7 +269,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("  node {}: {}", n.id, shell_line(&n.args));
         let _ = &n.data;
     }
-    println!("add a user:  porcupine user add alice@example.test --password s3cret --admin http://{}", nodes[0].admin);
+    println!(
+        "add a user:  porcupine user add alice@example.test --password s3cret --admin http://{}",
+        nodes[0].admin
+    );
     println!("press Ctrl-C to stop");
 
     let mut alive: Vec<bool> = vec![true; children.len()];
@@ -253,7 +291,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("porcupine: stopping {} node(s)", alive.iter().filter(|a| **a).count());
+    println!(
+        "porcupine: stopping {} node(s)",
+        alive.iter().filter(|a| **a).count()
+    );
     for (i, c) in children.iter().enumerate() {
         if alive[i] {
             signal(c, libc::SIGTERM);

@@ -150,7 +150,10 @@ pub async fn serve_http<H: RpcHandler>(
     if req.method() != Method::POST || req.uri().path() != "/rpc" {
         return plain(StatusCode::NOT_FOUND, "not an rpc path".into());
     }
-    let bytes = match Limited::new(req.into_body(), RPC_BODY_BYTES_MAX).collect().await {
+    let bytes = match Limited::new(req.into_body(), RPC_BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => return plain(StatusCode::BAD_REQUEST, format!("reading body: {e}")),
     };
@@ -165,6 +168,9 @@ pub async fn serve_http<H: RpcHandler>(
     };
     match postcard::to_allocvec(&reply) {
         Ok(body) => hyper::Response::new(Full::new(Bytes::from(body))),
-        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding reply: {e}")),
+        Err(e) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding reply: {e}"),
+        ),
     }
 }

@@ -45,6 +45,13 @@ pub enum Request {
         /// The locking session.
         session: SessionId,
     },
+    /// To a user manager: the user's mail map, without locking (operator inspection).
+    MailMap {
+        /// Canonical user.
+        user: String,
+        /// The user's bucket.
+        bucket: u16,
+    },
     /// To a user manager: release the lock taken by `Open`.
     Close {
         /// Canonical user.
