@@ -126,9 +126,12 @@ impl Node {
         }
     }
 
-    /// This node's load figure: requests being served now.
+    /// This node's load figure: requests being served now plus disk writes queued.
     pub fn load(&self) -> u32 {
-        self.inflight.load(Ordering::Relaxed)
+        let pending = self.store.stats().pending_write_requests;
+        self.inflight
+            .load(Ordering::Relaxed)
+            .saturating_add(u32::try_from(pending).unwrap_or(u32::MAX))
     }
 
     /// Call `node` (directly when it is this node).
@@ -284,14 +287,7 @@ impl Node {
             .into_iter()
             .map(|m| (m.id, m.size))
             .collect();
-        let tombstones = self
-            .store
-            .bucket_entries(bucket)?
-            .tombstones
-            .into_iter()
-            .filter(|(u, _)| u == user)
-            .map(|(_, id)| id)
-            .collect();
+        let tombstones = self.store.tombstones(bucket, user)?;
         Ok((messages, tombstones))
     }
 

@@ -270,6 +270,21 @@ impl Index {
         Ok(out)
     }
 
+    /// Tombstoned ids of one user, in id order.
+    pub(crate) fn tombstones(
+        &self,
+        bucket: u16,
+        user: &str,
+    ) -> Result<Vec<crate::MessageId>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.tombstones.scan_prefix(keys::user_prefix(bucket, user)) {
+            let (k, _) = item.map_err(StorageError::index(TOMBSTONES, "scan user's tombstones"))?;
+            let (_, _, id) = keys::decode_message_key(&k).map_err(|r| corrupt(TOMBSTONES, r))?;
+            out.push(id);
+        }
+        Ok(out)
+    }
+
     /// (bucket, user, live count) of every user in the buckets `filter` accepts.
     /// Rejected buckets are skipped with one seek each, not scanned.
     pub(crate) fn users(

@@ -14,7 +14,9 @@ use crate::record::{self, RecordKind};
 use crate::segment::{SegmentReader, SegmentWriter, list_segments, sync_dir};
 use crate::stats::Counters;
 use crate::writer::{Request, Writer};
-use crate::{BucketEntries, KvTree, MessageKey, MessageMeta, NewMessage, StorageError, StoreStats};
+use crate::{
+    BucketEntries, KvTree, MessageId, MessageKey, MessageMeta, NewMessage, StorageError, StoreStats,
+};
 
 /// Records up to this size are read inline; larger ones on a blocking thread so a
 /// cold multi-megabyte read does not stall the async runtime.
@@ -262,6 +264,12 @@ impl Store {
     pub fn is_tombstoned(&self, key: &MessageKey) -> Result<bool, StorageError> {
         validate_user(&key.user)?;
         self.inner.index.is_tombstoned(key)
+    }
+
+    /// Ids of one user's messages deleted here, ordered by id.
+    pub fn tombstones(&self, bucket: u16, user: &str) -> Result<Vec<MessageId>, StorageError> {
+        validate_user(user)?;
+        self.inner.index.tombstones(bucket, user)
     }
 
     /// Users holding at least one live message in the buckets accepted by `filter`,
