@@ -308,7 +308,7 @@ pub fn cluster_status(node: &Node) -> Value {
         "epoch": view.view.epoch.counter,
         "epoch_coordinator": view.view.epoch.coordinator,
         "live": view.live,
-        "maps_complete": node.manager.is_complete(),
+        "maps_complete": node.maps_ready(),
         "users_managed": node.manager.users_managed(),
         "fragments": {
             "messages": stats.messages,

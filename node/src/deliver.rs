@@ -45,10 +45,26 @@ impl DeliveryProxy {
     }
 }
 
+impl DeliveryProxy {
+    /// The account a recipient address names. The bare `postmaster` (RFC 5321 4.5.1,
+    /// which every server must accept) goes to `postmaster@` the first local domain
+    /// that has such an account.
+    fn resolve(&self, address: &str) -> Option<String> {
+        if address.eq_ignore_ascii_case("postmaster") {
+            let state = self.0.registry.state();
+            return state.domains().ok()?.into_iter().find_map(|d| {
+                let a = format!("postmaster@{d}");
+                matches!(state.user(&a), Ok(Some(_))).then_some(a)
+            });
+        }
+        registry::canonical_address(address).ok()
+    }
+}
+
 impl smtp::Deliver for DeliveryProxy {
     async fn check_recipient(&self, address: &str) -> RcptVerdict {
         let state = self.0.registry.state();
-        let Ok(canonical) = registry::canonical_address(address) else {
+        let Some(canonical) = self.resolve(address) else {
             return RcptVerdict::UnknownUser;
         };
         let domain = canonical.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -71,7 +87,7 @@ impl smtp::Deliver for DeliveryProxy {
         let mut users: Vec<String> = envelope
             .rcpt_to
             .iter()
-            .filter_map(|r| registry::canonical_address(r).ok())
+            .filter_map(|r| self.resolve(r))
             .collect();
         users.sort();
         users.dedup();

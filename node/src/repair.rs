@@ -98,16 +98,17 @@ pub async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -
 /// Run one pass over the users this node manages.
 pub async fn pass(node: &Arc<Node>) -> PassReport {
     let mut report = PassReport::default();
-    if !node.manager.is_complete() {
-        return report;
-    }
     let view = node.cluster.view();
     let epoch = view.view.epoch;
+    // The soft state must be complete and belong to the current view.
+    if !node.maps_ready() || node.manager.epoch() != Some(epoch) {
+        return report;
+    }
     let live: BTreeSet<NodeId> = view.live.iter().copied().collect();
     let all_known_live = node.cluster.all_accounted_for();
     let wanted = node.config.replicas.clamp(1, live.len().max(1));
     for (user, map) in node.manager.snapshot() {
-        if node.cluster.view().view.epoch != epoch {
+        if node.cluster.view().view.epoch != epoch || node.manager.epoch() != Some(epoch) {
             break; // the next view's pass takes over
         }
         let bucket = membership::bucket_of(&user, node.cluster.buckets());
@@ -214,7 +215,7 @@ pub async fn run(
     loop {
         // Let reconstruction finish first.
         let mut waited = Duration::ZERO;
-        while !node.manager.is_complete() && waited < Duration::from_secs(30) {
+        while !node.maps_ready() && waited < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             waited += Duration::from_millis(200);
         }

@@ -291,16 +291,25 @@ impl Node {
         Ok((messages, tombstones))
     }
 
+    /// Whether this node's soft state is rebuilt for the current view.
+    pub fn maps_ready(&self) -> bool {
+        self.manager.is_complete() && self.manager.epoch() == Some(self.cluster.view().view.epoch)
+    }
+
+    /// Whether this node manages `bucket` in the current view and its soft state
+    /// belongs to that view (a view is installed a moment before its soft state is
+    /// reset; answering from the old state in between would hand out stale maps).
     fn manages(&self, bucket: u16) -> bool {
-        self.cluster.view().map.manager(bucket) == self.id()
+        let view = self.cluster.view();
+        view.map.manager(bucket) == self.id() && self.manager.epoch() == Some(view.view.epoch)
     }
 
     /// As user manager: choose the nodes that will store a new message of `user`.
     fn place(&self, user: &str, bucket: u16, replicas: usize) -> Response {
-        let view = self.cluster.view();
-        if view.map.manager(bucket) != self.id() {
+        if !self.manages(bucket) {
             return Response::NotReady("not the manager in this view".into());
         }
+        let view = self.cluster.view();
         let mail_map = self.manager.mail_map(user);
         let load = |id: NodeId| {
             if id == self.id() {
