@@ -39,9 +39,10 @@ impl DeliveryProxy {
                 Err(e) => last = format!("manager {manager}: {e}"),
             }
         }
-        Err(DeliverError::Temporary(format!(
-            "no placement for {user}: {last}"
-        )))
+        tracing::warn!(%user, reason = %last, "no placement; answering 4xx");
+        Err(DeliverError::Temporary(
+            "mailbox temporarily unavailable (cluster reconfiguring), try again later".into(),
+        ))
     }
 }
 
@@ -144,7 +145,9 @@ impl smtp::Deliver for DeliveryProxy {
                 }
             }
             tracing::warn!(reason = %why, "delivery failed; answering 4xx");
-            return Err(DeliverError::Temporary(why));
+            return Err(DeliverError::Temporary(
+                "could not store every copy, try again later".into(),
+            ));
         }
         metrics::counter!("porcupine_messages_delivered_total").increment(users.len() as u64);
         Ok(())
