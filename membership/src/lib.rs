@@ -1,1 +1,75 @@
-//! placeholder
+//! # membership — who is in the cluster, and who does what
+//!
+//! Sans-IO cluster membership for Porcupine: a failure detector, a
+//! three-round view change (after Porcupine, TOCS 2000), load gossip, the user
+//! map (bucket → user manager) and the balancing policy that picks where new
+//! mail is stored. Nothing here opens a socket, reads a clock, arms a timer or
+//! draws an unseeded random number: time comes in as [`Millis`], messages
+//! leave through [`Membership::poll_transmit`], so the node daemon (real time,
+//! HTTP RPC) and the simulator (virtual time) drive exactly the same code.
+//!
+//! ## Protocol in brief
+//!
+//! - **Failure detection.** Members form a ring sorted by id; each pings its
+//!   successor every `ping_interval_ms`. Silence for `suspect_after_ms`
+//!   earns one last ping; unanswered within `ping_interval_ms / 2`, it makes
+//!   the pinger coordinate a view change without the suspect. A driver
+//!   report that a member is unreachable is confirmed first (one more ping;
+//!   a second report before any answer makes it a suspect), because an RPC
+//!   timeout can arrive long after the node came back.
+//! - **Discovery.** Every `probe_interval_ms` a node probes its seeds and the
+//!   known nodes outside its view. Any message from a node outside the view
+//!   starts a change that takes it in; a `ProbeAck` carries the sender's view
+//!   and an `Accept` names the accepter's view mates the proposal missed, so
+//!   a merge takes in both sides whole instead of stealing single nodes.
+//! - **Epoch repair.** A member that reports an older epoch missed a commit:
+//!   it is sent the commit again. Disagreement lasting `commit_wait_ms`
+//!   forces a fresh view change.
+//! - **View change.** Round 1: the coordinator proposes epoch
+//!   `{max counter seen + 1, me}` to the candidates (view minus suspects plus
+//!   newcomers), re-asking silent ones twice. Round 2: a node accepts a
+//!   proposal above everything it has promised or installed, else rejects it
+//!   naming its higher epoch (the coordinator gives up and backs off).
+//!   Round 3: once all answered or after `proposal_wait_ms`, the coordinator
+//!   commits "itself + accepters" to them. A commit is installed only if it
+//!   names this node and is not below its promise.
+//! - **Livelock.** Merges are started first by the lowest-ranked node among
+//!   the candidates (deterministic delay of half a step plus `rank` steps of
+//!   `ping_interval_ms / 5`, rank capped at 8); a node bound by a promise
+//!   starts nothing until the commit arrives or `commit_wait_ms` passes; a
+//!   higher proposal makes a coordinator abandon its own round.
+//! - **Identity.** `NodeInfo::incarnation` (the driver's process start
+//!   time) orders lives of one node id: a newer one replaces the old entry
+//!   everywhere, messages from an older one are dropped.
+//!
+//! ## Module map
+//!
+//! - [`types`]: `NodeId`, `Millis`, `NodeInfo`, `Epoch`, `View`, `Dest`.
+//! - [`message`]: wire `Message`s with their `Header`, and `Event`s.
+//! - [`config`]: `MembershipConfig` (timings) and its validation.
+//! - `machine`: the `Membership` state machine (inputs, outputs, timers).
+//! - `ring`: ring successor and the silence detector.
+//! - `round`: a coordinator's open proposal.
+//! - `known`: every node heard of, incarnations, forgotten nodes.
+//! - [`user_map`]: `bucket_of` and the Maglev `UserMap`.
+//! - [`balance`]: `pick_targets`, where a new fragment goes.
+//! - `hash`: the stable hash functions both of the above rely on.
+#![warn(missing_docs)]
+
+pub mod balance;
+pub mod config;
+mod hash;
+mod known;
+mod machine;
+pub mod message;
+mod ring;
+mod round;
+pub mod types;
+pub mod user_map;
+
+pub use balance::pick_targets;
+pub use config::{ConfigError, MembershipConfig};
+pub use machine::Membership;
+pub use message::{Event, Header, Message};
+pub use types::{Dest, Epoch, Millis, NodeId, NodeInfo, View};
+pub use user_map::{BUCKETS_MAX, DEFAULT_BUCKETS, UserMap, UserMapError, bucket_of};
