@@ -93,7 +93,10 @@ async fn delete_hides_and_tombstone_wins_over_later_append() {
     assert!(store.is_tombstoned(&a).unwrap());
     assert!(!store.is_tombstoned(&b).unwrap());
     assert_eq!(store.tombstones(1, "bob").unwrap(), vec![a.id]);
-    assert!(store.tombstones(1, "bo").unwrap().is_empty(), "prefix of another user");
+    assert!(
+        store.tombstones(1, "bo").unwrap().is_empty(),
+        "prefix of another user"
+    );
 
     // A replica that missed the delete sends the message again: it stays deleted.
     store.append(vec![message(a.clone())]).await.unwrap();
