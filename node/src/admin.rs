@@ -267,6 +267,7 @@ fn record_gauges(node: &Node) {
     metrics::gauge!("porcupine_repair_tombstones_spread_total")
         .set(get(&r.tombstones_spread_total));
     metrics::gauge!("porcupine_repair_passes_total").set(get(&r.passes_total));
+    metrics::gauge!("porcupine_tombstones_collected_total").set(get(&r.tombstones_collected_total));
 }
 
 /// This node's view of the cluster, as `GET /v1/cluster` and `porcupine status --json` show it.
@@ -321,6 +322,7 @@ pub fn cluster_status(node: &Node) -> Value {
             "pending": get(&node.repair.pending),
             "copies_made_total": get(&node.repair.copies_made_total),
             "tombstones_spread_total": get(&node.repair.tombstones_spread_total),
+            "tombstones_collected_total": get(&node.repair.tombstones_collected_total),
             "passes_total": get(&node.repair.passes_total),
             "last_pass_ms": get(&node.repair.last_pass_ms),
         },

@@ -20,6 +20,42 @@ use storage::{MessageId, MessageKey};
 use crate::rpc::{Request, Response};
 use crate::service::Node;
 
+/// How old a message must be before repair adds copies of it. A delivery places its
+/// copies in the mail map before writing them, so a younger message may simply have
+/// its other copies still in flight (or be about to be withdrawn after a 4xx);
+/// copying it then would leave an extra copy.
+pub const COPY_MIN_AGE: Duration = Duration::from_secs(15);
+
+/// How old a message must be before its tombstone may be collected. Any store of
+/// it that could still be in flight (a slow replica write of a delivery that was
+/// answered 4xx and withdrawn) has timed out long before this.
+pub const TOMBSTONE_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// Tombstones that may be collected: no node holds a live copy of the message any
+/// more (so every replica has the tombstone) and the message is older than
+/// [`TOMBSTONE_MIN_AGE`]. The caller must also know that every fragment node answered
+/// and every known node is live or removed.
+pub fn collectable(
+    tombstones: &BTreeSet<MessageId>,
+    live: &BTreeMap<MessageId, (u64, Vec<NodeId>)>,
+    now_micros: u64,
+) -> Vec<MessageId> {
+    let min_age = TOMBSTONE_MIN_AGE.as_micros() as u64;
+    tombstones
+        .iter()
+        .filter(|id| !live.contains_key(id))
+        .filter(|id| now_micros.saturating_sub(id.time_micros()) >= min_age)
+        .copied()
+        .collect()
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Figures of the last repair pass, for status and metrics.
 #[derive(Default)]
 pub struct RepairStats {
@@ -31,6 +67,8 @@ pub struct RepairStats {
     pub copies_made_total: AtomicU64,
     /// Tombstones spread by repair since start.
     pub tombstones_spread_total: AtomicU64,
+    /// Tombstones collected since start.
+    pub tombstones_collected_total: AtomicU64,
     /// Passes completed since start.
     pub passes_total: AtomicU64,
     /// Duration of the last pass, in milliseconds.
@@ -46,8 +84,12 @@ pub struct PassReport {
     pub copies_made: u64,
     /// Tombstones written to copies that had missed a delete.
     pub tombstones_spread: u64,
-    /// Shortfalls left (node down, copy failed).
+    /// Tombstones collected (every replica had them, no copy left).
+    pub tombstones_collected: u64,
+    /// Shortfalls left (node down, copy failed, or message too young to copy yet).
     pub pending: u64,
+    /// Of `pending`, messages left alone for being younger than [`COPY_MIN_AGE`].
+    pub young: u64,
 }
 
 /// What the fragment nodes of one user hold.
@@ -134,11 +176,31 @@ pub async fn pass(node: &Arc<Node>) -> PassReport {
                 other => tracing::warn!(holder, ?other, "spreading tombstones"),
             }
         }
+        if all_known_live && h.listed.len() == map.len() {
+            let ids = collectable(&h.tombstones, &h.messages, now_micros());
+            if !ids.is_empty() {
+                let keys: Vec<MessageKey> = ids.iter().map(|id| key(*id)).collect();
+                let mut all = true;
+                for &n in &map {
+                    let req = Request::Purge { keys: keys.clone() };
+                    all &= matches!(node.call(n, req).await, Ok(Response::Ack));
+                }
+                if all {
+                    report.tombstones_collected += keys.len() as u64;
+                }
+            }
+        }
+        let young_from = now_micros().saturating_sub(COPY_MIN_AGE.as_micros() as u64);
         for (id, (_, holders)) in &h.messages {
             if h.tombstones.contains(id) || holders.len() >= wanted {
                 continue;
             }
             report.under_replicated += 1;
+            if id.time_micros() > young_from {
+                report.young += 1;
+                report.pending += 1;
+                continue;
+            }
             if !all_known_live || h.listed.len() < map.len() {
                 report.pending += 1;
                 continue;
@@ -244,7 +306,35 @@ pub async fn run(
             _ = shutdown.changed() => return,
             _ = views.changed() => {},
             _ = kick => {},
-            _ = tokio::time::sleep(interval) => {},
+            // Come back for the young ones as soon as they are old enough.
+            _ = tokio::time::sleep(if r.young > 0 { COPY_MIN_AGE.min(interval) } else { interval }) => {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR_MICROS: u64 = 3_600_000_000;
+
+    fn id(time_micros: u64, seq: u32) -> MessageId {
+        MessageId::new(time_micros, 1, seq)
+    }
+
+    #[test]
+    fn collects_only_old_tombstones_without_live_copies() {
+        let now = 10 * HOUR_MICROS;
+        let old_gone = id(now - 2 * HOUR_MICROS, 1);
+        let old_still_live = id(now - 2 * HOUR_MICROS, 2);
+        let young_gone = id(now - 60_000_000, 3);
+        let tombstones: BTreeSet<MessageId> = [old_gone, old_still_live, young_gone].into();
+        let live: BTreeMap<MessageId, (u64, Vec<NodeId>)> =
+            [(old_still_live, (10, vec![2]))].into();
+        assert_eq!(collectable(&tombstones, &live, now), vec![old_gone]);
+        assert!(
+            collectable(&tombstones, &live, 0).is_empty(),
+            "clock behind: nothing is old"
+        );
     }
 }

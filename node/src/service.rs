@@ -249,6 +249,10 @@ impl Node {
                 Ok(data) => Response::Message(data),
                 Err(e) => Response::Error(format!("read: {e}")),
             },
+            Request::Purge { keys } => match self.store.purge_tombstones(&keys) {
+                Ok(_) => Response::Ack,
+                Err(e) => Response::Error(format!("purge: {e}")),
+            },
             Request::Delete { keys } => match self.store.delete(keys).await {
                 Ok(()) => Response::Ack,
                 Err(e) => Response::Error(format!("delete: {e}")),

@@ -270,6 +270,26 @@ impl Index {
         Ok(out)
     }
 
+    /// Remove these tombstones; returns how many existed. Only for tombstones that
+    /// every replica has and whose message no node holds any more (the caller's
+    /// judgement): the message record itself stays deleted, since removing its
+    /// tombstone does not bring back its index entry.
+    pub(crate) fn purge_tombstones(&self, keys: &[MessageKey]) -> Result<u64, StorageError> {
+        let mut removed = 0;
+        for key in keys {
+            let k = keys::message_key(key.bucket, &key.user, &key.id);
+            if self
+                .tombstones
+                .remove(k)
+                .map_err(StorageError::index(TOMBSTONES, "purge tombstone"))?
+                .is_some()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Tombstoned ids of one user, in id order.
     pub(crate) fn tombstones(
         &self,

@@ -266,6 +266,22 @@ impl Store {
         self.inner.index.is_tombstoned(key)
     }
 
+    /// Collect tombstones once every replica has them and no copy of their message is
+    /// left anywhere (decided by the caller's anti-entropy pass). Not written to the
+    /// segment log: a replay may bring a purged tombstone back, which is harmless.
+    /// Returns how many tombstones were removed.
+    pub fn purge_tombstones(&self, keys: &[MessageKey]) -> Result<u64, StorageError> {
+        for key in keys {
+            validate_user(&key.user)?;
+        }
+        let removed = self.inner.index.purge_tombstones(keys)?;
+        self.inner.counters.apply(crate::stats::Deltas {
+            tombstones: -(removed as i64),
+            ..Default::default()
+        });
+        Ok(removed)
+    }
+
     /// Ids of one user's messages deleted here, ordered by id.
     pub fn tombstones(&self, bucket: u16, user: &str) -> Result<Vec<MessageId>, StorageError> {
         validate_user(user)?;

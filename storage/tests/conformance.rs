@@ -114,6 +114,13 @@ async fn delete_hides_and_tombstone_wins_over_later_append() {
     let stats = store.stats();
     assert_eq!((stats.messages, stats.tombstones, stats.users), (1, 2, 1));
 
+    // Collecting a tombstone keeps its message deleted.
+    assert_eq!(store.purge_tombstones(&[c.clone(), c.clone()]).unwrap(), 1);
+    assert!(!store.is_tombstoned(&c).unwrap());
+    assert_eq!(ids(&store, 1, "bob"), vec![b.id]);
+    assert_eq!(store.stats().tombstones, 1);
+    store.delete(vec![c.clone()]).await.unwrap();
+
     // Deleting the last message removes the user.
     store.delete(vec![b.clone()]).await.unwrap();
     assert!(store.users(|_| true).unwrap().is_empty());

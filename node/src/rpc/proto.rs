@@ -76,6 +76,12 @@ pub enum Request {
         /// Which messages.
         keys: Vec<MessageKey>,
     },
+    /// To a fragment holder: collect these tombstones (every replica has them and no
+    /// copy of their messages is left).
+    Purge {
+        /// Which tombstones.
+        keys: Vec<MessageKey>,
+    },
     /// To a user manager after a view change: the users whose fragments the sender
     /// holds in the manager's buckets, and the POP3 locks it holds there.
     Report {
