@@ -63,7 +63,14 @@ async fn body_json<T: serde::de::DeserializeOwned>(
     let bytes = Limited::new(req.into_body(), ADMIN_BODY_BYTES_MAX)
         .collect()
         .await
-        .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading body: {e}")))?
+        .map_err(|e| {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            error(status, format!("reading body: {e}"))
+        })?
         .to_bytes();
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))

@@ -139,6 +139,15 @@ impl Cluster {
         addr
     }
 
+    /// A removed node's address is live again: stop treating it as removed. Returns
+    /// whether it was marked removed.
+    pub fn unforget(&self, rpc: &str) -> bool {
+        self.forgotten
+            .write()
+            .map(|mut f| f.remove(rpc))
+            .unwrap_or(false)
+    }
+
     /// Whether every node this node knows of (from gossip or as a seed) is live in the
     /// current view or was removed by the operator: only then is a message with fewer
     /// than R live copies really short of copies, not just waiting for a node to return.

@@ -100,46 +100,39 @@ impl smtp::Deliver for DeliveryProxy {
             async move { (u, bucket, self.place(u, bucket).await) }
         }))
         .await;
-        let mut per_node: HashMap<NodeId, Vec<(MessageKey, Bytes)>> = HashMap::new();
+        let mut per_node: HashMap<NodeId, Vec<MessageKey>> = HashMap::new();
         for (user, bucket, targets) in placements {
             for t in targets? {
-                let key = MessageKey {
+                per_node.entry(t).or_default().push(MessageKey {
                     bucket,
                     user: user.clone(),
                     id,
-                };
-                per_node.entry(t).or_default().push((key, message.clone()));
+                });
             }
         }
-        let results = futures::future::join_all(per_node.into_iter().map(|(target, msgs)| {
-            let keys: Vec<MessageKey> = msgs.iter().map(|(k, _)| k.clone()).collect();
-            async move {
-                let r = node
-                    .call(
-                        target,
-                        Request::Store {
-                            messages: msgs,
-                            epoch,
-                        },
-                    )
-                    .await;
-                (target, keys, r)
-            }
+        let results = futures::future::join_all(per_node.into_iter().map(|(target, keys)| {
+            let req = Request::Store {
+                keys: keys.clone(),
+                data: message.clone(),
+                epoch,
+            };
+            async move { (target, keys, node.call(target, req).await) }
         }))
         .await;
-        let mut stored = Vec::new();
         let mut failure = None;
-        for (target, keys, r) in results {
+        for (target, _, r) in &results {
             match r {
-                Ok(Response::Ack) => stored.push((target, keys)),
+                Ok(Response::Ack) => {}
                 Ok(other) => failure = Some(format!("node {target}: {other:?}")),
                 Err(e) => failure = Some(format!("node {target}: {e}")),
             }
         }
         if let Some(why) = failure {
-            // The sender will retry the whole message: withdraw the copies that did
-            // land, so the retry does not show up twice.
-            for (target, keys) in stored {
+            // The sender will retry the whole message: withdraw every copy, including
+            // those whose store failed (a timed-out store may still land; its tombstone
+            // written first makes the late append a no-op), so the retry is not shown
+            // twice.
+            for (target, keys, _) in results {
                 if let Err(e) = node.call(target, Request::Delete { keys }).await {
                     tracing::warn!(target, error = %e, "withdrawing partial delivery");
                 }

@@ -31,6 +31,9 @@ struct Inner {
     reported: BTreeSet<NodeId>,
     maps: HashMap<String, BTreeSet<NodeId>>,
     locks: HashMap<String, SessionId>,
+    /// Sessions closed in this view: a report that still lists one (sent before the
+    /// close) must not lock the mailbox again.
+    closed: std::collections::HashSet<SessionId>,
 }
 
 /// Mail maps and locks of the users this node manages in the current view.
@@ -58,6 +61,7 @@ impl UserManager {
         s.reported.clear();
         s.maps.clear();
         s.locks.clear();
+        s.closed.clear();
     }
 
     /// A member's report for `epoch`; false when it is not for the current view.
@@ -76,7 +80,9 @@ impl UserManager {
             s.maps.entry(user).or_default().insert(from);
         }
         for (user, session) in locks {
-            s.locks.insert(user, session);
+            if !s.closed.contains(&session) {
+                s.locks.insert(user, session);
+            }
         }
         s.reported.insert(from);
         true
@@ -129,6 +135,11 @@ impl UserManager {
         let mut s = self.lock();
         if s.locks.get(user) == Some(&session) {
             s.locks.remove(user);
+        } else {
+            // Closed before the report that names it arrived (or before a retried
+            // one): remember it, so that report does not lock the mailbox again.
+            // Only these racing closes are kept, so the set stays small.
+            s.closed.insert(session);
         }
     }
 
@@ -202,6 +213,16 @@ mod tests {
         );
         m.close("a", sess(1, 1));
         assert!(matches!(m.open("a", sess(2, 9)), OpenOutcome::Locked(_)));
+    }
+
+    #[test]
+    fn a_late_report_does_not_relock_a_closed_session() {
+        let m = UserManager::new();
+        m.new_view(epoch(3), [1, 2]);
+        m.close("a", sess(2, 5));
+        m.report(epoch(3), 2, vec![], vec![("a".into(), sess(2, 5))]);
+        m.report(epoch(3), 1, vec![], vec![]);
+        assert!(matches!(m.open("a", sess(1, 1)), OpenOutcome::Locked(_)));
     }
 
     #[test]

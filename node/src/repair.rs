@@ -253,7 +253,8 @@ async fn copy(
     let mut made = 0;
     for t in targets {
         let req = Request::Store {
-            messages: vec![(key.clone(), data.clone())],
+            keys: vec![key.clone()],
+            data: data.clone(),
             epoch,
         };
         match node.call(t, req).await {

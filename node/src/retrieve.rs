@@ -87,6 +87,20 @@ impl pop::Mailbox for RetrievalProxy {
             Ok(x) => x,
             Err(e) => {
                 node.end_session(session);
+                // The lock may have been granted after all (a reply lost to a timeout,
+                // or installed from our report at a view change): release it. Close
+                // only releases a lock this very session holds.
+                if !matches!(e, MailboxError::InUse) {
+                    let node = node.clone();
+                    let req = Request::Close {
+                        user: user.to_string(),
+                        session,
+                    };
+                    tokio::spawn(async move {
+                        let manager = node.cluster.view().map.manager(bucket);
+                        let _ = node.call(manager, req).await;
+                    });
+                }
                 return Err(e);
             }
         };
@@ -135,8 +149,10 @@ impl pop::Mailbox for RetrievalProxy {
         }
         // A replica that missed a delete still lists the message; a tombstone anywhere wins.
         merged.retain(|id, _| !deleted.contains(id));
-        // With R copies on distinct nodes, R-1 missing listings still show every message.
-        if failed >= node.config.replicas.max(1) {
+        // Any fragment node that does not answer may hold the only copy of a message
+        // (written while fewer than R nodes were live) or the only tombstone of one:
+        // answer "try again" rather than show a mailbox that may be partial.
+        if failed > 0 {
             return Err(MailboxError::TempFail(
                 "some of the mailbox is unreachable, try again later".into(),
             ));

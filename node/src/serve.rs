@@ -86,6 +86,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         admin: addr(&admin_listener)?,
     };
 
+    anyhow::ensure!(
+        config.smtp_message_size_max + 64 * 1024 <= crate::rpc::RPC_BODY_BYTES_MAX,
+        "smtp_message_size_max {} is too large: messages travel between nodes in one RPC of at most {} bytes",
+        config.smtp_message_size_max,
+        crate::rpc::RPC_BODY_BYTES_MAX
+    );
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating data directory {}", config.data.display()))?;
     let store = Store::open(&config.data, StoreConfig::default())
@@ -121,13 +127,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         config.seeds.clone(),
         forgotten,
     );
-    let node = Arc::new(Node::new(
+    let node = Node::new(
         config.clone(),
         store,
         registry,
         cluster.clone(),
         rpc.clone(),
-    ));
+    );
 
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -197,11 +203,13 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
                 .iter()
                 .map(|m| (m.id, m.rpc.clone()))
                 .collect();
-            let rebuild = view_node.reconstruct(view);
-            let sync = view_node.registry.log().sync_members(live);
+            // Registry membership follows in its own task (it can wait long on a
+            // lost quorum); soft state must not wait for it.
+            let sync_node = view_node.clone();
+            tokio::spawn(async move { sync_node.registry.log().sync_members(live).await });
             tokio::select! {
                 _ = view_shutdown.changed() => return,
-                _ = async { tokio::join!(rebuild, sync) } => {}
+                _ = view_node.reconstruct(view) => {}
             }
             tokio::select! {
                 _ = view_shutdown.changed() => return,

@@ -58,6 +58,7 @@ pub struct Node {
     session_seq: AtomicU64,
     inflight: AtomicU32,
     sessions: std::sync::Mutex<HashMap<SessionId, String>>,
+    me: std::sync::Weak<Node>,
 }
 
 impl Node {
@@ -68,8 +69,8 @@ impl Node {
         registry: NodeRegistry,
         cluster: Arc<Cluster>,
         rpc: RpcClient,
-    ) -> Self {
-        Node {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Node {
             config,
             store,
             registry,
@@ -82,7 +83,8 @@ impl Node {
             session_seq: AtomicU64::new(0),
             inflight: AtomicU32::new(0),
             sessions: std::sync::Mutex::new(HashMap::new()),
-        }
+            me: me.clone(),
+        })
     }
 
     /// This node's id.
@@ -150,10 +152,47 @@ impl Node {
     }
 
     async fn serve(&self, req: Request) -> Response {
+        // A guard, not a decrement after the await: a caller that times out drops this
+        // future mid-way, and the load figure must not keep the abandoned request.
+        struct InFlight<'a>(&'a AtomicU32);
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        let r = self.dispatch(req).await;
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
-        r
+        let _guard = InFlight(&self.inflight);
+        self.dispatch(req).await
+    }
+
+    /// Tell the current managers that this node holds fragments of `users`, retrying
+    /// in the background until they take it or the view changes again (the next
+    /// reconstruction then reports these users anyway).
+    fn announce(&self, users: Vec<(u16, String)>) {
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let view = node.cluster.view();
+            for (bucket, user) in users {
+                let manager = view.map.manager(bucket);
+                let req = Request::Announce {
+                    user,
+                    node: node.id(),
+                    epoch: view.view.epoch,
+                };
+                loop {
+                    if node.cluster.view().view.epoch != view.view.epoch {
+                        return;
+                    }
+                    match node.call(manager, req.clone()).await {
+                        Ok(Response::Ack) => break,
+                        other => tracing::debug!(manager, ?other, "announce not taken yet"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
     }
 
     async fn dispatch(&self, req: Request) -> Response {
@@ -167,31 +206,22 @@ impl Node {
                 bucket,
                 replicas,
             } => self.place(&user, bucket, replicas as usize),
-            Request::Store { messages, epoch } => {
-                let users: Vec<(u16, String)> = messages
-                    .iter()
-                    .map(|(k, _)| (k.bucket, k.user.clone()))
-                    .collect();
-                let batch = messages
+            Request::Store { keys, data, epoch } => {
+                let users: Vec<(u16, String)> =
+                    keys.iter().map(|k| (k.bucket, k.user.clone())).collect();
+                let batch = keys
                     .into_iter()
-                    .map(|(key, data)| NewMessage { key, data })
+                    .map(|key| NewMessage {
+                        key,
+                        data: data.clone(),
+                    })
                     .collect();
                 match self.store.append(batch).await {
                     Ok(()) => {
-                        let view = self.cluster.view();
-                        if view.view.epoch != epoch {
+                        if self.cluster.view().view.epoch != epoch {
                             // Placed under another view: our report for the current one
                             // may have gone out before this store; tell the manager.
-                            for (bucket, user) in users {
-                                let manager = view.map.manager(bucket);
-                                let req = Request::Announce {
-                                    user,
-                                    node: self.id(),
-                                };
-                                if let Err(e) = Box::pin(self.call(manager, req)).await {
-                                    tracing::warn!(error = %e, "announce after view change failed");
-                                }
-                            }
+                            self.announce(users);
                         }
                         Response::Ack
                     }
@@ -234,10 +264,13 @@ impl Node {
             },
             Request::Forget { id } => {
                 if let Some(addr) = self.cluster.forget(id) {
-                    let saved = self
-                        .store
-                        .kv("forgotten")
-                        .and_then(|t| t.insert(addr.as_bytes(), &id.to_be_bytes()));
+                    let saved = match self.store.kv("forgotten") {
+                        Ok(t) => match t.insert(addr.as_bytes(), &id.to_be_bytes()) {
+                            Ok(()) => t.flush().await,
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
                     if let Err(e) = saved {
                         tracing::error!(error = %e, "recording a removed node");
                     }
@@ -269,7 +302,11 @@ impl Node {
                     Response::NotReady("report for another view".into())
                 }
             }
-            Request::Announce { user, node } => {
+            Request::Announce { user, node, epoch } => {
+                let bucket = membership::bucket_of(&user, self.cluster.buckets());
+                if epoch != self.cluster.view().view.epoch || !self.manages(bucket) {
+                    return Response::NotReady("announcement for another view".into());
+                }
                 self.manager.add(&user, &[node]);
                 Response::Ack
             }
@@ -340,7 +377,18 @@ impl Node {
     pub async fn reconstruct(self: &Arc<Self>, view: Arc<ViewState>) {
         self.manager
             .new_view(view.view.epoch, view.live.iter().copied());
-        let users = match self.store.users(|_| true) {
+        self.unforget_live(&view);
+        // Users with live mail here, and users with only tombstones here: a node that
+        // recorded a delete must stay in the mail map, or a replica that missed the
+        // delete would bring the message back.
+        let scan = self.store.users(|_| true).and_then(|live| {
+            let mut all: Vec<(u16, String)> = live.into_iter().map(|(b, u, _)| (b, u)).collect();
+            all.extend(self.store.tombstone_users()?);
+            all.sort();
+            all.dedup();
+            Ok(all)
+        });
+        let users = match scan {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(error = %e, "scanning fragments for reconstruction");
@@ -352,7 +400,7 @@ impl Node {
             .iter()
             .map(|&id| (id, Default::default()))
             .collect();
-        for (bucket, user, _) in users {
+        for (bucket, user) in users {
             let m = view.map.manager(bucket);
             if let Some(entry) = per_manager.get_mut(&m) {
                 entry.0.push(user);
@@ -396,6 +444,23 @@ impl Node {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// A node the operator removed may come back (same address, new process): once it
+    /// is live again it is no longer "removed", and repair must wait for it when it
+    /// is down, like for any other node.
+    fn unforget_live(&self, view: &ViewState) {
+        for m in &view.view.members {
+            if self.cluster.unforget(&m.rpc) {
+                let removed = self
+                    .store
+                    .kv("forgotten")
+                    .and_then(|t| t.remove(m.rpc.as_bytes()));
+                if let Err(e) = removed {
+                    tracing::error!(error = %e, "clearing a removed node that returned");
+                }
+            }
         }
     }
 

@@ -290,6 +290,27 @@ impl Index {
         Ok(removed)
     }
 
+    /// (bucket, user) of every user with at least one tombstone, one seek per user.
+    pub(crate) fn tombstone_users(&self) -> Result<Vec<(u16, String)>, StorageError> {
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(first) = self.tombstones.range(from.as_slice()..).next() else {
+                break;
+            };
+            let (k, _) = first.map_err(StorageError::index(TOMBSTONES, "scan tombstone users"))?;
+            let (bucket, user, _) =
+                keys::decode_message_key(&k).map_err(|r| corrupt(TOMBSTONES, r))?;
+            // Keys are bucket | user | 0 | id: the next user starts after bucket | user | 1.
+            from = keys::user_prefix(bucket, &user);
+            if let Some(last) = from.last_mut() {
+                *last = 1;
+            }
+            out.push((bucket, user));
+        }
+        Ok(out)
+    }
+
     /// Tombstoned ids of one user, in id order.
     pub(crate) fn tombstones(
         &self,

@@ -288,6 +288,13 @@ impl Store {
         self.inner.index.tombstones(bucket, user)
     }
 
+    /// (bucket, user) of every user with at least one tombstone here, sorted: such a
+    /// node must stay in the user's mail map, or a replica that missed the delete
+    /// could bring the message back.
+    pub fn tombstone_users(&self) -> Result<Vec<(u16, String)>, StorageError> {
+        self.inner.index.tombstone_users()
+    }
+
     /// Users holding at least one live message in the buckets accepted by `filter`,
     /// with counts, as (bucket, user, live messages) sorted by bucket then user.
     pub fn users(

@@ -93,6 +93,7 @@ async fn delete_hides_and_tombstone_wins_over_later_append() {
     assert!(store.is_tombstoned(&a).unwrap());
     assert!(!store.is_tombstoned(&b).unwrap());
     assert_eq!(store.tombstones(1, "bob").unwrap(), vec![a.id]);
+
     assert!(
         store.tombstones(1, "bo").unwrap().is_empty(),
         "prefix of another user"
@@ -520,5 +521,29 @@ async fn message_id_text_is_the_uidl() {
             .unwrap()
             .unwrap(),
         body_for(&k)
+    );
+}
+
+#[tokio::test]
+async fn tombstone_users_lists_each_user_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert!(store.tombstone_users().unwrap().is_empty());
+    store
+        .delete(vec![
+            key(1, "bob", 1),
+            key(1, "bob", 2),
+            key(1, "bo", 9),
+            key(0, "zed", 9),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tombstone_users().unwrap(),
+        vec![
+            (0, "zed".to_string()),
+            (1, "bo".to_string()),
+            (1, "bob".to_string())
+        ]
     );
 }

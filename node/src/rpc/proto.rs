@@ -29,10 +29,13 @@ pub enum Request {
         /// Copies wanted.
         replicas: u8,
     },
-    /// To a fragment holder: store these messages durably before answering.
+    /// To a fragment holder: store one message body under these keys (one per
+    /// recipient held there) durably before answering.
     Store {
-        /// Messages to append.
-        messages: Vec<(MessageKey, Bytes)>,
+        /// Where the body goes.
+        keys: Vec<MessageKey>,
+        /// The message, sent once whatever the number of keys.
+        data: Bytes,
         /// The epoch the sender placed them in (the holder re-announces on mismatch).
         epoch: Epoch,
     },
@@ -101,6 +104,8 @@ pub enum Request {
         user: String,
         /// The holder.
         node: NodeId,
+        /// The view the announcement is meant for.
+        epoch: Epoch,
     },
     /// To every node: forget node `id` for good (operator `node remove`).
     Forget {
