@@ -322,4 +322,41 @@ fn three_nodes_agree_and_mail_crosses_nodes() {
         let holders = &part[..part.find(']').unwrap()];
         assert_eq!(holders.split(',').count(), 2, "{mailbox}");
     }
+
+    // A fourth node joining through a seed takes a fair share of the buckets and
+    // starts receiving new fragments.
+    let joiner = start(3, &dir.path().join("n3"), &[rpcs[0].clone()], None, false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = cluster_json(&joiner.admin);
+        if v.contains("\"live\":[0,1,2,3]") && v.contains("\"maps_complete\":true") {
+            assert_eq!(v.matches("\"buckets\":16384").count(), 4, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 did not join: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let users: Vec<String> = (0..12).map(|i| format!("new{i}@example.test")).collect();
+    for u in &users {
+        let body = format!(r#"{{"address":"{u}","password":"pw"}}"#);
+        let r = http(&joiner.admin, "POST", "/v1/users", &body).unwrap();
+        assert_eq!(r.0, 201, "{r:?}");
+    }
+    // The joiner learns accounts as a registry learner; deliver through it.
+    for u in &users {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let r = send_mail(&joiner.smtp, u, "Subject: hi\r\n\r\nhello\r\n");
+            if r.starts_with("250") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "delivery to {u}: {r}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let v = cluster_json(&joiner.admin);
+    let messages: u64 = field(&v, "messages")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(messages > 0, "the new node stores no fragment: {v}");
 }
