@@ -132,6 +132,8 @@ pub async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -
                     .push(holder);
             }
             h.tombstones.extend(tombstones);
+        } else {
+            tracing::warn!(holder, %user, ?r, "listing a fragment failed");
         }
     }
     h

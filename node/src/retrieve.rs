@@ -114,49 +114,18 @@ impl pop::Mailbox for RetrievalProxy {
             holders: Vec::new(),
             released: false,
         };
-        let listings = futures::future::join_all(map.iter().map(|&holder| {
-            let node = node.clone();
-            let req = Request::List {
-                bucket,
-                user: user.to_string(),
-            };
-            async move { (holder, node.call(holder, req).await) }
-        }))
-        .await;
-        let mut merged: BTreeMap<MessageId, (u64, Vec<NodeId>)> = BTreeMap::new();
-        let mut deleted: BTreeSet<MessageId> = BTreeSet::new();
-        let mut failed = 0usize;
-        for (holder, r) in listings {
-            match r {
-                Ok(Response::Listing {
-                    messages,
-                    tombstones,
-                }) => {
-                    for (id, size) in messages {
-                        merged
-                            .entry(id)
-                            .or_insert((size, Vec::new()))
-                            .1
-                            .push(holder);
-                    }
-                    deleted.extend(tombstones);
-                }
-                other => {
-                    tracing::warn!(holder, ?other, "listing a fragment failed");
-                    failed += 1;
-                }
-            }
-        }
-        // A replica that missed a delete still lists the message; a tombstone anywhere wins.
-        merged.retain(|id, _| !deleted.contains(id));
+        let h = crate::repair::gather(&node, user, bucket, &map).await;
         // Any fragment node that does not answer may hold the only copy of a message
         // (written while fewer than R nodes were live) or the only tombstone of one:
         // answer "try again" rather than show a mailbox that may be partial.
-        if failed > 0 {
+        if h.listed.len() < map.len() {
             return Err(MailboxError::TempFail(
                 "some of the mailbox is unreachable, try again later".into(),
             ));
         }
+        // A replica that missed a delete still lists the message; a tombstone anywhere wins.
+        let mut merged = h.messages;
+        merged.retain(|id, _| !h.tombstones.contains(id));
         for (id, (size, nodes)) in merged {
             s.entries.push(MessageEntry {
                 uid: id.to_string(),
