@@ -181,18 +181,31 @@ impl Node {
                     node: node.id(),
                     epoch: view.view.epoch,
                 };
-                loop {
-                    if node.cluster.view().view.epoch != view.view.epoch {
-                        return;
-                    }
-                    match node.call(manager, req.clone()).await {
-                        Ok(Response::Ack) => break,
-                        other => tracing::debug!(manager, ?other, "announce not taken yet"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                if !node.send_until_taken(manager, req, view.view.epoch).await {
+                    return;
                 }
             }
         });
+    }
+
+    /// Send soft-state news (a report, an announcement) to a manager until it takes it
+    /// (`Ack`); give up once the view is no longer `epoch`. Returns whether it was taken.
+    async fn send_until_taken(
+        &self,
+        manager: NodeId,
+        req: Request,
+        epoch: membership::Epoch,
+    ) -> bool {
+        loop {
+            if self.cluster.view().view.epoch != epoch {
+                return false;
+            }
+            match self.call(manager, req.clone()).await {
+                Ok(Response::Ack) => return true,
+                other => tracing::debug!(manager, ?other, "not taken yet"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn dispatch(&self, req: Request) -> Response {
@@ -429,17 +442,8 @@ impl Node {
                     users,
                     locks,
                 };
-                loop {
-                    if node.cluster.view().view.epoch != view.view.epoch {
-                        return; // superseded; the next reconstruction reports again
-                    }
-                    match node.call(manager, req.clone()).await {
-                        Ok(Response::Ack) => return,
-                        Ok(other) => tracing::debug!(manager, ?other, "report not taken yet"),
-                        Err(e) => tracing::debug!(manager, error = %e, "report failed"),
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                // Superseded views need nothing: the next reconstruction reports again.
+                node.send_until_taken(manager, req, view.view.epoch).await;
             }));
         }
         for t in tasks {
