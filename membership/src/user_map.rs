@@ -13,9 +13,10 @@
 //! small extra movement on membership changes (measured and bounded in the
 //! tests below) for exact balance, which is what the user managers' load needs.
 //!
-//! Maglev wants a prime table size so every skip is coprime with it; our table
-//! size is the bucket count (65,536 by default, a power of two), so skips are
-//! chosen coprime with the table size instead (odd for a power of two).
+//! Maglev's preference lists are `offset + j * skip` modulo a prime table size;
+//! our table size is the bucket count (65,536 by default, a power of two), where
+//! such lists correlate, so each node's list is a keyed bijective mix instead
+//! (see `Preference`).
 
 use thiserror::Error;
 
@@ -27,11 +28,6 @@ pub const DEFAULT_BUCKETS: u32 = 65_536;
 
 /// Largest bucket count: buckets are numbered by `u16`.
 pub const BUCKETS_MAX: u32 = 65_536;
-
-/// Salt of the hash that picks a node's first table slot.
-const OFFSET_SALT: u64 = 0x6f66_6673_6574_2d31; // "offset-1"
-/// Salt of the hash that picks a node's stride through the table.
-const SKIP_SALT: u64 = 0x736b_6970_2d73_616c; // "skip-sal"
 
 /// A user map that cannot be built.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -167,48 +163,84 @@ impl UserMap {
     }
 }
 
-/// Greatest common divisor, for picking skips coprime with the table size.
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
+/// Salts of the keys of a node's table permutation.
+const PERM_SALTS: [u64; 4] = [
+    0x6f66_6673_6574_2d31, // "offset-1"
+    0x736b_6970_2d73_616c, // "skip-sal"
+    0x6d75_6c74_2d6b_6579, // "mult-key"
+    0x6164_642d_6b65_7932, // "add-key2"
+];
+
+/// A node's Maglev preference list: a bijection of `0..size`, keyed by stable
+/// hashes of the node id.
+///
+/// The paper's `offset + j * skip (mod M)` needs a prime M. Our M is the bucket
+/// count, a power of two by default, and there the affine lists of different nodes
+/// share their low-bit patterns (bit k cycles with period 2^(k+1) for every node),
+/// which made a single removal move several percent of buckets beyond the leaver's
+/// (found by the property test). Instead each list is a keyed mix
+/// (add, odd multiply, xorshift, odd multiply, xorshift, add: each step a bijection
+/// on w-bit words) over the next power of two, cycle-walked back into `0..size`.
+#[derive(Clone, Copy, Debug)]
+struct Preference {
+    keys: [u64; 4],
+    bits: u32,
+    size: u64,
 }
 
-/// A node's Maglev permutation: start slot and stride, both from stable
-/// hashes of its id. The stride is coprime with the table size, so the
-/// permutation visits every slot exactly once.
-fn permutation(node: NodeId, size: u64) -> (u64, u64) {
-    let offset = salted(node, OFFSET_SALT) % size;
-    if size == 1 {
-        return (0, 1);
+impl Preference {
+    fn new(node: NodeId, size: u64) -> Preference {
+        let bits = size.next_power_of_two().trailing_zeros();
+        Preference {
+            keys: PERM_SALTS.map(|salt| salted(node, salt)),
+            bits,
+            size,
+        }
     }
-    let mut skip = 1 + salted(node, SKIP_SALT) % (size - 1);
-    while gcd(skip, size) != 1 {
-        // Walk to the next coprime stride; wrapping stays inside 1..size.
-        skip = if skip + 1 >= size { 1 } else { skip + 1 };
+
+    fn mix(&self, x: u64) -> u64 {
+        let mask = if self.bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.bits) - 1
+        };
+        let [k0, k1, k2, k3] = self.keys;
+        let mut x = x.wrapping_add(k0) & mask;
+        x = x.wrapping_mul(k1 | 1) & mask;
+        x ^= x >> (self.bits / 2 + 1);
+        x = x.wrapping_mul(k2 | 1) & mask;
+        x ^= x >> self.bits.div_ceil(2);
+        x.wrapping_add(k3) & mask
     }
-    (offset, skip)
+
+    /// The `j`-th slot of this node's list (`j < size`).
+    fn slot(&self, j: u64) -> u64 {
+        let mut x = self.mix(j);
+        while x >= self.size {
+            x = self.mix(x);
+        }
+        x
+    }
 }
 
 /// Fills the Maglev lookup table: members take turns, each claiming the next
-/// free slot of its own permutation, until every slot is taken.
+/// free slot of its own preference list, until every slot is taken.
 fn maglev_table(members: &[NodeId], buckets: u32) -> Vec<u32> {
     if members.is_empty() {
         return Vec::new();
     }
     let size = u64::from(buckets);
-    let perms: Vec<(u64, u64)> = members.iter().map(|m| permutation(*m, size)).collect();
+    let prefs: Vec<Preference> = members.iter().map(|m| Preference::new(*m, size)).collect();
     let mut next = vec![0u64; members.len()];
     const FREE: u32 = u32::MAX;
     let mut table = vec![FREE; buckets as usize];
     let mut filled = 0usize;
     while filled < table.len() {
-        for (index, (offset, skip)) in perms.iter().enumerate() {
-            // Each permutation covers all slots, so a free one is found
+        for (index, pref) in prefs.iter().enumerate() {
+            // Each list is a permutation of all slots, so a free one is found
             // within `size` steps while any slot is free.
             loop {
-                let slot = ((offset + next[index] * skip) % size) as usize;
+                let slot = pref.slot(next[index]) as usize;
                 next[index] += 1;
                 if table[slot] == FREE {
                     table[slot] = index as u32;
@@ -510,6 +542,26 @@ mod tests {
             prop_assert!(before.buckets_managed_by(leaver).iter().all(|b| after.manager(*b) != leaver));
             let extra = extra_moves(&before, &after, leaver);
             prop_assert!(extra <= removal_extra_bound(ids.len()), "extra {}", extra);
+        }
+    }
+}
+
+#[cfg(test)]
+mod preference_tests {
+    use super::*;
+
+    #[test]
+    fn every_preference_list_is_a_permutation() {
+        for size in [1u64, 2, 3, 7, 100, 1000, 4096, 65_535, 65_536] {
+            for node in [0u64, 1, 9, u64::MAX] {
+                let p = Preference::new(node, size);
+                let mut seen = vec![false; size as usize];
+                for j in 0..size {
+                    let s = p.slot(j) as usize;
+                    assert!(!seen[s], "size {size} node {node}: slot {s} twice");
+                    seen[s] = true;
+                }
+            }
         }
     }
 }
