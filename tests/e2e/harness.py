@@ -23,6 +23,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +85,36 @@ def pick_base_port(nodes: int) -> int:
     raise RuntimeError("no free port range found")
 
 
+# Loopback calls must never go through a proxy named in the environment (http_proxy).
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_request(url: str, method: str = "GET", body=None, timeout: float = 30,
+                 headers: dict | None = None) -> tuple[int, dict | str]:
+    """One admin HTTP request without any proxy; returns (status, decoded JSON or text),
+    also for 4xx/5xx answers."""
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    req = urllib.request.Request(url, method=method, data=data,
+                                 headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def http_get_json(url: str, timeout: float = 30) -> dict:
+    """GET url (no proxy) and decode its JSON body; AssertionError unless 200."""
+    status, body = http_request(url, timeout=timeout)
+    if status != 200 or not isinstance(body, dict):
+        raise AssertionError(f"GET {url}: HTTP {status} {body!r}")
+    return body
+
+
 def run_cli(*args: str, admin: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
     """Run `porcupine ARGS --admin URL` and return the completed process (text mode)."""
     cp = subprocess.run(
@@ -130,9 +162,11 @@ _CMD = re.compile(r"^\s*node (\d+): (.*)$")
 class Cluster:
     """A `porcupine up --nodes N` run in its own process group on a random base port."""
 
-    def __init__(self, nodes: int = 1, data: str | None = None, base_port: int | None = None):
+    def __init__(self, nodes: int = 1, data: str | None = None, base_port: int | None = None,
+                 up_args: tuple[str, ...] = ()):
         require_binary()
         self.nodes = nodes
+        self.up_args = tuple(up_args)
         self._own_data = data is None
         self.data = data or tempfile.mkdtemp(prefix="porcupine-e2e-")
         self.base_port = base_port
@@ -176,6 +210,7 @@ class Cluster:
             "--nodes", str(self.nodes),
             "--base-port", str(self.base_port),
             "--data", self.data,
+            *self.up_args,
         ]
         self.proc = subprocess.Popen(
             cmd,
