@@ -164,6 +164,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             let (config, deliver, shutdown) =
                 (smtp_config.clone(), deliver.clone(), smtp_shutdown.clone());
             async move {
+                let _open = SessionGauge::open("smtp");
                 if let Err(e) = smtp::serve(stream, Some(peer), config, deliver, shutdown).await {
                     tracing::debug!(%peer, error = %e, "smtp session ended with an error");
                 }
@@ -183,6 +184,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             let (config, proxy, shutdown) =
                 (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
             async move {
+                let _open = SessionGauge::open("pop");
                 if let Err(e) = pop::serve(stream, config, proxy.clone(), proxy, shutdown).await {
                     tracing::debug!(%peer, error = %e, "pop session ended with an error");
                 }
@@ -280,4 +282,21 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     node.store.close().await.context("closing the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Counts one open client session in `porcupine_sessions_open{protocol}` for as long as
+/// it lives (also when the session task is cancelled).
+struct SessionGauge(&'static str);
+
+impl SessionGauge {
+    fn open(protocol: &'static str) -> Self {
+        metrics::gauge!("porcupine_sessions_open", "protocol" => protocol).increment(1.0);
+        SessionGauge(protocol)
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("porcupine_sessions_open", "protocol" => self.0).decrement(1.0);
+    }
 }

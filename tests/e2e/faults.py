@@ -28,14 +28,9 @@ ADMIN_TIMEOUT_S = 3.0
 
 
 def admin_get(cluster: harness.Cluster, node: int, path: str, timeout_s: float = ADMIN_TIMEOUT_S) -> dict:
-    """GET an admin path on node `node` and decode the JSON body (also for 4xx/5xx bodies)."""
-    url = cluster.admin_url(node) + path
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return json.loads(r.read().decode())
-    except urllib.error.HTTPError as e:
-        body = e.read().decode("utf-8", "replace")
-        raise AssertionError(f"GET {url}: HTTP {e.code} {body}") from None
+    """GET an admin path on node `node` (no proxy) and decode the JSON body; AssertionError
+    on any status but 200, with the body."""
+    return harness.http_get_json(cluster.admin_url(node) + path, timeout=timeout_s)
 
 
 def mailbox(cluster: harness.Cluster, node: int, user: str) -> dict:
@@ -118,6 +113,18 @@ def repair_sums(cluster: harness.Cluster, nodes) -> dict[str, int]:
         for k, v in cluster.status(i)["repair"].items():
             total[k] = total.get(k, 0) + int(v)
     return total
+
+
+def wait_repair_passes(cluster: harness.Cluster, nodes, since: dict[int, int], more: int, timeout_s: float) -> None:
+    """Wait until every listed node's `repair.passes_total` is at least `more` above `since`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = {i: cluster.status(i)["repair"]["passes_total"] for i in nodes}
+        if all(now[i] >= since[i] + more for i in nodes):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"repair passes did not advance by {more} in {timeout_s} s: {since} -> {now}")
+        time.sleep(0.5)
 
 
 # --- processes --------------------------------------------------------------------------

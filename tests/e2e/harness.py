@@ -34,20 +34,38 @@ DOMAIN = "example.test"
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 60
 
-# Every process this module started and has not yet reaped, so a crashed test run
-# still leaves nothing behind (SIGTERM to those pids only, never by name).
+# Every process this module started and has not yet reaped, and every node pid `up`
+# reported, so a crashed test run still leaves nothing behind (signals go to those
+# pids only, never by name).
 _LIVE_PROCS: set[subprocess.Popen] = set()
+_NODE_PIDS: set[int] = set()
 
 
 def _reap_leftovers() -> None:
+    """SIGCONT (a node paused by SIGSTOP cannot act on SIGTERM), SIGTERM, wait a while,
+    then SIGKILL whatever is still there."""
     for p in list(_LIVE_PROCS):
         if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-                p.wait(timeout=STOP_TIMEOUT_S)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+            _kill_quiet(p.pid, signal.SIGCONT)
+            _kill_quiet(p.pid, signal.SIGTERM)
+    for pid in list(_NODE_PIDS):
+        if _pid_running(pid):
+            _kill_quiet(pid, signal.SIGCONT)
+            _kill_quiet(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in list(_LIVE_PROCS):
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
         _LIVE_PROCS.discard(p)
+    for pid in list(_NODE_PIDS):
+        while _pid_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_running(pid):
+            _kill_quiet(pid, signal.SIGKILL)
+        _NODE_PIDS.discard(pid)
 
 
 atexit.register(_reap_leftovers)
@@ -57,6 +75,18 @@ def require_binary() -> None:
     """Fail loudly (not skip) when the server binary is missing: the suite is useless without it."""
     if not BINARY.exists():
         raise RuntimeError(f"{BINARY} not found; build it with `cargo build --release -p node`")
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """The path of an external client the suite drives (swaks, curl, ...). A missing one
+    fails the run, never skips it: the README's clients would otherwise go untested."""
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"`{name}` is not installed; install it (Debian: apt-get install {package or name}, "
+            f"or run .ci/run, which installs every tool the suite needs)"
+        )
+    return path
 
 
 def ports_free(base: int, nodes: int, reuse: bool = False) -> bool:
@@ -181,17 +211,20 @@ class Cluster:
     def start(self) -> "Cluster":
         """Start `up` and wait (90 s max) until it prints "press Ctrl-C to stop".
 
-        On a first start the base port is random; if another run grabbed one of its
-        ports between the probe and `up`'s own check, another range is tried."""
-        if self.base_port is not None:
-            return self._start_once()
-        for attempt in range(3):
-            self.base_port = pick_base_port(self.nodes)
+        On a first start the base port is random, and another range is tried if some
+        other process grabbed one of its ports between the probe and `up`'s own bind.
+        A restart must reuse its ports (the nodes' data names them): it waits for them
+        and retries a few times while one is still held."""
+        first = self.base_port is None
+        for attempt in range(4):
+            if first:
+                self.base_port = pick_base_port(self.nodes)
             try:
                 return self._start_once()
             except RuntimeError as e:
-                if "is not available" not in str(e) or attempt == 2:
+                if "is not available" not in str(e) or attempt == 3:
                     raise
+                time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def _start_once(self) -> "Cluster":
@@ -257,6 +290,7 @@ class Cluster:
             if m:
                 i = int(m.group(1))
                 self.info[i] = NodeInfo(i, int(m.group(2)), m.group(3), m.group(4), m.group(5), m.group(6))
+                _NODE_PIDS.add(self.info[i].pid)
         for line in lines:
             m = _CMD.match(line)
             if m and int(m.group(1)) in self.info:
@@ -290,6 +324,12 @@ class Cluster:
                         _kill_quiet(n.pid, signal.SIGKILL)
             else:
                 rc = self.proc.returncode
+            # `up` stops its nodes before it exits; a node it lost track of (SIGSTOPped,
+            # hung) is continued and killed here so the next test finds its ports free.
+            for n in self.info.values():
+                if n.pid in _NODE_PIDS and _pid_running(n.pid) and n.pid not in {q.pid for q in self.restarted.values()}:
+                    _kill_quiet(n.pid, signal.SIGCONT)
+                    _kill_quiet(n.pid, signal.SIGKILL)
             _LIVE_PROCS.discard(self.proc)
             # `up` has exited: its stdout reaches EOF once the pump has read the last lines.
             self._pump_thread.join(5)
@@ -320,25 +360,67 @@ class Cluster:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _pid_running(pid):
             time.sleep(0.02)
+        if _pid_running(pid):
+            raise AssertionError(f"node {i} (pid {pid}) still running 10 s after SIGKILL")
+        _NODE_PIDS.discard(pid)
         base = self.base_port + 10 * i
         while time.monotonic() < deadline and not ports_free(base, 1, reuse=True):
             time.sleep(0.02)
+        if not ports_free(base, 1, reuse=True):
+            raise AssertionError(f"node {i}'s ports from {base} still busy 10 s after its kill")
+
+    def pause_node(self, i: int) -> None:
+        """SIGSTOP node i (it stays in the process table; resume_node or cleanup continues it)."""
+        os.kill(self.info[i].pid, signal.SIGSTOP)
+
+    def resume_node(self, i: int) -> None:
+        """SIGCONT node i."""
+        os.kill(self.info[i].pid, signal.SIGCONT)
+
+    def node_running(self, i: int) -> bool:
+        """True while node i's last known pid is a live (non-zombie) process."""
+        return _pid_running(self.info[i].pid)
 
     def restart_node(self, i: int) -> subprocess.Popen:
-        """Re-run node i's printed command line in a new process group (stopped by stop())."""
+        """Re-run node i's printed command line in a new process group (stopped by stop()).
+
+        Its ports are fixed by the command line: wait until they are free, and start it
+        again (up to 3 times) if it exits at once because one was taken meanwhile."""
         cmd = self.info[i].command
         prev = self.restarted.get(i)
         if prev is not None and prev.poll() is None:
             raise RuntimeError(f"node {i} is still running as pid {prev.pid}")
         if not cmd:
             raise RuntimeError(f"no command line printed for node {i}")
-        log = open(os.path.join(self.data, f"node-{i}.log"), "ab")
-        p = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        _LIVE_PROCS.add(p)
-        self.restarted[i] = p
-        self.info[i].pid = p.pid
-        return p
+        base = self.base_port + 10 * i
+        log_path = os.path.join(self.data, f"node-{i}.log")
+        for attempt in range(3):
+            deadline = time.monotonic() + 20
+            while not ports_free(base, 1, reuse=True):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {i}'s ports from {base} still busy after 20 s")
+                time.sleep(0.1)
+            offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+            log = open(log_path, "ab")
+            p = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            log.close()
+            _LIVE_PROCS.add(p)
+            self.restarted[i] = p
+            self.info[i].pid = p.pid
+            # A taken port makes the node exit at once, naming it.
+            try:
+                p.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                return p
+            _LIVE_PROCS.discard(p)
+            del self.restarted[i]
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                tail = f.read().decode("utf-8", "replace")
+            if "is not available" not in tail or attempt == 2:
+                raise RuntimeError(f"restarted node {i} exited at once ({p.returncode}):\n{tail[-2000:]}")
+            time.sleep(0.5)
+        raise AssertionError("unreachable")
 
     def logs(self, tail_lines: int = 60) -> str:
         """The tails of every node log, for failure messages."""
@@ -373,16 +455,31 @@ class Cluster:
         run_cli("user", "add", address, "--password", password, admin=self.admin_url(node))
 
     def add_users(self, users: list[tuple[str, str]], node: int = 0) -> None:
-        """Add many users; retries a 503 (registry busy) for a few seconds."""
+        """Add many users; retries only `503` (no registry leader yet, e.g. right after
+        a start) for up to 15 s each; any other failure fails at once."""
         for address, password in users:
             deadline = time.monotonic() + 15
             while True:
                 cp = run_cli("user", "add", address, "--password", password, admin=self.admin_url(node), check=False)
                 if cp.returncode == 0:
                     break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"user add {address} failed: {cp.stdout}{cp.stderr}")
+                out = cp.stdout + cp.stderr
+                if "(HTTP 503)" not in out or time.monotonic() > deadline:
+                    raise AssertionError(f"user add {address} failed: {out}")
                 time.sleep(0.3)
+
+    def wait_users_known(self, addresses, nodes=None, timeout_s: float = 20) -> None:
+        """Wait until every listed node's local registry replica lists every address."""
+        want = set(addresses)
+        deadline = time.monotonic() + timeout_s
+        for i in (range(self.nodes) if nodes is None else nodes):
+            while True:
+                listed = set(run_cli("user", "list", admin=self.admin_url(i)).stdout.split())
+                if want <= listed:
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"node {i} never listed {sorted(want - listed)}")
+                time.sleep(0.2)
 
     def status(self, i: int = 0, timeout: float = 10) -> dict:
         """`porcupine status --json` against node i, decoded."""
@@ -402,7 +499,10 @@ class Cluster:
                         p.cmd("QUIT")
                         return
                     last = r.decode("latin-1")
-            except OSError as e:
+                    # Only "not yet" answers are waited out; a wrong password is a failure.
+                    if b"[SYS/TEMP]" not in r and b"[IN-USE]" not in r:
+                        raise AssertionError(f"node {i} refused the POP3 login for {user}: {last}")
+            except (OSError, ConnectionError) as e:
                 last = str(e)
             time.sleep(0.3)
         raise AssertionError(f"node {i} never accepted a POP3 login for {user}: {last}")
@@ -720,6 +820,7 @@ def header_value(msg: bytes, name: str) -> str | None:
 
 def run_swaks(port: int, to: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """swaks against 127.0.0.1:port; returns the completed process (text mode)."""
+    require_tool("swaks")
     return subprocess.run(
         ["swaks", "--server", f"{HOST}:{port}", "--from", "carol@elsewhere.test", "--to", to,
          "--helo", "client.test", *extra],

@@ -3,8 +3,6 @@
 import json
 import subprocess
 import unittest
-import urllib.error
-import urllib.request
 
 import harness
 from harness import DOMAIN
@@ -20,18 +18,7 @@ class AdminTest(unittest.TestCase):
         cls.admin = cls.cluster.admin_url()
 
     def http(self, method: str, path: str, body=None) -> tuple[int, dict | str]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.admin + path, method=method, data=data,
-                                     headers={"content-type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode("utf-8", "replace")
+        return harness.http_request(self.admin + path, method=method, body=body)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(harness.BINARY), *args, "--admin", self.admin],
@@ -127,10 +114,20 @@ class AdminTest(unittest.TestCase):
             self.assertRegex(name, r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?$")
 
     def test_status_prints_view(self):
+        # The table and the JSON describe the same view: epoch, this node, its row.
+        st = json.loads(self.cli("status", "--json").stdout)
         cp = self.cli("status")
         self.assertEqual(cp.returncode, 0, cp.stderr)
-        self.assertIn("epoch", cp.stdout)
-        st = json.loads(self.cli("status", "--json").stdout)
+        lines = cp.stdout.splitlines()
+        self.assertRegex(lines[0], rf"^node 0  epoch {st['epoch']} \(coordinator \d+\)  mail maps complete  users managed \d+$")
+        self.assertRegex(lines[1], r"^fragments here: \d+ messages of \d+ users, \d+ tombstones; registry leader 0 ")
+        self.assertRegex(lines[2], r"^repair: under-replicated 0 \(pending 0\), copies made \d+, tombstones spread \d+, passes \d+$")
+        self.assertEqual(lines[3].split(), ["id", "alive", "smtp", "pop", "admin", "rpc", "load", "buckets"])
+        self.assertEqual(len(lines), 5, cp.stdout)
+        row = lines[4].split()
+        c = self.cluster
+        self.assertEqual(row[:6], ["0", "yes", c.info[0].smtp, c.info[0].pop, c.info[0].admin.removeprefix("http://"), c.info[0].rpc], cp.stdout)
+        self.assertEqual(int(row[7]), 65536, "a single node holds every bucket")
         self.assertEqual([n["alive"] for n in st["nodes"]], [True])
         self.assertEqual(st["nodes"][0]["smtp"], f"127.0.0.1:{self.cluster.smtp_port()}")
 

@@ -1,7 +1,6 @@
 """POP3 out, driven by curl and Python's poplib against one `porcupine up` node."""
 
 import poplib
-import shutil
 import subprocess
 import time
 import unittest
@@ -16,6 +15,7 @@ class PopTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        harness.require_tool("curl")
         cls.cluster = harness.Cluster(nodes=1).start()
         cls.addClassCleanup(cls.cluster.cleanup)
         cls.smtp = cls.cluster.smtp_port()
@@ -42,7 +42,6 @@ class PopTest(unittest.TestCase):
         c.pass_(pw)
         return c
 
-    @unittest.skipUnless(shutil.which("curl"), "curl not installed")
     def test_curl_list_and_retrieve(self):
         addr, pw, sent = self.fresh_user(2)
         url = f"pop3://{HOST}:{self.pop}/"

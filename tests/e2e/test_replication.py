@@ -130,7 +130,9 @@ class ReplicationTest(unittest.TestCase):
             c.restart_node(victim)
             t_restart = time.monotonic()
             faults.wait_view(c, range(NODES), 20, epoch_above=epoch_down)
-            time.sleep(3.0)  # some traffic on the re-formed cluster too
+            # Some traffic acknowledged on the re-formed cluster too.
+            n_back = storm.acked_count()
+            self.assertGreater(storm.wait_acked(n_back + 20, 20), n_back + 19, "no deliveries after the rejoin")
         finally:
             rec = storm.stop(retry_budget_s=20)
         self.storm_report("kill -9 storm", rec)
@@ -166,7 +168,8 @@ class ReplicationTest(unittest.TestCase):
             print(f"\n  survivors dropped node {victim} after {noticed_s:.1f} s; "
                   f"stopped {t_cont - t_stop:.1f} s", end=" ")
             faults.wait_view(c, range(NODES), 25, epoch_above=epoch_down)
-            time.sleep(3.0)
+            n_back = storm.acked_count()
+            self.assertGreater(storm.wait_acked(n_back + 20, 20), n_back + 19, "no deliveries after the rejoin")
         finally:
             if pid is not None:
                 faults.resume_pid(pid)
@@ -235,10 +238,12 @@ class ReplicationTest(unittest.TestCase):
                 ids = sorted(faults.holders_by_id(faults.mailbox(c, j, user)))
                 self.assertEqual(ids, remaining, f"{when}: /v1/mailboxes via node {j}")
 
+        passes_back = {j: c.status(j)["repair"]["passes_total"] for j in range(NODES)}
         check("right after the rejoin")
-        time.sleep(max(0.0, REPAIR_INTERVAL_S + 5 - (time.monotonic() - t_back)))
+        # Two more repair passes on every node: the second surely started after the rejoin.
+        faults.wait_repair_passes(c, range(NODES), passes_back, 2, timeout_s=2 * REPAIR_INTERVAL_S + 20)
         faults.wait_view(c, range(NODES), 10)
-        check(f"{REPAIR_INTERVAL_S + 5} s after the rejoin")
+        check(f"after a repair pass that began after the rejoin ({time.monotonic() - t_back:.0f} s)")
 
         # The repair pass wrote the tombstones to the returned node...
         st = c.status(victim)
@@ -287,9 +292,10 @@ class ReplicationTest(unittest.TestCase):
         lost_copies = counts[victim]
         self.assertGreater(lost_copies, 0)
 
-        # Removing a live node is refused.
+        # Removing a live node is refused with 409 (README).
         cp = harness.run_cli("node", "remove", str(victim), admin=c.admin_url(0), check=False)
         self.assertNotEqual(cp.returncode, 0, f"`node remove` of a live node succeeded: {cp.stdout}{cp.stderr}")
+        self.assertIn("(HTTP 409)", cp.stdout + cp.stderr, "`node remove` of a live node must answer 409")
 
         epoch0 = faults.wait_view(c, range(NODES), 10)
         c.kill_node(victim)

@@ -2,7 +2,7 @@
 
 import os
 import random
-import shutil
+import re
 import socket
 import threading
 import time
@@ -20,6 +20,7 @@ class RobustnessTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        harness.require_tool("swaks")
         cls.cluster = harness.Cluster(nodes=1).start()
         cls.addClassCleanup(cls.cluster.cleanup)
         cls.cluster.add_user(USER, PASSWORD)
@@ -35,16 +36,24 @@ class RobustnessTest(unittest.TestCase):
         finally:
             p.close()
 
+    def wait_smtp_sessions_closed(self, timeout_s: float = 10) -> None:
+        """Wait until the node's `porcupine_sessions_open{protocol="smtp"}` gauge is 0."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, text = harness.http_request(self.cluster.admin_url() + "/metrics")
+            self.assertEqual(status, 200, text)
+            m = re.search(r'^porcupine_sessions_open\{protocol="smtp"\} (\S+)$', text, re.M)
+            if m and float(m.group(1)) == 0:
+                return
+            self.assertLess(time.monotonic(), deadline, f"SMTP sessions still open: {m and m.group(0)}")
+            time.sleep(0.05)
+
     def assert_still_serving(self, subject: str) -> None:
-        """A normal delivery (swaks if present, else the raw client) succeeds and lands."""
+        """A normal delivery by swaks succeeds and lands."""
         before = self.count()
-        if shutil.which("swaks"):
-            cp = harness.run_swaks(self.smtp, USER, "--header", f"Subject: {subject}", "--body", "still alive")
-            self.assertEqual(cp.returncode, 0, cp.stdout + cp.stderr)
-            self.assertRegex(cp.stdout, r"<-\s+250 ")
-        else:
-            r = harness.deliver(self.smtp, USER, harness.make_message(subject))
-            self.assertEqual(r.code, 250, r)
+        cp = harness.run_swaks(self.smtp, USER, "--header", f"Subject: {subject}", "--body", "still alive")
+        self.assertEqual(cp.returncode, 0, cp.stdout + cp.stderr)
+        self.assertRegex(cp.stdout, r"<-\s+250 ")
         self.assertEqual(self.count(), before + 1)
 
     def test_garbage_bytes(self):
@@ -113,7 +122,8 @@ class RobustnessTest(unittest.TestCase):
         s.cmd("HELO client.test")
         s.cmd("MAIL FROM:<x@elsewhere.test>")
         s.close()
-        time.sleep(0.5)
+        # Negative check only once the server has ended every one of those sessions.
+        self.wait_smtp_sessions_closed()
         self.assertEqual(self.count(), before, "a cut-off DATA must not be delivered")
         self.assert_still_serving("after disconnects")
 
@@ -150,11 +160,10 @@ class RobustnessTest(unittest.TestCase):
         t.start()
         time.sleep(0.3)
         self.assertFalse(done.is_set(), "the slow client was not slow")
-        t0 = time.monotonic()
+        # The promise is ordering, not speed: the other delivery lands while the slow
+        # client is still typing (its script takes several seconds).
         self.assert_still_serving("while a slow client dribbles")
-        fast_s = time.monotonic() - t0
         self.assertFalse(done.is_set(), "the other delivery only ran after the slow client finished")
-        self.assertLess(fast_s, 10)
         t.join(60)
         self.assertNotIn("error", result, result.get("error"))
         self.assertEqual(result["codes"], [250, 250, 250, 354, 250])
@@ -190,14 +199,16 @@ class RobustnessTest(unittest.TestCase):
         for t in threads:
             t.start()
         reads = 0
+        seen_before = set()
         while any(t.is_alive() for t in threads):
-            try:
-                p = harness.pop_session(self.pop, addr, pw, timeout_s=5)
-                p.listing()
-                p.quit()
-                reads += 1
-            except harness.PopError:
-                pass
+            # One reader: a refusal other than a lock still being released is a failure.
+            p = harness.pop_session(self.pop, addr, pw, timeout_s=5)
+            uids = set(p.uidls().values())
+            p.quit()
+            reads += 1
+            # Mail is only added while the senders run: a listing never loses a message.
+            self.assertLessEqual(seen_before, uids, "a message vanished from a later listing")
+            seen_before = uids
         for t in threads:
             t.join()
         self.assertEqual(errors, [])

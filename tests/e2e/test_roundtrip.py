@@ -33,7 +33,7 @@ class RoundTripTest(unittest.TestCase):
     def roundtrip(self, msg: bytes, via_smtplib: bool = False) -> bytes:
         """Deliver msg, read it back (then delete it); assert the stored form; return it."""
         if via_smtplib:
-            with smtplib.SMTP(HOST, self.smtp, timeout=120) as s:
+            with smtplib.SMTP(HOST, self.smtp, timeout=120, local_hostname="client.test") as s:
                 s.ehlo("client.test")
                 refused = s.sendmail(SENDER, [USER], msg, mail_options=["BODY=8BITMIME"])
                 self.assertEqual(refused, {})

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -403,6 +403,26 @@ impl RaftLog {
 
     /// Commit `cmd` through the local raft, which must be the leader.
     async fn write_here(&self, cmd: RegistryCommand, deadline: Instant) -> WriteReply {
+        // Confirm leadership with a quorum first: a leader cut off from its voters would
+        // otherwise append the entry, time out, answer "unavailable", and then commit
+        // the change anyway once the voters return. Checked first, a refused write is
+        // (outside a quorum lost in the middle of the call) really not applied.
+        match timeout_at(deadline, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+                return WriteReply::NotLeader;
+            }
+            Ok(Err(e)) => {
+                return WriteReply::Unavailable(format!(
+                    "registry has no quorum, nothing written: {e}"
+                ));
+            }
+            Err(_) => {
+                return WriteReply::Unavailable(
+                    "registry has no quorum, nothing written".to_string(),
+                );
+            }
+        }
         match timeout_at(deadline, self.raft.client_write(cmd)).await {
             Ok(Ok(response)) => WriteReply::Done(response.data),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
