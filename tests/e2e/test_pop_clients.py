@@ -45,7 +45,7 @@ class PopTest(unittest.TestCase):
     def test_curl_list_and_retrieve(self):
         addr, pw, sent = self.fresh_user(2)
         url = f"pop3://{HOST}:{self.pop}/"
-        cp = subprocess.run(["curl", "-sS", "--max-time", "30", url, "--user", f"{addr}:{pw}"], capture_output=True, timeout=60)
+        cp = subprocess.run(["curl", "--noproxy", "*", "-sS", "--max-time", "30", url, "--user", f"{addr}:{pw}"], capture_output=True, timeout=60)
         self.assertEqual(cp.returncode, 0, cp.stderr)
         lines = [l.split() for l in cp.stdout.decode().splitlines() if l.strip()]
         self.assertEqual([l[0] for l in lines], ["1", "2"], cp.stdout)
@@ -55,7 +55,7 @@ class PopTest(unittest.TestCase):
             p.quit()
         self.assertEqual({int(n): int(s) for n, s in lines}, sizes)
         for n in (1, 2):
-            cp = subprocess.run(["curl", "-sS", "--max-time", "30", f"{url}{n}", "--user", f"{addr}:{pw}"], capture_output=True, timeout=60)
+            cp = subprocess.run(["curl", "--noproxy", "*", "-sS", "--max-time", "30", f"{url}{n}", "--user", f"{addr}:{pw}"], capture_output=True, timeout=60)
             self.assertEqual(cp.returncode, 0, cp.stderr)
             self.assertEqual(cp.stdout, stored[n - 1])
         # The curl-retrieved bodies are the messages that were sent (order of arrival).
@@ -64,7 +64,7 @@ class PopTest(unittest.TestCase):
         # expects a multi-line answer to a custom command unless -I says "no body"; without
         # -I (as the README's example has it) curl waits forever for a terminator.
         cp = subprocess.run(
-            ["curl", "-sS", "--max-time", "20", f"{url}1", "--user", f"{addr}:{pw}", "-X", "DELE", "-I"],
+            ["curl", "--noproxy", "*", "-sS", "--max-time", "20", f"{url}1", "--user", f"{addr}:{pw}", "-X", "DELE", "-I"],
             capture_output=True,
             timeout=60,
         )
