@@ -349,22 +349,36 @@ async fn fourth_node_is_a_learner_with_the_data() {
     .await;
 
     // Only the leader changes membership: a follower's sync_members returns without
-    // proposing anything. No sleep to "let it happen": the leader's next write shows
-    // it. Its log index follows straight on from the last applied one, so no
-    // membership entry went in between, and the membership is unchanged.
+    // proposing anything. No sleep to "let it happen": the leader's log shows it.
+    // Once the leader has applied all it appended, the next entry after the follower's
+    // call must be the write, with no membership entry in between.
+    let settled = |n: &Node, at_least: u64| {
+        let s = n.log.status();
+        s.last_applied_index.is_some_and(|i| i >= at_least)
+            && s.last_log_index == s.last_applied_index
+    };
+    eventually("the leader applied all it appended", || {
+        settled(&nodes[0], 0)
+    })
+    .await;
     let before = nodes[0].log.status().last_applied_index.unwrap();
     nodes[1].log.sync_members(live(&[1, 2, 3, 4, 5])).await;
     assert_eq!(
         nodes[0].log.submit(add("x@a.test")).await.unwrap(),
         RegistryOutcome::Done
     );
+    eventually("the leader applied the write", || {
+        settled(&nodes[0], before + 1)
+    })
+    .await;
     let s = nodes[0].log.status();
     assert_eq!(
-        s.last_applied_index,
+        s.last_log_index,
         Some(before + 1),
         "only the write was appended after the follower's sync_members: {s:?}"
     );
     assert_eq!((s.voter_ids, s.learner_ids), (vec![1, 2, 3], vec![4]));
+
     // A learner's write is forwarded too.
     assert_eq!(
         nodes[3].log.submit(add("y@a.test")).await.unwrap(),
