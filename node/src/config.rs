@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub suspect_after_ms: u64,
     /// Timeout of one cluster RPC, in milliseconds.
     pub rpc_timeout_ms: u64,
+    /// Where to write the bound listen addresses (JSON) once all four listeners are
+    /// bound; lets a caller ask for port 0 and learn the ports the OS picked.
+    pub ports_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -78,6 +81,7 @@ impl Default for NodeConfig {
             ping_interval_ms: 500,
             suspect_after_ms: 2000,
             rpc_timeout_ms: 3000,
+            ports_file: None,
         }
     }
 }

@@ -189,6 +189,9 @@ struct ServeArgs {
     /// Timeout of one cluster RPC, ms (`rpc_timeout_ms`).
     #[arg(long)]
     rpc_timeout_ms: Option<u64>,
+    /// Write the bound addresses as JSON to this file once listening (`ports_file`).
+    #[arg(long)]
+    ports_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -221,6 +224,9 @@ impl ServeArgs {
             suspect_after_ms,
             rpc_timeout_ms
         );
+        if self.ports_file.is_some() {
+            c.ports_file = self.ports_file;
+        }
         if !self.seeds.is_empty() {
             c.seeds = self.seeds;
         }

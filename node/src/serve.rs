@@ -1,5 +1,6 @@
 //! `porcupine serve`: start one node, run it until SIGINT/SIGTERM, stop it cleanly.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,8 +67,31 @@ pub async fn stop_signal() {
     }
 }
 
+/// Write the bound addresses of `me` as JSON to `path`, atomically: a reader sees
+/// either no file (or an older one) or the whole new one, never a partial write.
+fn write_ports_file(path: &Path, me: &NodeInfo) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "smtp": me.smtp,
+        "pop": me.pop,
+        "admin": me.admin,
+        "rpc": me.rpc,
+    });
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{json}\n"))
+        .with_context(|| format!("writing the ports file {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| {
+        format!(
+            "renaming {} to the ports file {}",
+            tmp.display(),
+            path.display()
+        )
+    })
+}
+
 /// Run one node until a stop signal.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let smtp_listener = bind("SMTP", &config.smtp).await?;
     let pop_listener = bind("POP3", &config.pop).await?;
     let admin_listener = bind("admin HTTP", &config.admin).await?;
@@ -85,6 +109,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         pop: addr(&pop_listener)?,
         admin: addr(&admin_listener)?,
     };
+    // Listen addresses may ask for port 0: from here on, everything (membership,
+    // the registry, `/v1/cluster`, the node's own config) uses the bound ones.
+    config.smtp = me.smtp.clone();
+    config.pop = me.pop.clone();
+    config.admin = me.admin.clone();
+    config.rpc = me.rpc.clone();
+    if let Some(path) = &config.ports_file {
+        write_ports_file(path, &me)?;
+    }
 
     anyhow::ensure!(
         config.smtp_message_size_max + 64 * 1024 <= crate::rpc::RPC_BODY_BYTES_MAX,

@@ -1,64 +1,190 @@
 //! Integration tests over real sockets: `porcupine serve` processes on 127.0.0.1,
 //! driven with raw SMTP and POP3 exchanges and the admin API.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `porcupine serve` child, stopped (by its pid) when dropped.
+/// Lines of each node's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// A `porcupine serve` child, stopped (by its pid) when dropped. Its stdout and stderr
+/// go to `log`; when the test is failing, the log's tail is printed on drop.
 struct NodeProc {
+    id: u64,
     child: Child,
+    log: PathBuf,
     smtp: String,
     pop: String,
     admin: String,
+    rpc: String,
+}
+
+impl NodeProc {
+    /// Fail the test if the child has exited (the log tail follows from `Drop`).
+    fn assert_running(&mut self, doing: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("node {} exited ({status}) while {doing}", self.id);
+        }
+    }
 }
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            print_log_tail(self.id, &self.log);
+        }
     }
 }
 
-fn free_addr() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+/// Print the last `LOG_TAIL_LINES` lines of a node's log to stderr.
+fn print_log_tail(id: u64, log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+    eprintln!(
+        "----- node {id}: last {} of {} lines of {} -----",
+        lines.len() - from,
+        lines.len(),
+        log.display()
+    );
+    for l in &lines[from..] {
+        eprintln!("{l}");
+    }
+    eprintln!("----- end of node {id} -----");
 }
 
-fn start(id: u64, data: &Path, seeds: &[String], rpc: Option<String>, bootstrap: bool) -> NodeProc {
-    let (smtp, pop, admin) = (free_addr(), free_addr(), free_addr());
-    let rpc = rpc.unwrap_or_else(free_addr);
+/// The test's temporary directory, kept (and named on stderr) when the test fails.
+struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    fn new() -> TestDir {
+        TestDir(Some(tempfile::tempdir().unwrap()))
+    }
+    fn path(&self) -> &Path {
+        self.0.as_ref().map(|d| d.path()).unwrap()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.0.take()
+        {
+            eprintln!("test directory kept: {}", dir.keep().display());
+        }
+    }
+}
+
+/// Start node `id` in `dir` (data in `n{id}/`, log in `n{id}.log`): it binds port 0 for
+/// all four listeners and reports the addresses in its ports file, so no port is
+/// chosen before the node holds it.
+fn start(id: u64, dir: &Path, seeds: &[String], bootstrap: bool) -> NodeProc {
+    let log = dir.join(format!("n{id}.log"));
+    let ports_file = dir.join(format!("n{id}.ports.json"));
+    let out = File::create(&log).unwrap();
+    let err = out.try_clone().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_porcupine"));
     cmd.args(["serve", "--node-id", &id.to_string(), "--data"])
-        .arg(data)
-        .args([
-            "--smtp", &smtp, "--pop", &pop, "--admin", &admin, "--rpc", &rpc,
-        ])
+        .arg(dir.join(format!("n{id}")))
+        .arg("--ports-file")
+        .arg(&ports_file)
+        .args(["--smtp", "127.0.0.1:0", "--pop", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
         .args(["--pop-auth-failure-delay-ms", "100"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(out)
+        .stderr(err);
     for s in seeds {
         cmd.args(["--seed", s]);
     }
     if bootstrap {
         cmd.arg("--bootstrap");
     }
-    let child = cmd.spawn().unwrap();
-    let node = NodeProc {
-        child,
-        smtp,
-        pop,
-        admin,
+    let mut node = NodeProc {
+        id,
+        child: cmd.spawn().unwrap(),
+        log,
+        smtp: String::new(),
+        pop: String::new(),
+        admin: String::new(),
+        rpc: String::new(),
     };
+    // The file is written whole (temp + rename): once it exists it must parse.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ports_file.exists() {
+        node.assert_running("binding its listeners");
+        assert!(
+            Instant::now() < deadline,
+            "node {id} wrote no ports file {} within 30 s",
+            ports_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&ports_file).unwrap();
+    let ports: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("node {id}: ports file is not JSON ({e}): {text:?}"));
+    let addr = |key: &str| -> String {
+        let a = ports[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("node {id}: no {key:?} in the ports file: {text}"));
+        let parsed: std::net::SocketAddr = a
+            .parse()
+            .unwrap_or_else(|e| panic!("node {id}: {key} {a:?} is not an address: {e}"));
+        assert!(
+            parsed.ip().is_loopback() && parsed.port() != 0,
+            "node {id}: {key} {a} is not a bound loopback address"
+        );
+        a.to_string()
+    };
+    (node.smtp, node.pop, node.admin, node.rpc) =
+        (addr("smtp"), addr("pop"), addr("admin"), addr("rpc"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while http(&node.admin, "GET", "/v1/health", "").is_none() {
-        assert!(Instant::now() < deadline, "node {id} did not come up");
+        node.assert_running("starting");
+        assert!(
+            Instant::now() < deadline,
+            "node {id} did not answer /v1/health on {} within 30 s",
+            node.admin
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     node
+}
+
+/// Every node in `view` (a `/v1/cluster` answer) that is one of `nodes` is advertised
+/// with the addresses it bound.
+fn assert_advertises_bound_addresses(view: &str, nodes: &[&NodeProc]) {
+    let v: serde_json::Value =
+        serde_json::from_str(view).unwrap_or_else(|e| panic!("bad /v1/cluster JSON ({e}): {view}"));
+    let listed = v["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no nodes in {view}"));
+    for n in nodes {
+        let entry = listed
+            .iter()
+            .find(|e| e["id"].as_u64() == Some(n.id))
+            .unwrap_or_else(|| panic!("node {} not listed in {view}", n.id));
+        for (key, bound) in [
+            ("smtp", &n.smtp),
+            ("pop", &n.pop),
+            ("admin", &n.admin),
+            ("rpc", &n.rpc),
+        ] {
+            assert_eq!(
+                entry[key].as_str(),
+                Some(bound.as_str()),
+                "node {} advertised as {key} {} but bound {bound}: {view}",
+                n.id,
+                entry[key]
+            );
+        }
+    }
 }
 
 /// A minimal HTTP/1.1 client: returns (status, body).
@@ -154,10 +280,60 @@ fn retr(c: &mut Line, n: usize) -> Vec<u8> {
     }
 }
 
+/// Deliver through `smtp`, retrying only temporary refusals (4xx: the node may be
+/// rebuilding its maps) for at most 15 s; any other reply fails the test.
+fn deliver(smtp: &str, to: &str, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for attempt in 1.. {
+        let r = send_mail(smtp, to, body);
+        if r.starts_with("250") {
+            return;
+        }
+        assert!(
+            r.starts_with('4'),
+            "delivery to {to} via {smtp} refused: {r}"
+        );
+        assert!(
+            Instant::now() < deadline && attempt < 100,
+            "delivery to {to} via {smtp} still refused after {attempt} tries: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Wait (at most 30 s) until `node`'s local copy of the registry lists every one of
+/// `users` (a follower or learner applies a write a little after the leader).
+fn wait_for_users(node: &NodeProc, users: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(&node.admin, "GET", "/v1/users", "").unwrap_or_default();
+        let listed: Vec<String> = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v["users"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|u| u.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        if status == 200 && users.iter().all(|u| listed.iter().any(|l| l == u)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} does not list {users:?} after 30 s: {status} {body}",
+            node.id
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn single_node_delivers_and_serves_over_real_sockets() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = start(0, &dir.path().join("n0"), &[], None, false);
+    let dir = TestDir::new();
+    let node = start(0, dir.path(), &[], false);
+    assert_advertises_bound_addresses(&cluster_json(&node.admin), &[&node]);
     let (status, body) = http(
         &node.admin,
         "POST",
@@ -232,25 +408,13 @@ fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 
 #[test]
 fn three_nodes_agree_and_mail_crosses_nodes() {
-    let dir = tempfile::tempdir().unwrap();
-    let rpcs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let nodes: Vec<NodeProc> = (0..3)
-        .map(|i| {
-            let seeds: Vec<String> = rpcs
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, r)| r.clone())
-                .collect();
-            start(
-                i as u64,
-                &dir.path().join(format!("n{i}")),
-                &seeds,
-                Some(rpcs[i].clone()),
-                i == 0,
-            )
-        })
-        .collect();
+    let dir = TestDir::new();
+    // Each node is seeded with the RPC addresses its predecessors reported.
+    let mut nodes: Vec<NodeProc> = Vec::new();
+    for i in 0..3 {
+        let seeds: Vec<String> = nodes.iter().map(|n| n.rpc.clone()).collect();
+        nodes.push(start(i, dir.path(), &seeds, i == 0));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let views: Vec<String> = nodes.iter().map(|n| cluster_json(&n.admin)).collect();
@@ -263,8 +427,12 @@ fn three_nodes_agree_and_mail_crosses_nodes() {
         assert!(Instant::now() < deadline, "no agreement: {views:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    for n in &nodes {
+        assert_advertises_bound_addresses(&cluster_json(&n.admin), &all);
+    }
     // An account added through a follower's admin API is forwarded to the registry
-    // leader and readable everywhere.
+    // leader and readable everywhere. Only 503 (registry unavailable) is retried.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = http(
@@ -277,24 +445,20 @@ fn three_nodes_agree_and_mail_crosses_nodes() {
         if r.0 == 201 {
             break;
         }
+        assert_eq!(r.0, 503, "user add through a follower: {r:?}");
         assert!(Instant::now() < deadline, "user add never succeeded: {r:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    for n in &nodes {
+        wait_for_users(n, &["bob@example.test"]);
+    }
     // Deliver through every node, read through every other node.
     for (i, n) in nodes.iter().enumerate() {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let r = send_mail(
-                &n.smtp,
-                "bob@example.test",
-                &format!("Subject: via {i}\r\n\r\nbody {i}\r\n"),
-            );
-            if r.starts_with("250") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "delivery via node {i}: {r}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        deliver(
+            &n.smtp,
+            "bob@example.test",
+            &format!("Subject: via {i}\r\n\r\nbody {i}\r\n"),
+        );
     }
     for n in &nodes {
         let (mut c, r) = pop_login(&n.pop, "bob@example.test", "pw");
@@ -325,12 +489,15 @@ fn three_nodes_agree_and_mail_crosses_nodes() {
 
     // A fourth node joining through a seed takes a fair share of the buckets and
     // starts receiving new fragments.
-    let joiner = start(3, &dir.path().join("n3"), &[rpcs[0].clone()], None, false);
+    let joiner = start(3, dir.path(), &[nodes[0].rpc.clone()], false);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let v = cluster_json(&joiner.admin);
         if v.contains("\"live\":[0,1,2,3]") && v.contains("\"maps_complete\":true") {
             assert_eq!(v.matches("\"buckets\":16384").count(), 4, "{v}");
+            let mut all: Vec<&NodeProc> = nodes.iter().collect();
+            all.push(&joiner);
+            assert_advertises_bound_addresses(&v, &all);
             break;
         }
         assert!(Instant::now() < deadline, "node 3 did not join: {v}");
@@ -343,16 +510,10 @@ fn three_nodes_agree_and_mail_crosses_nodes() {
         assert_eq!(r.0, 201, "{r:?}");
     }
     // The joiner learns accounts as a registry learner; deliver through it.
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    wait_for_users(&joiner, &names);
     for u in &users {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let r = send_mail(&joiner.smtp, u, "Subject: hi\r\n\r\nhello\r\n");
-            if r.starts_with("250") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "delivery to {u}: {r}");
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        deliver(&joiner.smtp, u, "Subject: hi\r\n\r\nhello\r\n");
     }
     let v = cluster_json(&joiner.admin);
     let messages: u64 = field(&v, "messages")

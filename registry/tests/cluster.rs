@@ -306,19 +306,27 @@ async fn restarted_voter_keeps_its_vote() {
     kill(&net, n3).await;
 
     // Alone and unreachable, node 2 can only know its term from its stored vote: its
-    // own elections (at least 5 s away) would start over from term 1 otherwise.
+    // own elections would start over from term 1 otherwise (and each would raise the
+    // term by one, so a late enough check could see `term` by counting up).
+    // Elections are set further away than `eventually` waits (20 s), and the clock
+    // starts once raft runs (not before the store opens, which may retry for 10 s):
+    // a term seen within the bound below was read from disk, not reached by electing.
     let slow_elections = RaftOptions {
-        election_timeout_min_ms: 5000,
-        election_timeout_max_ms: 6000,
+        election_timeout_min_ms: 60_000,
+        election_timeout_max_ms: 61_000,
         ..RaftOptions::default()
     };
-    let restarted = Instant::now();
+    let first_election = Duration::from_millis(slow_elections.election_timeout_min_ms);
     let n2 = start_isolated(&net, 2, dirs[1].path(), slow_elections).await;
+    let raft_started = Instant::now();
     eventually("node 2 reports its stored term", || {
         n2.log.status().term == term
     })
     .await;
-    assert!(restarted.elapsed() < Duration::from_secs(4));
+    assert!(
+        raft_started.elapsed() < first_election,
+        "term seen only after an election could have run"
+    );
     assert_eq!(n2.log.status().voter_ids, vec![1, 2, 3]);
     n2.log.shutdown().await;
 }
@@ -340,15 +348,37 @@ async fn fourth_node_is_a_learner_with_the_data() {
     })
     .await;
 
-    // Only the leader changes membership.
+    // Only the leader changes membership: a follower's sync_members returns without
+    // proposing anything. No sleep to "let it happen": the leader's log shows it.
+    // Once the leader has applied all it appended, the next entry after the follower's
+    // call must be the write, with no membership entry in between.
+    let settled = |n: &Node, at_least: u64| {
+        let s = n.log.status();
+        s.last_applied_index.is_some_and(|i| i >= at_least)
+            && s.last_log_index == s.last_applied_index
+    };
+    eventually("the leader applied all it appended", || {
+        settled(&nodes[0], 0)
+    })
+    .await;
+    let before = nodes[0].log.status().last_applied_index.unwrap();
     nodes[1].log.sync_members(live(&[1, 2, 3, 4, 5])).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(nodes[0].log.status().learner_ids, vec![4]);
-
     assert_eq!(
         nodes[0].log.submit(add("x@a.test")).await.unwrap(),
         RegistryOutcome::Done
     );
+    eventually("the leader applied the write", || {
+        settled(&nodes[0], before + 1)
+    })
+    .await;
+    let s = nodes[0].log.status();
+    assert_eq!(
+        s.last_log_index,
+        Some(before + 1),
+        "only the write was appended after the follower's sync_members: {s:?}"
+    );
+    assert_eq!((s.voter_ids, s.learner_ids), (vec![1, 2, 3], vec![4]));
+
     // A learner's write is forwarded too.
     assert_eq!(
         nodes[3].log.submit(add("y@a.test")).await.unwrap(),
@@ -416,8 +446,9 @@ async fn late_node_catches_up_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_fail_without_a_quorum() {
     let net = Arc::new(Net::default());
+    let write_timeout_ms = 1500;
     let quick = RaftOptions {
-        write_timeout_ms: 1500,
+        write_timeout_ms,
         ..RaftOptions::default()
     };
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -437,15 +468,15 @@ async fn writes_fail_without_a_quorum() {
 
     kill(&net, n2).await;
     kill(&net, n3).await;
-    let started = Instant::now();
-    match n1.log.submit(add("lost@q.test")).await {
-        Err(RegistryError::Unavailable(_)) => {}
-        other => panic!("a write without quorum returned {other:?}"),
+    // Without a deadline the write would wait for a quorum forever; with one it gives
+    // up after write_timeout_ms. The bound checks that it gives up at all: the
+    // configured timeout plus a margin for a loaded machine, not a speed test.
+    let bound = Duration::from_millis(write_timeout_ms) + Duration::from_secs(10);
+    match tokio::time::timeout(bound, n1.log.submit(add("lost@q.test"))).await {
+        Ok(Err(RegistryError::Unavailable(_))) => {}
+        Ok(other) => panic!("a write without quorum returned {other:?}"),
+        Err(_) => panic!("a write without quorum still waited after {bound:?}"),
     }
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "bounded by write_timeout_ms"
-    );
     assert!(n1.state.user("lost@q.test").unwrap().is_none());
     n1.log.shutdown().await;
 }

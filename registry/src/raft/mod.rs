@@ -127,6 +127,8 @@ pub struct RaftStatus {
     pub learner_ids: Vec<u64>,
     /// Index of the last log entry applied to the local registry state.
     pub last_applied_index: Option<u64>,
+    /// Index of the last entry in this node's log (applied or not).
+    pub last_log_index: Option<u64>,
     /// Last log index covered by this node's current snapshot, if it has one.
     pub snapshot_index: Option<u64>,
     /// Current Raft term.
@@ -316,6 +318,7 @@ impl RaftLog {
             voter_ids: membership.voter_ids().collect(),
             learner_ids: membership.learner_ids().collect(),
             last_applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
             snapshot_index: m.snapshot.map(|l| l.index),
             term: m.current_term,
         }
