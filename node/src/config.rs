@@ -52,6 +52,10 @@ pub struct NodeConfig {
     pub suspect_after_ms: u64,
     /// Timeout of one cluster RPC, in milliseconds.
     pub rpc_timeout_ms: u64,
+    /// Seconds between repair passes (besides the pass after every view change).
+    pub repair_interval_secs: u64,
+    /// Age a deleted message must reach before repair may collect its tombstone, in seconds.
+    pub tombstone_min_age_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -78,6 +82,8 @@ impl Default for NodeConfig {
             ping_interval_ms: 500,
             suspect_after_ms: 2000,
             rpc_timeout_ms: 3000,
+            repair_interval_secs: 30,
+            tombstone_min_age_secs: 3600,
         }
     }
 }
