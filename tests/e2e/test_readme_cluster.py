@@ -328,7 +328,7 @@ class TombstoneCollection(unittest.TestCase):
             left = sum(f["fragments"]["tombstones"] for f in fs)
             return fs if n >= len(gone) and left == 0 else None
 
-        figures = wait_for("the tombstones to be collected", collected, self.MIN_AGE_S + 30, 0.2,
+        figures = wait_for(f"tombstones_collected_total to reach {len(gone)} and no tombstone left on any node", collected, self.MIN_AGE_S + 30, 0.2,
                            detail=lambda: f"{self.figures()}\n{c.logs()}")
         self.assertEqual(sum(f["repair"]["tombstones_collected_total"] for f in figures), len(gone),
                          "each collected tombstone counted once")

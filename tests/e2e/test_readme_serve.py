@@ -46,8 +46,9 @@ pop_auth_failure_delay_ms = 100
 """
 
 
-def read_to_eof(sock: socket.socket, timeout_s: float) -> bytes:
-    """Everything the server sends until it closes; AssertionError if it stays open."""
+def read_to_eof(sock: socket.socket, timeout_s: float, what: str = "") -> bytes:
+    """Everything the server sends until it closes; AssertionError (naming `what`) if it
+    stays open longer than timeout_s."""
     sock.settimeout(timeout_s)
     out = b""
     deadline = time.monotonic() + timeout_s
@@ -55,14 +56,14 @@ def read_to_eof(sock: socket.socket, timeout_s: float) -> bytes:
         try:
             chunk = sock.recv(65536)
         except socket.timeout:
-            raise AssertionError(f"server did not close within {timeout_s} s; got {out!r}")
+            raise AssertionError(f"{what}: server did not close within {timeout_s} s; got {out!r}")
         except ConnectionResetError:
             return out
         if not chunk:
             return out
         out += chunk
         if time.monotonic() > deadline:
-            raise AssertionError(f"server did not close within {timeout_s} s; got {out!r}")
+            raise AssertionError(f"{what}: server did not close within {timeout_s} s; got {out!r}")
 
 
 def unique_user(tag: str) -> str:
@@ -191,14 +192,14 @@ class ServeNodeTests(unittest.TestCase):
             # One over the cap: exactly the busy line, then the server closes.
             over = socket.create_connection((HOST, port), timeout=10)
             try:
-                got = read_to_eof(over, 10)
+                got = read_to_eof(over, 10, "over-cap client")
             finally:
                 over.close()
             self.assertEqual(got, busy, "over-cap client must get exactly the busy line and EOF")
             # One leaves (in protocol); a new client is then served.
             gone = socks.pop()
             gone.sendall(quit_cmd)
-            read_to_eof(gone, 10)
+            read_to_eof(gone, 10, "client leaving with QUIT")
             gone.close()
             deadline = time.monotonic() + 10
             while True:
@@ -233,7 +234,7 @@ class ServeNodeTests(unittest.TestCase):
         with self.smtp() as s:
             self.assertEqual(s.cmd("EHLO client.test").code, 250)
             t0 = time.monotonic()
-            got = read_to_eof(s.sock, IDLE_TIMEOUT_S + 10)
+            got = read_to_eof(s.sock, IDLE_TIMEOUT_S + 10, f"silent SMTP client, idle timeout {IDLE_TIMEOUT_S} s")
             elapsed = time.monotonic() - t0
         self.assertEqual(got, f"421 4.4.2 {FLAG_HOSTNAME} idle timeout\r\n".encode())
         self.assertGreaterEqual(elapsed, IDLE_TIMEOUT_S - 0.5, "closed before the idle timeout")
@@ -250,7 +251,7 @@ class ServeNodeTests(unittest.TestCase):
         try:
             self.assertTrue(p.cmd("DELE 1").startswith(b"+OK"))
             t0 = time.monotonic()
-            got = p.buf + read_to_eof(p.sock, IDLE_TIMEOUT_S + 10)
+            got = p.buf + read_to_eof(p.sock, IDLE_TIMEOUT_S + 10, f"silent POP3 client, idle timeout {IDLE_TIMEOUT_S} s")
             elapsed = time.monotonic() - t0
         finally:
             p.close()
@@ -301,7 +302,7 @@ class ServeNodeTests(unittest.TestCase):
                 self.assertEqual((r.code, r.text), (500, "5.5.2 Command unrecognized"), f"error {i + 1}")
             self.assertEqual(s.cmd("NOOP").code, 250, "closed before the error cap")
             s.send(b"FROB\r\n")
-            got = s.buf + read_to_eof(s.sock, 10)
+            got = s.buf + read_to_eof(s.sock, 10, f"bad command number {SMTP_ERRORS_MAX}")
         self.assertEqual(got, b"500 5.5.2 Command unrecognized\r\n"
                               + f"421 4.7.0 {FLAG_HOSTNAME} too many errors\r\n".encode())
 
@@ -319,7 +320,7 @@ class ServeNodeTests(unittest.TestCase):
                                      f"command {SMTP_COMMANDS_MAX - left + 1}")
                 left -= n
             s.send(b"NOOP\r\n")
-            got = s.buf + read_to_eof(s.sock, 10)
+            got = s.buf + read_to_eof(s.sock, 10, f"command number {SMTP_COMMANDS_MAX + 1}")
         self.assertEqual(got, f"421 4.7.0 {FLAG_HOSTNAME} too many commands\r\n".encode())
 
     def test_no_relay_for_local_sender(self):
