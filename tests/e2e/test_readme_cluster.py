@@ -269,7 +269,7 @@ class Failover(unittest.TestCase):
         temp = [r for r in replies if r[2] == 451]
         window = f"(epoch before kill {epoch}, after the window {epoch_after})"
         self.assertTrue(temp, f"no delivery answered 451 4.3.0 while node {victim} was dead but in the view "
-                              f"{window}: {[(r[2], f'{r[4]} s after the kill') for r in replies]}")
+                              f"{window}: {[(r[2], f'read {r[4]} s after the kill') for r in replies]}")
         self.assertEqual(login, b"-ERR [SYS/TEMP] maildrop temporarily unavailable",
                          f"login of {pop_user} (fragments on node {victim}) before the view change {window}")
 
