@@ -177,11 +177,12 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
         v["registry"]["learners"],
     );
     println!(
-        "repair: under-replicated {} (pending {}), copies made {}, tombstones spread {}, passes {}",
+        "repair: under-replicated {} (pending {}), copies made {}, tombstones spread {}, collected {}, passes {}",
         v["repair"]["under_replicated"],
         v["repair"]["pending"],
         v["repair"]["copies_made_total"],
         v["repair"]["tombstones_spread_total"],
+        v["repair"]["tombstones_collected_total"],
         v["repair"]["passes_total"],
     );
     println!(

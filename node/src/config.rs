@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// Where to write the bound listen addresses (JSON) once all four listeners are
     /// bound; lets a caller ask for port 0 and learn the ports the OS picked.
     pub ports_file: Option<PathBuf>,
+    /// Seconds between repair passes (besides the pass after every view change).
+    pub repair_interval_secs: u64,
+    /// Age a deleted message must reach before repair may collect its tombstone, in seconds.
+    pub tombstone_min_age_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -82,6 +86,8 @@ impl Default for NodeConfig {
             suspect_after_ms: 2000,
             rpc_timeout_ms: 3000,
             ports_file: None,
+            repair_interval_secs: 30,
+            tombstone_min_age_secs: 3600,
         }
     }
 }

@@ -192,6 +192,13 @@ struct ServeArgs {
     /// Write the bound addresses as JSON to this file once listening (`ports_file`).
     #[arg(long)]
     ports_file: Option<PathBuf>,
+    /// Seconds between repair passes (`repair_interval_secs`).
+    #[arg(long)]
+    repair_interval_secs: Option<u64>,
+    /// Age in seconds a deleted message must reach before its tombstone is collected
+    /// (`tombstone_min_age_secs`).
+    #[arg(long)]
+    tombstone_min_age_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -222,7 +229,9 @@ impl ServeArgs {
             pop_auth_failure_delay_ms,
             ping_interval_ms,
             suspect_after_ms,
-            rpc_timeout_ms
+            rpc_timeout_ms,
+            repair_interval_secs,
+            tombstone_min_age_secs
         );
         if self.ports_file.is_some() {
             c.ports_file = self.ports_file;
@@ -232,6 +241,16 @@ impl ServeArgs {
         }
         c.bootstrap |= self.bootstrap || c.seeds.is_empty();
         anyhow::ensure!(c.replicas >= 1, "replicas must be at least 1");
+        anyhow::ensure!(
+            c.repair_interval_secs >= 1,
+            "repair_interval_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            c.tombstone_min_age_secs.saturating_mul(1000) > c.rpc_timeout_ms,
+            "tombstone_min_age_secs ({} s) must exceed rpc_timeout_ms ({} ms): a store still in flight could otherwise outlive the tombstone",
+            c.tombstone_min_age_secs,
+            c.rpc_timeout_ms
+        );
         Ok(c)
     }
 }

@@ -26,21 +26,19 @@ use crate::service::Node;
 /// copying it then would leave an extra copy.
 pub const COPY_MIN_AGE: Duration = Duration::from_secs(15);
 
-/// How old a message must be before its tombstone may be collected. Any store of
-/// it that could still be in flight (a slow replica write of a delivery that was
-/// answered 4xx and withdrawn) has timed out long before this.
-pub const TOMBSTONE_MIN_AGE: Duration = Duration::from_secs(3600);
-
 /// Tombstones that may be collected: no node holds a live copy of the message any
-/// more (so every replica has the tombstone) and the message is older than
-/// [`TOMBSTONE_MIN_AGE`]. The caller must also know that every fragment node answered
-/// and every known node is live or removed.
+/// more (so every replica has the tombstone) and the message is at least `min_age`
+/// old (`tombstone_min_age_secs`, default 1 h: any store of it that could still be in
+/// flight, such as a slow replica write of a delivery that was answered 4xx and
+/// withdrawn, has timed out long before). The caller must also know that every
+/// fragment node answered and every known node is live or removed.
 pub fn collectable(
     tombstones: &BTreeSet<MessageId>,
     live: &BTreeMap<MessageId, (u64, Vec<NodeId>)>,
     now_micros: u64,
+    min_age: Duration,
 ) -> Vec<MessageId> {
-    let min_age = TOMBSTONE_MIN_AGE.as_micros() as u64;
+    let min_age = min_age.as_micros() as u64;
     tombstones
         .iter()
         .filter(|id| !live.contains_key(id))
@@ -179,7 +177,8 @@ pub async fn pass(node: &Arc<Node>) -> PassReport {
             }
         }
         if all_known_live && h.listed.len() == map.len() {
-            let ids = collectable(&h.tombstones, &h.messages, now_micros());
+            let min_age = Duration::from_secs(node.config.tombstone_min_age_secs);
+            let ids = collectable(&h.tombstones, &h.messages, now_micros(), min_age);
             if !ids.is_empty() {
                 let keys: Vec<MessageKey> = ids.iter().map(|id| key(*id)).collect();
                 let mut all = true;
@@ -294,6 +293,8 @@ pub async fn run(
             .fetch_add(r.copies_made, Ordering::Relaxed);
         s.tombstones_spread_total
             .fetch_add(r.tombstones_spread, Ordering::Relaxed);
+        s.tombstones_collected_total
+            .fetch_add(r.tombstones_collected, Ordering::Relaxed);
         s.passes_total.fetch_add(1, Ordering::Relaxed);
         s.last_pass_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -334,9 +335,15 @@ mod tests {
         let tombstones: BTreeSet<MessageId> = [old_gone, old_still_live, young_gone].into();
         let live: BTreeMap<MessageId, (u64, Vec<NodeId>)> =
             [(old_still_live, (10, vec![2]))].into();
-        assert_eq!(collectable(&tombstones, &live, now), vec![old_gone]);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(collectable(&tombstones, &live, now, hour), vec![old_gone]);
+        assert_eq!(
+            collectable(&tombstones, &live, now, Duration::from_secs(30)),
+            vec![old_gone, young_gone],
+            "a shorter minimum age collects the young one too"
+        );
         assert!(
-            collectable(&tombstones, &live, 0).is_empty(),
+            collectable(&tombstones, &live, 0, hour).is_empty(),
             "clock behind: nothing is old"
         );
     }

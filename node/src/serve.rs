@@ -274,7 +274,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
 
     tasks.spawn(crate::repair::run(
         node.clone(),
-        Duration::from_secs(30),
+        Duration::from_secs(config.repair_interval_secs),
         shutdown.clone(),
     ));
 

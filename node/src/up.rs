@@ -27,6 +27,13 @@ pub struct UpArgs {
     /// Copies of each message (default: 2, or 1 for a single node).
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Seconds between repair passes on every node (passed on as `--repair-interval-secs`).
+    #[arg(long)]
+    pub repair_interval_secs: Option<u64>,
+    /// Minimum age in seconds of a deleted message before its tombstone is collected
+    /// (passed on to every node as `--tombstone-min-age-secs`).
+    #[arg(long)]
+    pub tombstone_min_age_secs: Option<u64>,
     /// Seconds to wait for the nodes to agree on one view.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -76,6 +83,14 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
             "--replicas".into(),
             replicas.to_string(),
         ];
+        if let Some(secs) = args.repair_interval_secs {
+            a.push("--repair-interval-secs".into());
+            a.push(secs.to_string());
+        }
+        if let Some(secs) = args.tombstone_min_age_secs {
+            a.push("--tombstone-min-age-secs".into());
+            a.push(secs.to_string());
+        }
         if i == 0 {
             a.push("--bootstrap".into());
         }
