@@ -240,8 +240,8 @@ class ServeNodeTests(unittest.TestCase):
         self.assertGreaterEqual(elapsed, IDLE_TIMEOUT_S - 0.5, "closed before the idle timeout")
 
     def test_pop_idle_timeout(self):
-        """A silent POP3 client is logged out without UPDATE: `-ERR idle timeout`, EOF,
-        and a DELE of that session is not applied (RFC 1939 section 3)."""
+        """A silent POP3 client is logged out without UPDATE: the connection closes with
+        no response, and a DELE of that session is not applied (RFC 1939 section 3)."""
         user = unique_user("idle")
         self.node.add_user(user, "pw")
         with self.smtp() as s:
@@ -255,7 +255,7 @@ class ServeNodeTests(unittest.TestCase):
             elapsed = time.monotonic() - t0
         finally:
             p.close()
-        self.assertEqual(got, b"-ERR idle timeout\r\n")
+        self.assertEqual(got, b"", "RFC 1939 section 3: an autologout sends no response")
         self.assertGreaterEqual(elapsed, IDLE_TIMEOUT_S - 0.5, "closed before the idle timeout")
         p = self.pop(user, "pw")
         try:

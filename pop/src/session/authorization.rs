@@ -74,10 +74,8 @@ where
                     },
                     Input::TooLong => return Ok(self.protocol_error("line too long")),
                     Input::Closed => return Ok(Flow::Close),
-                    Input::IdleTimeout => {
-                        self.conn.reply(false, "idle timeout");
-                        return Ok(Flow::Close);
-                    }
+                    // RFC 1939 section 3: autologout closes without a response.
+                    Input::IdleTimeout => return Ok(Flow::Close),
                     Input::Shutdown => {
                         self.shutting_down();
                         return Ok(Flow::Close);

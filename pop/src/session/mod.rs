@@ -136,8 +136,9 @@ where
                     Flow::Close
                 }
                 Input::IdleTimeout => {
+                    // RFC 1939 section 3: an autologout closes the connection without
+                    // sending any response (and without entering UPDATE).
                     tracing::debug!("pop: idle timeout");
-                    self.conn.reply(false, "idle timeout");
                     Flow::Close
                 }
                 Input::Shutdown => {
