@@ -54,6 +54,8 @@
 //! - [`user_map`]: `bucket_of` and the Maglev `UserMap`.
 //! - [`balance`]: `pick_targets`, where a new fragment goes.
 //! - `hash`: the stable hash functions both of the above rely on.
+//! - [`sim`]: the seeded in-process cluster simulator with its invariant
+//!   checkers (cluster tests, `viewbench`, the cluster simulator).
 #![warn(missing_docs)]
 
 pub mod balance;
@@ -64,6 +66,7 @@ mod machine;
 pub mod message;
 mod ring;
 mod round;
+pub mod sim;
 pub mod types;
 pub mod user_map;
 

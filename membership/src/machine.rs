@@ -188,6 +188,24 @@ impl Membership {
         }
     }
 
+    /// A node that starts as a member of an agreed `view` (simulator and
+    /// benchmark bootstrap: a large cluster without thousands of joins). The
+    /// view is installed at `now` and reported by a `ViewChanged` event; if
+    /// it does not name this very process, the node starts alone instead.
+    pub fn in_view(
+        me: NodeInfo,
+        seeds: Vec<String>,
+        config: MembershipConfig,
+        now: Millis,
+        view: View,
+    ) -> Self {
+        let mut machine = Membership::new(me, seeds, config, now);
+        if view.contains_process(&machine.me) && view.epoch > machine.view.epoch {
+            machine.install(now, view);
+        }
+        machine
+    }
+
     // ----- inputs -------------------------------------------------------
 
     /// Feeds one message received from another node.

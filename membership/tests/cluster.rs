@@ -4,11 +4,9 @@
 //! `MEMBERSHIP_SEED=<seed> cargo test -p membership --test cluster`.
 //! `MEMBERSHIP_SEEDS=<count>` runs more seeds; see `net()` for a harsher network.
 
-mod harness;
-
 use std::collections::BTreeSet;
 
-use harness::{Cluster, NetConfig, addr};
+use membership::sim::{Cluster, NetConfig, addr};
 use membership::{MembershipConfig, Millis, NodeId};
 
 /// Virtual time allowed for every convergence the brief asks for.
