@@ -73,6 +73,6 @@ pub mod user_map;
 pub use balance::pick_targets;
 pub use config::{ConfigError, MembershipConfig};
 pub use machine::Membership;
-pub use message::{Event, Header, Message};
-pub use types::{Dest, Epoch, Millis, NodeId, NodeInfo, View};
+pub use message::{Asked, Event, Header, Message};
+pub use types::{Dest, Epoch, Members, Millis, NodeId, NodeInfo, View, ViewDelta, identity_hash};
 pub use user_map::{BUCKETS_MAX, DEFAULT_BUCKETS, UserMap, UserMapError, bucket_of};

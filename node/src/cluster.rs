@@ -36,7 +36,7 @@ impl ViewState {
 
     /// The member with this id, if live.
     pub fn member(&self, id: NodeId) -> Option<&NodeInfo> {
-        self.view.members.iter().find(|m| m.id == id)
+        self.view.member(id)
     }
 }
 
@@ -206,7 +206,9 @@ pub async fn drive(
     let now = || Millis(start.elapsed().as_millis() as u64);
     let mut core = Membership::new(cluster.me.clone(), seeds, config, now());
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<Dest>();
-    let publish = |core: &mut Membership, cluster: &Cluster| {
+    // The known-node list is O(N) to copy: only when it may have changed.
+    let mut known_version = None;
+    let mut publish = |core: &mut Membership, cluster: &Cluster| {
         while let Some(event) = core.poll_event() {
             match event {
                 Event::ViewChanged(view) => {
@@ -220,13 +222,14 @@ pub async fn drive(
                 }
             }
         }
-        for info in core.known_nodes() {
-            if let Some(l) = core.load_of(info.id) {
-                cluster.set_load(info.id, l);
-            }
+        for (id, load) in core.loads() {
+            cluster.set_load(id, load);
         }
-        if let Ok(mut k) = cluster.known.write() {
-            *k = core.known_nodes();
+        if known_version != Some(core.known_version()) {
+            known_version = Some(core.known_version());
+            if let Ok(mut k) = cluster.known.write() {
+                *k = core.known_nodes();
+            }
         }
     };
     // The initial one-node view counts as a view change too.
