@@ -77,7 +77,7 @@ impl Cluster {
                 counter: 0,
                 coordinator: me.id,
             },
-            members: vec![me.clone()],
+            members: std::iter::once(me.clone()).collect(),
         };
         let state = Arc::new(ViewState::new(view, buckets));
         let (views, _) = watch::channel(state.clone());
