@@ -104,8 +104,9 @@ impl Round {
     }
 
     /// True once every candidate has answered: no reason to wait longer.
+    /// O(1): it runs on every accept. (`answered` only ever holds candidates.)
     pub fn complete(&self) -> bool {
-        self.candidates.keys().all(|id| self.answered.contains(id))
+        self.answered.len() >= self.candidates.len()
     }
 
     /// The view this round commits (the coordinator plus every accepter),
