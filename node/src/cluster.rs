@@ -21,16 +21,20 @@ use crate::rpc::{Request, RpcClient};
 pub struct ViewState {
     /// The agreed view.
     pub view: View,
-    /// bucket -> manager for this view.
-    pub map: UserMap,
+    /// bucket -> manager for this view; built once per member set and shared
+    /// by every view with the same members (an epoch bump, a restart).
+    pub map: Arc<UserMap>,
     /// Live member ids, sorted.
     pub live: Vec<NodeId>,
 }
 
 impl ViewState {
-    fn new(view: View, buckets: u32) -> Self {
+    fn new(view: View, buckets: u32, previous: Option<&ViewState>) -> Self {
         let live: Vec<NodeId> = view.members.iter().map(|m| m.id).collect();
-        let map = UserMap::new(&live, buckets);
+        let map = match previous {
+            Some(p) if p.live == live => p.map.clone(),
+            _ => Arc::new(UserMap::new(&live, buckets)),
+        };
         ViewState { view, map, live }
     }
 
@@ -79,7 +83,7 @@ impl Cluster {
             },
             members: std::iter::once(me.clone()).collect(),
         };
-        let state = Arc::new(ViewState::new(view, buckets));
+        let state = Arc::new(ViewState::new(view, buckets, None));
         let (views, _) = watch::channel(state.clone());
         let (input, rx) = mpsc::unbounded_channel();
         let cluster = Cluster {
@@ -184,7 +188,7 @@ impl Cluster {
     }
 
     fn install(&self, view: View) {
-        let state = Arc::new(ViewState::new(view, self.buckets));
+        let state = Arc::new(ViewState::new(view, self.buckets, Some(&self.view())));
         if let Ok(mut g) = self.current.write() {
             *g = state.clone();
         }
