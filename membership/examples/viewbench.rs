@@ -67,22 +67,19 @@ struct Row {
     pings: (u64, u64),
 }
 
-/// CPU time of this thread, in seconds (Linux schedstat; wall clock elsewhere).
+/// CPU time of this thread, in seconds (`CLOCK_THREAD_CPUTIME_ID`: exact,
+/// unlike /proc's tick-granular counters).
 fn cpu_s() -> f64 {
-    if let Ok(text) = std::fs::read_to_string("/proc/thread-self/schedstat")
-        && let Some(ns) = text
-            .split_whitespace()
-            .next()
-            .and_then(|f| f.parse::<u64>().ok())
-    {
-        return ns as f64 / 1e9;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
     }
-    use std::sync::OnceLock;
-    static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_secs_f64()
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// The size of `msg` in the node's RPC body: `Request::Membership` is
@@ -213,7 +210,7 @@ fn main() {
         for (row, timing) in counted.iter().zip(&timed) {
             let (msgs, bytes) = row.traffic.change();
             println!(
-                "{:>6} {:<9} {:>8} {:>14} {:>12.0} {:>9} {:>12} {:>8.3} {:>8}",
+                "{:>6} {:<9} {:>8} {:>14} {:>12.0} {:>9} {:>12} {:>8.4} {:>8}",
                 n,
                 row.change,
                 msgs,
