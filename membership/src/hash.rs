@@ -15,6 +15,18 @@ pub(crate) fn fnv1a64_ascii_lowercase(bytes: &[u8]) -> u64 {
     })
 }
 
+/// FNV-1a 64 of `bytes`, as they are.
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_extend(FNV_OFFSET_BASIS, bytes)
+}
+
+/// Continues an FNV-1a 64 hash `hash` over more `bytes`.
+pub(crate) fn fnv1a64_extend(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME)
+    })
+}
+
 /// MurmurHash3's 64-bit finalizer: spreads every input bit over every output
 /// bit. FNV's low bits are weak, and buckets are taken from the low bits.
 pub(crate) fn fmix64(mut x: u64) -> u64 {

@@ -2,17 +2,22 @@
 //! three-round view change, driven by `handle_*` calls and drained by `poll_*`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use crate::config::MembershipConfig;
 use crate::known::{Admission, KnownTable};
-use crate::message::{Event, Header, Message};
+use crate::message::{Asked, Event, Header, Message};
 use crate::ring::{Detector, successor};
 use crate::round::Round;
-use crate::types::{Dest, Epoch, Millis, NodeId, NodeInfo, View};
+use crate::types::{Dest, Epoch, Millis, NodeId, NodeInfo, View, ViewDelta};
 
 /// Highest rank that still adds delay before a node coordinates a merge: past
 /// it every node waits the same, so a large cluster still reacts promptly.
 const RANK_DELAY_CAP: u64 = 8;
+
+/// Known nodes outside the view probed per `probe_interval_ms`, taken in
+/// turn; unidentified seeds are probed on top of these.
+const PROBE_TARGETS_MAX: usize = 4;
 
 /// A proposal this node accepted and has not yet seen committed.
 #[derive(Clone, Copy, Debug)]
@@ -148,6 +153,18 @@ pub struct Membership {
     backoff_until: Millis,
     detector: Detector,
     next_probe_at: Millis,
+    /// The last known non-member probed, when there were more than
+    /// `PROBE_TARGETS_MAX`: the next probe continues after it.
+    probe_cursor: NodeId,
+    /// For each seed, whether a member of the view has its address.
+    seeds_in_view: Vec<bool>,
+    /// The change that produced the installed view from the one before,
+    /// when known: re-sent to a member lagging exactly one view behind.
+    last_delta: Option<ViewDelta>,
+    /// The newest commit we asked the full view of (one request per epoch).
+    view_requested: Option<Epoch>,
+    /// Views installed so far (part of `known_version`).
+    installs: u64,
     transmits: VecDeque<(Dest, Message)>,
     events: VecDeque<Event>,
 }
@@ -163,8 +180,10 @@ impl Membership {
         seeds.sort();
         seeds.dedup();
         let view = View::single(me.clone());
+        let seeds_in_view = vec![false; seeds.len()];
         Membership {
             config: config.sanitized(),
+            seeds_in_view,
             seeds,
             max_seen_counter: view.epoch.counter,
             view,
@@ -183,9 +202,31 @@ impl Membership {
             backoff_until: now,
             detector: Detector::watch(None, now),
             next_probe_at: now,
+            probe_cursor: 0,
+            last_delta: None,
+            view_requested: None,
+            installs: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// A node that starts as a member of an agreed `view` (simulator and
+    /// benchmark bootstrap: a large cluster without thousands of joins). The
+    /// view is installed at `now` and reported by a `ViewChanged` event; if
+    /// it does not name this very process, the node starts alone instead.
+    pub fn in_view(
+        me: NodeInfo,
+        seeds: Vec<String>,
+        config: MembershipConfig,
+        now: Millis,
+        view: View,
+    ) -> Self {
+        let mut machine = Membership::new(me, seeds, config, now);
+        if view.contains_process(&machine.me) && view.epoch > machine.view.epoch {
+            machine.install(now, view, None);
+        }
+        machine
     }
 
     // ----- inputs -------------------------------------------------------
@@ -197,7 +238,10 @@ impl Membership {
             // Our own probe came back through a seed address that names us.
             return;
         }
-        match self.known.admit(now, &header) {
+        match self
+            .known
+            .admit(now, &header, self.view.member(header.from.id))
+        {
             Admission::Ignore => return,
             Admission::Restarted => {
                 // The old process is gone; whatever we thought of it is void.
@@ -213,9 +257,14 @@ impl Membership {
 
         // View-change traffic is sent from the view being replaced, so its
         // epoch says nothing about a member lagging behind.
+        // A view request says its sender is behind; it gets the view in
+        // answer, not a second copy from the lagging-member repair.
         let in_change = matches!(
             msg,
-            Message::Propose { .. } | Message::Accept { .. } | Message::Reject { .. }
+            Message::Propose { .. }
+                | Message::Accept { .. }
+                | Message::Reject { .. }
+                | Message::ViewRequest { .. }
         );
         match msg {
             Message::Ping { .. } => {
@@ -235,23 +284,27 @@ impl Membership {
             Message::ProbeAck { members, .. } => {
                 for member in &members {
                     if member.id != self.me.id {
-                        self.known.learn(member);
+                        self.known.learn(member, self.view.member(member.id));
                     }
                 }
                 self.known.set_reported_members(from.id, members);
             }
             Message::Propose {
+                header,
                 proposal,
-                candidates,
-                ..
-            } => self.on_propose(now, &from, proposal, &candidates),
+                asked,
+            } => self.on_propose(now, &from, header.epoch, proposal, &asked),
             Message::Accept {
-                proposal, others, ..
-            } => self.on_accept(now, &from, proposal, &others),
+                header,
+                proposal,
+                others,
+            } => self.on_accept(now, &from, header.epoch, proposal, &others),
             Message::Reject {
                 proposal, promised, ..
             } => self.on_reject(now, proposal, promised),
-            Message::Commit { view, .. } => self.on_commit(now, view),
+            Message::Commit { delta, .. } => self.on_commit_delta(now, &from, delta),
+            Message::CommitView { view, .. } => self.on_commit(now, view),
+            Message::ViewRequest { epoch, .. } => self.on_view_request(&from, epoch),
         }
 
         self.check_sender(now, &header, in_change);
@@ -268,7 +321,7 @@ impl Membership {
             // An unidentified seed that is down tells us nothing.
             return;
         };
-        if info.id == self.me.id || self.known.is_outdated(info) {
+        if info.id == self.me.id || self.is_outdated(info) {
             return;
         }
         self.wanted.remove(&info.id);
@@ -294,7 +347,7 @@ impl Membership {
                 let msg = Message::Ping {
                     header: self.header(),
                 };
-                self.send(Dest::Node(self.known.freshest(info)), msg);
+                self.send(Dest::Node(self.freshest(info)), msg);
             }
         }
         self.refresh_want(now);
@@ -387,11 +440,39 @@ impl Membership {
 
     /// Every node ever heard of, ourselves included, ascending by id
     /// (for status: alive = in view). Forgotten nodes are left out.
+    ///
+    /// O(N): a driver should copy it only when [`Membership::known_version`]
+    /// moved, not after every input.
     pub fn known_nodes(&self) -> Vec<NodeInfo> {
-        let mut nodes: Vec<NodeInfo> = self.known.iter().map(|k| k.info.clone()).collect();
-        nodes.push(self.me.clone());
-        nodes.sort_by_key(|n| n.id);
-        nodes
+        let mut nodes: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
+        for member in &self.view.members {
+            if member.id != self.me.id && !self.known.is_forgotten(member) {
+                nodes.insert(member.id, self.freshest(member));
+            }
+        }
+        for known in self.known.iter() {
+            let keep = nodes
+                .get(&known.info.id)
+                .is_none_or(|have| have.incarnation <= known.info.incarnation);
+            if keep {
+                nodes.insert(known.info.id, known.info.clone());
+            }
+        }
+        nodes.insert(self.me.id, self.me.clone());
+        nodes.into_values().collect()
+    }
+
+    /// Changes whenever [`Membership::known_nodes`] may have changed.
+    pub fn known_version(&self) -> u64 {
+        self.known.changes().wrapping_add(self.installs)
+    }
+
+    /// The load figures gossiped by the nodes we heard from directly, by id
+    /// (our own not included).
+    pub fn loads(&self) -> impl Iterator<Item = (NodeId, u32)> + '_ {
+        self.known
+            .iter()
+            .filter_map(|k| k.load.map(|load| (k.info.id, load)))
     }
 
     /// When we last heard directly from `id`, if ever.
@@ -435,8 +516,66 @@ impl Membership {
         self.promise.filter(|p| now < p.expires_at)
     }
 
+    /// The freshest identity for `info.id`: the table's if not older, else
+    /// the view's if not older, else `info`.
+    fn freshest(&self, info: &NodeInfo) -> NodeInfo {
+        let mut best = info;
+        if let Some(member) = self.view.member(info.id)
+            && member.incarnation >= best.incarnation
+        {
+            best = member;
+        }
+        if let Some(known) = self.known.get(info.id)
+            && known.info.incarnation >= best.incarnation
+        {
+            best = &known.info;
+        }
+        best.clone()
+    }
+
+    /// True if a newer incarnation of `info.id` is known (table or view).
+    fn is_outdated(&self, info: &NodeInfo) -> bool {
+        self.known.is_outdated(info)
+            || self
+                .view
+                .member(info.id)
+                .is_some_and(|m| m.incarnation > info.incarnation)
+    }
+
+    /// Members of our view the coordinator did not ask (besides us and it):
+    /// O(excluded) when it proposed from our own view, O(N) otherwise.
+    fn unasked_mates(&self, from: &NodeInfo, base: Epoch, asked: &Asked) -> Vec<NodeInfo> {
+        let mate = |m: &&NodeInfo| m.id != self.me.id && m.id != from.id;
+        match asked {
+            Asked::ViewWithout(excluded) if base == self.view.epoch => excluded
+                .iter()
+                .filter_map(|id| self.view.member(*id))
+                .filter(mate)
+                .cloned()
+                .collect(),
+            // Another view than ours: we cannot tell who it lacks, so all
+            // our mates are named (the coordinator skips those it asked).
+            Asked::ViewWithout(_) => self.view.members.iter().filter(mate).cloned().collect(),
+            Asked::Ids(ids) => self
+                .view
+                .members
+                .iter()
+                .filter(mate)
+                .filter(|m| ids.binary_search(&m.id).is_err())
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Round 2: promise a proposal above everything we promised, or refuse.
-    fn on_propose(&mut self, now: Millis, from: &NodeInfo, proposal: Epoch, candidates: &[NodeId]) {
+    fn on_propose(
+        &mut self,
+        now: Millis,
+        from: &NodeInfo,
+        base: Epoch,
+        proposal: Epoch,
+        asked: &Asked,
+    ) {
         if proposal.coordinator != from.id {
             // Only a coordinator proposes its own epochs; anything else is garbage.
             return;
@@ -455,14 +594,7 @@ impl Membership {
                 epoch: proposal,
                 expires_at: now.plus_ms(self.config.commit_wait_ms),
             });
-            let asked: BTreeSet<NodeId> = candidates.iter().copied().collect();
-            let others = self
-                .view
-                .members
-                .iter()
-                .filter(|m| m.id != self.me.id && m.id != from.id && !asked.contains(&m.id))
-                .cloned()
-                .collect();
+            let others = self.unasked_mates(from, base, asked);
             let reply = Message::Accept {
                 header: self.header(),
                 proposal,
@@ -479,7 +611,14 @@ impl Membership {
         }
     }
 
-    fn on_accept(&mut self, now: Millis, from: &NodeInfo, proposal: Epoch, others: &[NodeInfo]) {
+    fn on_accept(
+        &mut self,
+        now: Millis,
+        from: &NodeInfo,
+        base: Epoch,
+        proposal: Epoch,
+        others: &[NodeInfo],
+    ) {
         if self.round.as_ref().is_none_or(|r| r.epoch != proposal) {
             return;
         }
@@ -490,47 +629,45 @@ impl Membership {
             if other.id == self.me.id
                 || self.suspects.contains(&other.id)
                 || self.known.is_forgotten(other)
-                || self.known.is_outdated(other)
+                || self.is_outdated(other)
             {
                 continue;
             }
-            self.known.learn(other);
-            extra.push(self.known.freshest(other));
+            self.known.learn(other, self.view.member(other.id));
+            extra.push(self.freshest(other));
         }
         let Some(round) = self.round.as_mut() else {
             return;
         };
-        round.accept(from);
+        round.accept(from, base);
         let added: Vec<NodeInfo> = extra
             .into_iter()
             .filter(|o| round.add_candidate(o))
             .collect();
-        if !added.is_empty() {
-            let ids = self.round_candidate_ids();
-            for candidate in added {
-                let msg = Message::Propose {
-                    header: self.header(),
-                    proposal,
-                    candidates: ids.clone(),
-                };
-                self.send(Dest::Node(candidate), msg);
-            }
+        for candidate in added {
+            let msg = Message::Propose {
+                header: self.header(),
+                proposal,
+                asked: self.asked_for(&candidate),
+            };
+            self.send(Dest::Node(candidate), msg);
         }
         if self.round.as_ref().is_some_and(Round::complete) {
             self.commit_round(now);
         }
     }
 
-    /// Ids asked in the open round, coordinator included.
-    fn round_candidate_ids(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self
-            .round
-            .as_ref()
-            .map(|r| r.candidates.keys().copied().collect())
-            .unwrap_or_default();
-        ids.push(self.me.id);
-        ids.sort_unstable();
-        ids
+    /// How the open round's proposal names who is asked, for `target`:
+    /// members of our view know it, so they get the few exclusions; others
+    /// get the shared id list.
+    fn asked_for(&mut self, target: &NodeInfo) -> Asked {
+        let me = self.me.id;
+        let member = self.view.contains_process(target);
+        match self.round.as_mut() {
+            Some(round) if member => Asked::ViewWithout(round.excluded.clone()),
+            Some(round) => Asked::Ids(round.ids(me)),
+            None => Asked::Ids(Arc::new(vec![me])),
+        }
     }
 
     /// Someone promised or installed something not lower: give this round up
@@ -547,21 +684,60 @@ impl Membership {
         }
     }
 
-    /// Round 3 (receiving side): install a committed view that names us and
-    /// is not older than what we promised.
+    /// Round 3 (receiving side, a change): apply it to our view if it is
+    /// its base and the digest agrees, else ask the sender for the view.
+    fn on_commit_delta(&mut self, now: Millis, from: &NodeInfo, delta: ViewDelta) {
+        self.max_seen_counter = self.max_seen_counter.max(delta.epoch.counter);
+        if delta.epoch <= self.view.epoch || delta.epoch < self.promised(now) {
+            return;
+        }
+        match self.view.apply(&delta) {
+            // Sorted and unique by construction: no O(N) check needed.
+            Some(view) => self.accept_commit(now, view, Some(delta)),
+            None => {
+                if self.view_requested.is_none_or(|e| e < delta.epoch) {
+                    self.view_requested = Some(delta.epoch);
+                    let msg = Message::ViewRequest {
+                        header: self.header(),
+                        epoch: delta.epoch,
+                    };
+                    self.send(Dest::Node(from.clone()), msg);
+                }
+            }
+        }
+    }
+
+    /// A member could not apply our commit: send it the whole view (if it
+    /// is in it; it would refuse it otherwise).
+    fn on_view_request(&mut self, from: &NodeInfo, epoch: Epoch) {
+        if self.view.epoch >= epoch && self.view.contains_process(from) {
+            let msg = Message::CommitView {
+                header: self.header(),
+                view: self.view.clone(),
+            };
+            self.send(Dest::Node(from.clone()), msg);
+        }
+    }
+
+    /// Round 3 (receiving side, a whole view): install a committed view that
+    /// names us and is not older than what we promised.
     fn on_commit(&mut self, now: Millis, view: View) {
         self.max_seen_counter = self.max_seen_counter.max(view.epoch.counter);
+        if !view.members.is_sorted_unique() {
+            // Members must be sorted and unique; a malformed view is refused.
+            return;
+        }
+        self.accept_commit(now, view, None);
+    }
+
+    fn accept_commit(&mut self, now: Millis, view: View, delta: Option<ViewDelta>) {
         if view.epoch <= self.view.epoch || !view.contains_process(&self.me) {
             return;
         }
         if view.epoch < self.promised(now) {
             return;
         }
-        if !view.members.windows(2).all(|w| w[0].id < w[1].id) {
-            // Members must be sorted and unique; a malformed view is refused.
-            return;
-        }
-        self.install(now, view);
+        self.install(now, view, delta);
     }
 
     /// Newcomer and epoch checks on whoever just wrote to us.
@@ -588,9 +764,15 @@ impl Membership {
             if due {
                 self.resend_commit_after
                     .insert(from.id, now.plus_ms(self.config.ping_interval_ms));
-                let msg = Message::Commit {
-                    header: self.header(),
-                    view: self.view.clone(),
+                let msg = match &self.last_delta {
+                    Some(delta) if delta.base == header.epoch => Message::Commit {
+                        header: self.header(),
+                        delta: delta.clone(),
+                    },
+                    _ => Message::CommitView {
+                        header: self.header(),
+                        view: self.view.clone(),
+                    },
                 };
                 self.send(Dest::Node(from.clone()), msg);
             }
@@ -621,7 +803,7 @@ impl Membership {
     fn candidates(&self) -> BTreeMap<NodeId, NodeInfo> {
         let mut out: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
         self.for_each_candidate(|info| {
-            let fresh = self.known.freshest(info);
+            let fresh = self.freshest(info);
             let keep = out
                 .get(&fresh.id)
                 .is_none_or(|have| have.incarnation < fresh.incarnation);
@@ -656,17 +838,44 @@ impl Membership {
         }
     }
 
-    /// Our position among everyone a change would involve, lowest id first.
-    /// Cheap (no identities cloned): it runs on every message while a
-    /// change is pending.
+    /// Our position among everyone a change would involve, lowest id first
+    /// (the number of distinct candidate ids below ours; see
+    /// [`Membership::for_each_candidate`]). It runs on every message while a
+    /// change is pending, so the view's part is counted in O(log N plus
+    /// suspects plus forgotten), not by walking the view; only views
+    /// reported by newcomers in probe answers are walked.
     fn rank(&self) -> u64 {
-        let mut lower = BTreeSet::new();
-        self.for_each_candidate(|info| {
-            if info.id < self.me.id {
-                lower.insert(info.id);
+        let me = self.me.id;
+        let view = &self.view;
+        let passes = |info: &NodeInfo| {
+            info.id != me && !self.suspects.contains(&info.id) && !self.known.is_forgotten(info)
+        };
+        // Members below us that are not candidates.
+        let mut failing: BTreeSet<NodeId> = self
+            .suspects
+            .range(..me)
+            .copied()
+            .filter(|id| view.contains(*id))
+            .collect();
+        for id in self.known.forgotten_ids().filter(|id| *id < me) {
+            if view.member(id).is_some_and(|m| !passes(m)) {
+                failing.insert(id);
             }
-        });
-        lower.len() as u64
+        }
+        let members_below = view.members.count_below(me) - failing.len();
+        // Ids below us that only the newcomers bring in.
+        let mut extra: BTreeSet<NodeId> = BTreeSet::new();
+        for id in self.wanted.keys() {
+            let Some(known) = self.known.get(*id) else {
+                continue;
+            };
+            for info in std::iter::once(&known.info).chain(known.reported_members.iter()) {
+                if info.id < me && passes(info) && !view.member(info.id).is_some_and(passes) {
+                    extra.insert(info.id);
+                }
+            }
+        }
+        (members_below + extra.len()) as u64
     }
 
     /// Lower-ranked nodes start merges first; the others usually receive
@@ -710,24 +919,30 @@ impl Membership {
             coordinator: self.me.id,
         };
         let candidates = self.candidates();
-        let mut ids: Vec<NodeId> = candidates.keys().copied().collect();
-        ids.push(self.me.id);
-        ids.sort_unstable();
-        for candidate in candidates.values() {
-            let msg = Message::Propose {
-                header: self.header(),
-                proposal: epoch,
-                candidates: ids.clone(),
-            };
-            self.send(Dest::Node(candidate.clone()), msg);
-        }
         let resend_at = now.plus_ms(self.resend_interval_ms());
-        self.round = Some(Round::new(
+        let targets: Vec<NodeInfo> = candidates.values().cloned().collect();
+        let mut round = Round::new(
             epoch,
             candidates,
             now.plus_ms(self.config.proposal_wait_ms),
             Some(resend_at),
-        ));
+        );
+        round.excluded = self
+            .view
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != self.me.id && !round.candidates.contains_key(id))
+            .collect();
+        self.round = Some(round);
+        for candidate in targets {
+            let msg = Message::Propose {
+                header: self.header(),
+                proposal: epoch,
+                asked: self.asked_for(&candidate),
+            };
+            self.send(Dest::Node(candidate), msg);
+        }
         self.want_at = None;
         self.forced = false;
         if self.round.as_ref().is_some_and(Round::complete) {
@@ -748,7 +963,6 @@ impl Membership {
     /// Re-sends the proposal to candidates that have not answered.
     fn resend_proposal(&mut self, now: Millis) {
         let interval_ms = self.resend_interval_ms();
-        let ids = self.round_candidate_ids();
         let header = self.header();
         let Some(round) = self.round.as_mut() else {
             return;
@@ -762,7 +976,7 @@ impl Membership {
             let msg = Message::Propose {
                 header: header.clone(),
                 proposal,
-                candidates: ids.clone(),
+                asked: self.asked_for(&target),
             };
             self.send(Dest::Node(target), msg);
         }
@@ -777,13 +991,22 @@ impl Membership {
         for id in round.silent() {
             self.wanted.remove(&id);
         }
-        let view = round.view(&self.me);
-        self.install(now, view);
+        let (view, delta) = round.view(&self.me, &self.view);
+        self.install(now, view, Some(delta.clone()));
         let resend_after = now.plus_ms(self.config.ping_interval_ms);
         for accepter in round.accepted.values() {
-            let msg = Message::Commit {
-                header: self.header(),
-                view: self.view.clone(),
+            // An accepter that was in our old view gets the change; anyone
+            // else (a newcomer, the other side of a merge) the whole view.
+            let msg = if round.accepted_from.get(&accepter.id) == Some(&delta.base) {
+                Message::Commit {
+                    header: self.header(),
+                    delta: delta.clone(),
+                }
+            } else {
+                Message::CommitView {
+                    header: self.header(),
+                    view: self.view.clone(),
+                }
             };
             self.send(Dest::Node(accepter.clone()), msg);
             // Just sent: a lagging epoch from it in flight needs no resend.
@@ -791,7 +1014,9 @@ impl Membership {
         }
     }
 
-    fn install(&mut self, now: Millis, view: View) {
+    /// Installs `view`; `delta` is the change from the current view that
+    /// produced it, when there is one (O(change) work instead of O(N)).
+    fn install(&mut self, now: Millis, view: View, delta: Option<ViewDelta>) {
         self.max_seen_counter = self.max_seen_counter.max(view.epoch.counter);
         if self.promise.is_some_and(|p| p.epoch <= view.epoch) {
             self.promise = None;
@@ -799,16 +1024,55 @@ impl Membership {
         if self.round.as_ref().is_some_and(|r| r.epoch <= view.epoch) {
             self.round = None;
         }
-        for member in &view.members {
-            if member.id == self.me.id {
-                continue;
-            }
-            // A node we forgot but the cluster re-admitted is alive and
-            // wanted by the others: fighting that decision would only make
-            // views flap, so it is known again.
-            self.known.unforget(member);
-            self.known.learn(member);
+        let delta = delta.filter(|d| d.base == self.view.epoch);
+        // Members that leave the view stay known (and are probed) here.
+        let departed: Vec<NodeInfo> = match &delta {
+            Some(d) => d
+                .removed
+                .iter()
+                .filter_map(|id| self.view.member(*id))
+                .cloned()
+                .collect(),
+            None => self
+                .view
+                .members
+                .iter()
+                .filter(|m| !view.contains(m.id))
+                .cloned()
+                .collect(),
+        };
+        for gone in departed.iter().filter(|m| m.id != self.me.id) {
+            self.known.learn(gone, None);
         }
+        // A node we forgot but the cluster re-admitted is alive and wanted
+        // by the others: fighting that decision would only make views
+        // flap, so it is known again.
+        let readmitted: Vec<NodeInfo> = self
+            .known
+            .forgotten_ids()
+            .filter(|id| *id != self.me.id)
+            .filter_map(|id| view.member(id))
+            .cloned()
+            .collect();
+        for member in &readmitted {
+            self.known.unforget(member);
+        }
+        // Table entries older than the view's identity give way to it.
+        let newer: Vec<NodeInfo> = self
+            .known
+            .iter()
+            .filter_map(|k| {
+                view.member(k.info.id)
+                    .filter(|m| m.incarnation > k.info.incarnation)
+            })
+            .cloned()
+            .collect();
+        for member in &newer {
+            self.known.learn(member, None);
+        }
+        self.seeds_in_view = self.seeds_in(&view, delta.as_ref(), &departed);
+        self.last_delta = delta;
+        self.installs += 1;
         // Everyone in a fresh view just accepted it, so old suspicions are
         // void.
         self.suspects.clear();
@@ -818,21 +1082,71 @@ impl Membership {
         self.forced = false;
         self.want_at = None;
         self.detector = Detector::watch(successor(&view, self.me.id).cloned(), now);
+        self.view_requested = None;
         self.view = view;
         self.events.push_back(Event::ViewChanged(self.view.clone()));
         self.refresh_want(now);
     }
 
+    /// For each seed, whether a member of `view` has its address: updated
+    /// from the change when there is one, else from a walk of the view.
+    fn seeds_in(&self, view: &View, delta: Option<&ViewDelta>, departed: &[NodeInfo]) -> Vec<bool> {
+        let walk = |seed: &String| view.members.iter().any(|m| m.rpc == *seed);
+        let Some(delta) = delta else {
+            return self.seeds.iter().map(walk).collect();
+        };
+        self.seeds
+            .iter()
+            .zip(&self.seeds_in_view)
+            .map(|(seed, was)| {
+                let replaced = delta
+                    .added
+                    .iter()
+                    .filter_map(|a| self.view.member(a.id))
+                    .chain(departed);
+                if replaced.into_iter().any(|m| m.rpc == *seed) {
+                    walk(seed)
+                } else {
+                    *was || delta.added.iter().any(|m| m.rpc == *seed)
+                }
+            })
+            .collect()
+    }
+
     fn probe(&mut self) {
-        let mut targets: Vec<Dest> = self
+        // Known nodes outside the view, at most PROBE_TARGETS_MAX per
+        // interval, in turn from where the last probe stopped.
+        let outside = |k: &&crate::known::KnownNode| !self.view.contains_process(&k.info);
+        let count = self
             .known
             .iter()
-            .filter(|k| !self.view.contains_process(&k.info))
-            .map(|k| Dest::Node(k.info.clone()))
-            .collect();
-        for seed in &self.seeds {
-            let identified = self.known.iter().any(|k| k.info.rpc == *seed)
-                || self.view.members.iter().any(|m| m.rpc == *seed)
+            .filter(outside)
+            .take(PROBE_TARGETS_MAX + 1)
+            .count();
+        let mut picked: Vec<NodeInfo> = if count <= PROBE_TARGETS_MAX {
+            self.known
+                .iter()
+                .filter(outside)
+                .map(|k| k.info.clone())
+                .collect()
+        } else {
+            self.known
+                .iter_above(self.probe_cursor)
+                .chain(self.known.iter())
+                .filter(outside)
+                .take(PROBE_TARGETS_MAX)
+                .map(|k| k.info.clone())
+                .collect()
+        };
+        if count > PROBE_TARGETS_MAX
+            && let Some(last) = picked.last()
+        {
+            self.probe_cursor = last.id;
+        }
+        let mut targets: Vec<Dest> = picked.drain(..).map(Dest::Node).collect();
+        for (seed, in_view) in self.seeds.iter().zip(&self.seeds_in_view) {
+            let identified = *in_view
+                || self.known.iter().any(|k| k.info.rpc == *seed)
                 || self.known.is_forgotten_addr(seed);
             if !identified {
                 targets.push(Dest::Addr(seed.clone()));
@@ -894,7 +1208,7 @@ impl Membership {
             Timer::Ping => {
                 self.detector.next_ping_at = now.plus_ms(self.config.ping_interval_ms);
                 if let Some(s) = self.detector.successor.clone() {
-                    let target = self.known.freshest(&s);
+                    let target = self.freshest(&s);
                     let msg = Message::Ping {
                         header: self.header(),
                     };

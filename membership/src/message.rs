@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Epoch, NodeId, NodeInfo, View};
+use std::sync::Arc;
+
+use crate::types::{Epoch, Members, NodeId, NodeInfo, View, ViewDelta};
 
 /// What every message carries about its sender: who it is, which view it is
 /// in, and how busy it is (load gossip rides on every message for free).
@@ -41,7 +43,7 @@ pub enum Message {
         /// Sender facts.
         header: Header,
         /// The members of the sender's installed view.
-        members: Vec<NodeInfo>,
+        members: Members,
     },
     /// Round 1: a coordinator asks the candidates to join a view under `proposal`.
     Propose {
@@ -49,9 +51,9 @@ pub enum Message {
         header: Header,
         /// The epoch the coordinator wants to commit.
         proposal: Epoch,
-        /// Everyone asked so far (coordinator included), so an accepter can
-        /// name view mates the coordinator did not know about.
-        candidates: Vec<NodeId>,
+        /// Who is asked, so an accepter can name view mates the coordinator
+        /// did not know about.
+        asked: Asked,
     },
     /// Round 2: the sender promises `proposal` and wants to be in its view.
     Accept {
@@ -73,14 +75,46 @@ pub enum Message {
         /// The highest epoch the sender has promised or installed.
         promised: Epoch,
     },
-    /// Round 3: the coordinator's final view (itself plus every accepter).
-    /// Also re-sent to a member that is seen lagging behind (a lost commit).
+    /// Round 3: the coordinator's final view (itself plus every accepter),
+    /// as a change to the view the accepter was in (O(change) bytes). Also
+    /// re-sent to a member seen lagging one view behind (a lost commit).
     Commit {
+        /// Sender facts.
+        header: Header,
+        /// The committed view as a change to its base view, with a digest.
+        delta: ViewDelta,
+    },
+    /// Round 3 for an accepter that was not in the coordinator's view (or
+    /// whose base did not match): the whole committed view. Also the answer
+    /// to `ViewRequest`, and re-sent to a member lagging more than one view.
+    CommitView {
         /// Sender facts.
         header: Header,
         /// The committed view.
         view: View,
     },
+    /// A `Commit` did not apply (the receiver's view is not the delta's
+    /// base, or the digest differs): "send me your view in full".
+    ViewRequest {
+        /// Sender facts.
+        header: Header,
+        /// The epoch of the commit that did not apply.
+        epoch: Epoch,
+    },
+}
+
+/// Who a `Propose` asks, in O(excluded) bytes when the accepter shares the
+/// coordinator's view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Asked {
+    /// The coordinator's installed view (the epoch in its header) without
+    /// these members (suspects, forgotten), plus nodes from outside it. Sent
+    /// to members of that view: they know it already.
+    ViewWithout(Vec<NodeId>),
+    /// Exactly these ids, coordinator included, ascending. Sent to nodes
+    /// outside the coordinator's view, whose own view may be another one;
+    /// one list shared by every such message.
+    Ids(Arc<Vec<NodeId>>),
 }
 
 impl Message {
@@ -94,7 +128,9 @@ impl Message {
             | Message::Propose { header, .. }
             | Message::Accept { header, .. }
             | Message::Reject { header, .. }
-            | Message::Commit { header, .. } => header,
+            | Message::Commit { header, .. }
+            | Message::CommitView { header, .. }
+            | Message::ViewRequest { header, .. } => header,
         }
     }
 
@@ -109,6 +145,8 @@ impl Message {
             Message::Accept { .. } => "accept",
             Message::Reject { .. } => "reject",
             Message::Commit { .. } => "commit",
+            Message::CommitView { .. } => "commit_view",
+            Message::ViewRequest { .. } => "view_request",
         }
     }
 }

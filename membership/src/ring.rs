@@ -9,8 +9,7 @@ pub(crate) fn successor(view: &View, me: NodeId) -> Option<&NodeInfo> {
         return None;
     }
     view.members
-        .iter()
-        .find(|m| m.id > me)
+        .next_above(me)
         .or_else(|| view.members.first())
         .filter(|m| m.id != me)
 }

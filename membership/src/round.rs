@@ -2,8 +2,9 @@
 //! accepted, and when to stop waiting.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use crate::types::{Epoch, Millis, NodeId, NodeInfo, View};
+use crate::types::{Epoch, Millis, NodeId, NodeInfo, View, ViewDelta};
 
 /// A coordinator's open proposal.
 #[derive(Clone, Debug)]
@@ -14,6 +15,15 @@ pub(crate) struct Round {
     pub candidates: BTreeMap<NodeId, NodeInfo>,
     /// Candidates that accepted, with the identity they answered with.
     pub accepted: BTreeMap<NodeId, NodeInfo>,
+    /// The epoch of the view each accepter was in when it accepted (the
+    /// base its commit can be a change to).
+    pub accepted_from: BTreeMap<NodeId, Epoch>,
+    /// Members of the coordinator's view it does not ask (suspects,
+    /// forgotten): what `Asked::ViewWithout` names.
+    pub excluded: Vec<NodeId>,
+    /// Every id asked, coordinator included, ascending: built on first use
+    /// and shared by every `Asked::Ids` until a candidate is added.
+    ids: Option<Arc<Vec<NodeId>>>,
     /// Candidates that answered in any way (accepted, or found unreachable).
     pub answered: BTreeSet<NodeId>,
     /// When the coordinator commits with whoever accepted by then.
@@ -36,6 +46,9 @@ impl Round {
             epoch,
             candidates,
             accepted: BTreeMap::new(),
+            accepted_from: BTreeMap::new(),
+            excluded: Vec::new(),
+            ids: None,
             answered: BTreeSet::new(),
             deadline,
             resend_at,
@@ -49,10 +62,12 @@ impl Round {
             .filter(|c| !self.answered.contains(&c.id))
     }
 
-    /// Records an accept; ignores nodes that were not asked.
-    pub fn accept(&mut self, from: &NodeInfo) {
+    /// Records an accept from a node in the view of epoch `base`; ignores
+    /// nodes that were not asked.
+    pub fn accept(&mut self, from: &NodeInfo, base: Epoch) {
         if self.candidates.contains_key(&from.id) {
             self.accepted.insert(from.id, from.clone());
+            self.accepted_from.insert(from.id, base);
             self.answered.insert(from.id);
         }
     }
@@ -63,7 +78,22 @@ impl Round {
             return false;
         }
         self.candidates.insert(info.id, info.clone());
+        self.excluded.retain(|id| *id != info.id);
+        self.ids = None;
         true
+    }
+
+    /// Every id asked, coordinator (`me`) included, ascending; one shared list.
+    pub fn ids(&mut self, me: NodeId) -> Arc<Vec<NodeId>> {
+        self.ids
+            .get_or_insert_with(|| {
+                let mut ids: Vec<NodeId> = self.candidates.keys().copied().collect();
+                ids.push(me);
+                ids.sort_unstable();
+                ids.dedup();
+                Arc::new(ids)
+            })
+            .clone()
     }
 
     /// Records that a candidate will not answer (it is unreachable).
@@ -74,20 +104,45 @@ impl Round {
     }
 
     /// True once every candidate has answered: no reason to wait longer.
+    /// O(1): it runs on every accept. (`answered` only ever holds candidates.)
     pub fn complete(&self) -> bool {
-        self.candidates.keys().all(|id| self.answered.contains(id))
+        self.answered.len() >= self.candidates.len()
     }
 
-    /// The view this round commits: the coordinator plus every accepter.
-    pub fn view(&self, me: &NodeInfo) -> View {
-        let mut members: Vec<NodeInfo> = self.accepted.values().cloned().collect();
-        members.retain(|m| m.id != me.id);
-        members.push(me.clone());
-        members.sort_by_key(|m| m.id);
-        View {
+    /// The view this round commits (the coordinator plus every accepter),
+    /// built as a change to the coordinator's view `base` so that it shares
+    /// its untouched chunks, and that change.
+    pub fn view(&self, me: &NodeInfo, base: &View) -> (View, ViewDelta) {
+        let removed: Vec<NodeId> = base
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != me.id && !self.accepted.contains_key(id))
+            .collect();
+        let mut added: Vec<NodeInfo> = self
+            .accepted
+            .values()
+            .filter(|a| a.id != me.id && base.member(a.id) != Some(*a))
+            .cloned()
+            .collect();
+        if base.member(me.id) != Some(me) {
+            added.push(me.clone());
+            added.sort_by_key(|m| m.id);
+        }
+        let members = base.members.apply(&removed, &added);
+        let delta = ViewDelta {
+            epoch: self.epoch,
+            base: base.epoch,
+            removed,
+            added,
+            len: members.len() as u64,
+            digest: members.digest(),
+        };
+        let view = View {
             epoch: self.epoch,
             members,
-        }
+        };
+        (view, delta)
     }
 
     /// Candidates that never accepted.
@@ -122,17 +177,25 @@ mod tests {
             coordinator: 5,
         };
         let mut round = Round::new(epoch, candidates, Millis(500), None);
-        round.accept(&info(9));
-        round.accept(&info(42)); // never asked
+        let base = Epoch::initial(5);
+        round.accept(&info(9), base);
+        round.accept(&info(42), base); // never asked
         assert!(!round.complete());
         let silent: Vec<NodeId> = round.unanswered().map(|c| c.id).collect();
         assert_eq!(silent, vec![3, 7]);
-        round.accept(&info(3));
+        round.accept(&info(3), base);
         round.give_up_on(7);
         assert!(round.complete());
-        let view = round.view(&info(5));
+        let old = View {
+            epoch: base,
+            members: [5, 7, 8, 9].into_iter().map(info).collect(),
+        };
+        let (view, delta) = round.view(&info(5), &old);
         assert_eq!(view.epoch, epoch);
         assert_eq!(view.ids(), vec![3, 5, 9]);
+        assert_eq!(delta.removed, vec![7, 8]);
+        assert_eq!(delta.added, vec![info(3)]);
+        assert_eq!(old.apply(&delta), Some(view));
         assert_eq!(round.silent().collect::<Vec<_>>(), vec![7]);
     }
 }

@@ -4,11 +4,9 @@
 //! `MEMBERSHIP_SEED=<seed> cargo test -p membership --test cluster`.
 //! `MEMBERSHIP_SEEDS=<count>` runs more seeds; see `net()` for a harsher network.
 
-mod harness;
-
 use std::collections::BTreeSet;
 
-use harness::{Cluster, NetConfig, addr};
+use membership::sim::{Cluster, NetConfig, addr};
 use membership::{MembershipConfig, Millis, NodeId};
 
 /// Virtual time allowed for every convergence the brief asks for.
@@ -413,4 +411,61 @@ fn convergence_after_a_kill_is_fast_with_defaults() {
         );
     }
     let _ = Millis(0);
+}
+
+/// Bytes a view change costs per member, as the node sends it (postcard),
+/// pings left out: one kill, then one join, in a cluster of `n` started in
+/// agreement, on a lossless network with the default delays.
+fn change_bytes_per_member(seed: u64, n: u64) -> Result<(f64, f64), String> {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let net = NetConfig {
+        drop_per_mille: 0,
+        ..NetConfig::default()
+    };
+    let mut cluster = Cluster::new(seed, net, MembershipConfig::default());
+    let mut expected = ids(n);
+    cluster.start_in_view(&expected, vec![addr(1)]);
+    cluster.run_for(1_000);
+    let bytes = Rc::new(Cell::new(0u64));
+    let sink = bytes.clone();
+    cluster.set_observer(move |_, _, msg| {
+        if !matches!(msg.kind(), "ping" | "ping_ack") {
+            let size = postcard::to_allocvec(msg).map_or(0, |v| v.len() as u64 + 1);
+            sink.set(sink.get() + size);
+        }
+    });
+    let victim = n / 2;
+    cluster.kill(victim);
+    expected.remove(&victim);
+    converge(&mut cluster, &expected, "kill")?;
+    let kill = bytes.replace(0) as f64 / expected.len() as f64;
+    cluster.start(n + 1, vec![addr(1)]);
+    expected.insert(n + 1);
+    converge(&mut cluster, &expected, "join")?;
+    let join = bytes.get() as f64 / expected.len() as f64;
+    if !cluster.violations().is_empty() {
+        return Err(format!("safety: {:?}", cluster.violations()));
+    }
+    Ok((kill, join))
+}
+
+#[test]
+fn a_view_change_costs_o_n_bytes() {
+    // Before deltas, a commit carried the whole view to every accepter
+    // (O(N²) bytes: ~77 KB per member at 1,000 nodes). Now a member's share
+    // stays under 1 KB and flat in N.
+    let seed = seeds()[0];
+    let (kill_small, join_small) = change_bytes_per_member(seed, 50).unwrap();
+    let (kill_big, join_big) = change_bytes_per_member(seed, 800).unwrap();
+    for (what, small, big) in [
+        ("kill", kill_small, kill_big),
+        ("join", join_small, join_big),
+    ] {
+        assert!(big < 1_024.0, "{what}: {big:.0} bytes per member at 800");
+        assert!(
+            big < 2.0 * small,
+            "{what}: {small:.0} -> {big:.0} bytes per member from 50 to 800 nodes"
+        );
+    }
 }

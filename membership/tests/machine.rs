@@ -1,9 +1,11 @@
 //! Step-by-step tests of one state machine: explicit `now` values in, exact
 //! messages, deadlines and events out.
 
+use std::sync::Arc;
+
 use membership::{
-    Dest, Epoch, Event, Header, Membership, MembershipConfig, Message, Millis, NodeId, NodeInfo,
-    View,
+    Asked, Dest, Epoch, Event, Header, Membership, MembershipConfig, Message, Millis, NodeId,
+    NodeInfo, View, ViewDelta,
 };
 
 fn info_inc(id: NodeId, incarnation: u64) -> NodeInfo {
@@ -72,7 +74,7 @@ fn member_of(me: NodeId, v: &View) -> Membership {
         .clone();
     m.handle_message(
         Millis(0),
-        Message::Commit {
+        Message::CommitView {
             header: header(sender, v.epoch),
             view: v.clone(),
         },
@@ -130,7 +132,7 @@ fn two_fresh_nodes_join_in_three_rounds() {
             to(1),
             Message::ProbeAck {
                 header: header(info(2), epoch(1, 2)),
-                members: vec![info(2)],
+                members: vec![info(2)].into_iter().collect(),
             }
         )]
     );
@@ -144,7 +146,7 @@ fn two_fresh_nodes_join_in_three_rounds() {
     let propose = Message::Propose {
         header: header(info(1), epoch(1, 1)),
         proposal: epoch(2, 1),
-        candidates: vec![1, 2],
+        asked: Asked::Ids(Arc::new(vec![1, 2])),
     };
     assert_eq!(drain(&mut m1), vec![(to(2), propose.clone())]);
     assert!(m1.is_coordinating());
@@ -168,7 +170,7 @@ fn two_fresh_nodes_join_in_three_rounds() {
     // Round 3: everyone answered, so node 1 commits at once.
     m1.handle_message(Millis(80), accept);
     let joined = view(epoch(2, 1), &[1, 2]);
-    let commit = Message::Commit {
+    let commit = Message::CommitView {
         header: header(info(1), epoch(2, 1)),
         view: joined.clone(),
     };
@@ -191,7 +193,7 @@ fn proposals_are_promised_only_upwards() {
     let propose = |from: NodeId, e: Epoch| Message::Propose {
         header: header(info(from), epoch(1, from)),
         proposal: e,
-        candidates: vec![from, 5],
+        asked: Asked::Ids(Arc::new(vec![from, 5])),
     };
     let accept = |e: Epoch| Message::Accept {
         header: header(info(5), epoch(1, 5)),
@@ -234,11 +236,11 @@ fn commits_below_the_promise_or_without_us_are_refused() {
         Message::Propose {
             header: header(info(1), epoch(1, 1)),
             proposal: epoch(4, 1),
-            candidates: vec![1, 5],
+            asked: Asked::Ids(Arc::new(vec![1, 5])),
         },
     );
     drain(&mut m);
-    let commit = |v: View| Message::Commit {
+    let commit = |v: View| Message::CommitView {
         header: header(info(v.epoch.coordinator), v.epoch),
         view: v,
     };
@@ -248,7 +250,7 @@ fn commits_below_the_promise_or_without_us_are_refused() {
     assert_eq!(m.view().epoch, epoch(1, 5), "does not name us");
     let unsorted = View {
         epoch: epoch(7, 3),
-        members: vec![info(5), info(3)],
+        members: vec![info(5), info(3)].into_iter().collect(),
     };
     m.handle_message(Millis(35), commit(unsorted));
     assert_eq!(m.view().epoch, epoch(1, 5), "malformed member list");
@@ -273,12 +275,12 @@ fn an_expired_promise_no_longer_blocks_a_lower_commit() {
         Message::Propose {
             header: header(info(1), epoch(4, 1)),
             proposal: epoch(9, 1),
-            candidates: vec![1, 5],
+            asked: Asked::Ids(Arc::new(vec![1, 5])),
         },
     );
     drain(&mut m);
     let lower = view(epoch(6, 1), &[1, 5]);
-    let commit = Message::Commit {
+    let commit = Message::CommitView {
         header: header(info(1), epoch(6, 1)),
         view: lower.clone(),
     };
@@ -327,7 +329,8 @@ fn silent_successor_is_excluded_by_its_pinger() {
     m.handle_timeout(Millis(2_000));
     assert_eq!(drain(&mut m), vec![(to(2), ping)]);
     assert_eq!(m.poll_timeout(), Some(Millis(2_250)));
-    // ...coordinate a view without node 2.
+    // ...coordinate a view without node 2 (node 3 shares our view: it is
+    // told who is left out, not the whole list).
     m.handle_timeout(Millis(2_250));
     assert_eq!(
         drain(&mut m),
@@ -336,7 +339,7 @@ fn silent_successor_is_excluded_by_its_pinger() {
             Message::Propose {
                 header: header(info(1), epoch(2, 2)),
                 proposal: epoch(3, 1),
-                candidates: vec![1, 3],
+                asked: Asked::ViewWithout(vec![2]),
             }
         )]
     );
@@ -348,6 +351,7 @@ fn silent_successor_is_excluded_by_its_pinger() {
             others: Vec::new(),
         },
     );
+    // Node 3 accepted from our view: its commit is the change.
     let two = view(epoch(3, 1), &[1, 3]);
     assert_eq!(
         drain(&mut m),
@@ -355,7 +359,14 @@ fn silent_successor_is_excluded_by_its_pinger() {
             to(3),
             Message::Commit {
                 header: header(info(1), epoch(3, 1)),
-                view: two.clone()
+                delta: ViewDelta {
+                    epoch: epoch(3, 1),
+                    base: epoch(2, 2),
+                    removed: vec![2],
+                    added: Vec::new(),
+                    len: 2,
+                    digest: two.members.digest(),
+                }
             }
         )]
     );
@@ -389,7 +400,7 @@ fn a_round_nobody_answers_resends_then_commits_alone() {
     let propose = Message::Propose {
         header: header(info(1), epoch(2, 2)),
         proposal: epoch(3, 1),
-        candidates: vec![1, 3],
+        asked: Asked::ViewWithout(vec![2]),
     };
     let sent: Vec<(Dest, Message)> = drain(&mut m)
         .into_iter()
@@ -445,7 +456,7 @@ fn unreachable_is_confirmed_by_a_ping_before_suspicion() {
             Message::Propose {
                 header: header(info(1), epoch(2, 2)),
                 proposal: epoch(3, 1),
-                candidates: vec![1, 2],
+                asked: Asked::ViewWithout(vec![3]),
             }
         )]
     );
@@ -494,7 +505,7 @@ fn a_rejected_coordinator_backs_off_and_proposes_higher() {
             Message::Propose {
                 header: header(info(1), epoch(2, 2)),
                 proposal: epoch(8, 1),
-                candidates: vec![1, 2],
+                asked: Asked::ViewWithout(vec![3]),
             }
         )]
     );
@@ -515,7 +526,7 @@ fn a_member_behind_gets_the_commit_again() {
     let ack = Message::PingAck {
         header: header(info(1), epoch(2, 2)),
     };
-    let commit = Message::Commit {
+    let commit = Message::CommitView {
         header: header(info(1), epoch(2, 2)),
         view: three.clone(),
     };
@@ -565,7 +576,7 @@ fn lasting_epoch_disagreement_forces_a_fresh_view() {
     let propose = Message::Propose {
         header: header(info(1), epoch(2, 2)),
         proposal: epoch(6, 1),
-        candidates: vec![1, 2, 3],
+        asked: Asked::ViewWithout(Vec::new()),
     };
     assert_eq!(proposals, vec![(to(2), propose.clone()), (to(3), propose)]);
 }
@@ -619,7 +630,7 @@ fn probe_answers_let_a_merge_take_in_the_whole_other_side() {
         Millis(100),
         Message::ProbeAck {
             header: header(info(3), epoch(7, 4)),
-            members: vec![info(3), info(4)],
+            members: vec![info(3), info(4)].into_iter().collect(),
         },
     );
     assert!(drain(&mut m).is_empty());
@@ -633,7 +644,13 @@ fn probe_answers_let_a_merge_take_in_the_whole_other_side() {
                 Message::Propose {
                     header: header(info(1), epoch(5, 2)),
                     proposal: epoch(8, 1),
-                    candidates: vec![1, 2, 3, 4],
+                    // Our view mate is told who is left out (nobody), the
+                    // other side gets the list.
+                    asked: if *id == 2 {
+                        Asked::ViewWithout(Vec::new())
+                    } else {
+                        Asked::Ids(Arc::new(vec![1, 2, 3, 4]))
+                    },
                 },
             )
         })
@@ -658,20 +675,23 @@ fn accepters_name_view_mates_the_coordinator_missed() {
     );
     drain(&mut m);
     m.handle_timeout(Millis(60));
-    let propose = |candidates: Vec<NodeId>| Message::Propose {
+    let propose = |asked: Asked| Message::Propose {
         header: header(info(1), epoch(2, 1)),
         proposal: epoch(5, 1),
-        candidates,
+        asked,
     };
+    let ids = |ids: Vec<NodeId>| Asked::Ids(Arc::new(ids));
     let proposals: Vec<(Dest, Message)> = drain(&mut m)
         .into_iter()
         .filter(|(_, msg)| matches!(msg, Message::Propose { .. }))
         .collect();
+    // A view mate knows the view: it is told only who is left out (nobody);
+    // the newcomer gets the list.
     assert_eq!(
         proposals,
         vec![
-            (to(2), propose(vec![1, 2, 3])),
-            (to(3), propose(vec![1, 2, 3]))
+            (to(2), propose(Asked::ViewWithout(Vec::new()))),
+            (to(3), propose(ids(vec![1, 2, 3])))
         ]
     );
     // Node 3 accepts and names node 4 from its own view: ask it as well.
@@ -683,7 +703,7 @@ fn accepters_name_view_mates_the_coordinator_missed() {
             others: vec![info(4)],
         },
     );
-    assert_eq!(drain(&mut m), vec![(to(4), propose(vec![1, 2, 3, 4]))]);
+    assert_eq!(drain(&mut m), vec![(to(4), propose(ids(vec![1, 2, 3, 4])))]);
     for id in [2, 4] {
         m.handle_message(
             Millis(80),
@@ -705,7 +725,7 @@ fn accept_names_only_view_mates_missing_from_the_proposal() {
         Message::Propose {
             header: header(info(7), epoch(1, 7)),
             proposal: epoch(4, 7),
-            candidates: vec![2, 3, 7],
+            asked: Asked::Ids(Arc::new(vec![2, 3, 7])),
         },
     );
     assert_eq!(
@@ -716,6 +736,114 @@ fn accept_names_only_view_mates_missing_from_the_proposal() {
                 header: header(info(2), epoch(3, 2)),
                 proposal: epoch(4, 7),
                 others: vec![info(4)],
+            }
+        )]
+    );
+    // From a coordinator in our own view, only the exclusions are named:
+    // the same answer from O(excluded) bytes.
+    let mut m = member_of(2, &view(epoch(3, 2), &[2, 3, 4]));
+    m.handle_message(
+        Millis(10),
+        Message::Propose {
+            header: header(info(3), epoch(3, 2)),
+            proposal: epoch(4, 3),
+            asked: Asked::ViewWithout(vec![4]),
+        },
+    );
+    assert_eq!(
+        drain(&mut m),
+        vec![(
+            to(3),
+            Message::Accept {
+                header: header(info(2), epoch(3, 2)),
+                proposal: epoch(4, 3),
+                others: vec![info(4)],
+            }
+        )]
+    );
+    // From another view, exclusions say nothing about ours: every mate is
+    // named and the coordinator skips those it asked.
+    let mut m = member_of(2, &view(epoch(3, 2), &[2, 3, 4]));
+    m.handle_message(
+        Millis(10),
+        Message::Propose {
+            header: header(info(7), epoch(1, 7)),
+            proposal: epoch(4, 7),
+            asked: Asked::ViewWithout(Vec::new()),
+        },
+    );
+    assert_eq!(
+        drain(&mut m),
+        vec![(
+            to(7),
+            Message::Accept {
+                header: header(info(2), epoch(3, 2)),
+                proposal: epoch(4, 7),
+                others: vec![info(3), info(4)],
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_commit_is_a_delta_and_a_mismatch_fetches_the_whole_view() {
+    let base = view(epoch(3, 1), &[1, 2, 3]);
+    let next = view(epoch(4, 1), &[1, 2, 4]);
+    let delta = next.delta_from(&base);
+    assert_eq!(
+        delta,
+        ViewDelta {
+            epoch: epoch(4, 1),
+            base: epoch(3, 1),
+            removed: vec![3],
+            added: vec![info(4)],
+            len: 3,
+            digest: next.members.digest(),
+        }
+    );
+    let commit = |delta: ViewDelta| Message::Commit {
+        header: header(info(1), epoch(4, 1)),
+        delta,
+    };
+    // On the base: applied, digest checked, installed; nothing sent.
+    let mut m = member_of(2, &base);
+    m.handle_message(Millis(10), commit(delta.clone()));
+    assert_eq!(events(&mut m), vec![Event::ViewChanged(next.clone())]);
+    assert_eq!(m.view(), &next);
+    // A digest that does not match (our base differs): ask for the view, once.
+    let mut m = member_of(2, &base);
+    let bad = ViewDelta {
+        digest: delta.digest ^ 1,
+        ..delta.clone()
+    };
+    m.handle_message(Millis(10), commit(bad.clone()));
+    m.handle_message(Millis(11), commit(bad));
+    let request = Message::ViewRequest {
+        header: header(info(2), epoch(3, 1)),
+        epoch: epoch(4, 1),
+    };
+    assert_eq!(drain(&mut m), vec![(to(1), request.clone())]);
+    assert!(events(&mut m).is_empty());
+    // The coordinator answers with the whole view, which installs.
+    let mut coordinator = member_of(1, &next);
+    coordinator.handle_message(Millis(12), request);
+    let answer = Message::CommitView {
+        header: header(info(1), epoch(4, 1)),
+        view: next.clone(),
+    };
+    assert_eq!(drain(&mut coordinator), vec![(to(2), answer.clone())]);
+    m.handle_message(Millis(13), answer);
+    assert_eq!(events(&mut m), vec![Event::ViewChanged(next.clone())]);
+    // Another base altogether (a fresh node): ask as well.
+    let mut fresh = Membership::new(info(4), Vec::new(), config(), Millis(0));
+    fresh.handle_message(Millis(10), commit(delta));
+    assert_eq!(
+        drain(&mut fresh),
+        vec![(
+            to(1),
+            Message::ViewRequest {
+                header: header(info(4), epoch(1, 4)),
+                epoch: epoch(4, 1),
             }
         )]
     );
@@ -850,12 +978,12 @@ fn messages_round_trip_through_postcard() {
         },
         Message::ProbeAck {
             header: header(info(1), epoch(2, 1)),
-            members: vec![info(1), info_inc(2, u64::MAX)],
+            members: vec![info(1), info_inc(2, u64::MAX)].into_iter().collect(),
         },
         Message::Propose {
             header: header(info(1), epoch(2, 1)),
             proposal: epoch(3, 1),
-            candidates: vec![1, 2, u64::MAX],
+            asked: Asked::Ids(Arc::new(vec![1, 2, u64::MAX])),
         },
         Message::Accept {
             header: header(info(2), epoch(2, 1)),
@@ -867,9 +995,26 @@ fn messages_round_trip_through_postcard() {
             proposal: epoch(3, 1),
             promised: epoch(9, 9),
         },
-        Message::Commit {
+        Message::Propose {
+            header: header(info(1), epoch(2, 1)),
+            proposal: epoch(3, 1),
+            asked: Asked::ViewWithout(vec![7]),
+        },
+        Message::CommitView {
             header: header(info(1), epoch(3, 1)),
             view: view(epoch(3, 1), &[1, 2, 3]),
+        },
+        Message::CommitView {
+            header: header(info(1), epoch(3, 1)),
+            view: view(epoch(3, 1), &(1..=300).collect::<Vec<_>>()),
+        },
+        Message::Commit {
+            header: header(info(1), epoch(3, 1)),
+            delta: view(epoch(3, 1), &[1, 3, 4]).delta_from(&view(epoch(2, 1), &[1, 2, 3])),
+        },
+        Message::ViewRequest {
+            header: header(info(2), epoch(2, 1)),
+            epoch: epoch(3, 1),
         },
     ];
     for msg in samples {

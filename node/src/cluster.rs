@@ -21,22 +21,26 @@ use crate::rpc::{Request, RpcClient};
 pub struct ViewState {
     /// The agreed view.
     pub view: View,
-    /// bucket -> manager for this view.
-    pub map: UserMap,
+    /// bucket -> manager for this view; built once per member set and shared
+    /// by every view with the same members (an epoch bump, a restart).
+    pub map: Arc<UserMap>,
     /// Live member ids, sorted.
     pub live: Vec<NodeId>,
 }
 
 impl ViewState {
-    fn new(view: View, buckets: u32) -> Self {
+    fn new(view: View, buckets: u32, previous: Option<&ViewState>) -> Self {
         let live: Vec<NodeId> = view.members.iter().map(|m| m.id).collect();
-        let map = UserMap::new(&live, buckets);
+        let map = match previous {
+            Some(p) if p.live == live => p.map.clone(),
+            _ => Arc::new(UserMap::new(&live, buckets)),
+        };
         ViewState { view, map, live }
     }
 
     /// The member with this id, if live.
     pub fn member(&self, id: NodeId) -> Option<&NodeInfo> {
-        self.view.members.iter().find(|m| m.id == id)
+        self.view.member(id)
     }
 }
 
@@ -77,9 +81,9 @@ impl Cluster {
                 counter: 0,
                 coordinator: me.id,
             },
-            members: vec![me.clone()],
+            members: std::iter::once(me.clone()).collect(),
         };
-        let state = Arc::new(ViewState::new(view, buckets));
+        let state = Arc::new(ViewState::new(view, buckets, None));
         let (views, _) = watch::channel(state.clone());
         let (input, rx) = mpsc::unbounded_channel();
         let cluster = Cluster {
@@ -184,7 +188,7 @@ impl Cluster {
     }
 
     fn install(&self, view: View) {
-        let state = Arc::new(ViewState::new(view, self.buckets));
+        let state = Arc::new(ViewState::new(view, self.buckets, Some(&self.view())));
         if let Ok(mut g) = self.current.write() {
             *g = state.clone();
         }
@@ -206,7 +210,9 @@ pub async fn drive(
     let now = || Millis(start.elapsed().as_millis() as u64);
     let mut core = Membership::new(cluster.me.clone(), seeds, config, now());
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<Dest>();
-    let publish = |core: &mut Membership, cluster: &Cluster| {
+    // The known-node list is O(N) to copy: only when it may have changed.
+    let mut known_version = None;
+    let mut publish = |core: &mut Membership, cluster: &Cluster| {
         while let Some(event) = core.poll_event() {
             match event {
                 Event::ViewChanged(view) => {
@@ -220,13 +226,14 @@ pub async fn drive(
                 }
             }
         }
-        for info in core.known_nodes() {
-            if let Some(l) = core.load_of(info.id) {
-                cluster.set_load(info.id, l);
-            }
+        for (id, load) in core.loads() {
+            cluster.set_load(id, load);
         }
-        if let Ok(mut k) = cluster.known.write() {
-            *k = core.known_nodes();
+        if known_version != Some(core.known_version()) {
+            known_version = Some(core.known_version());
+            if let Ok(mut k) = cluster.known.write() {
+                *k = core.known_nodes();
+            }
         }
     };
     // The initial one-node view counts as a view change too.
