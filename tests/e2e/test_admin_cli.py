@@ -121,7 +121,7 @@ class AdminTest(unittest.TestCase):
         lines = cp.stdout.splitlines()
         self.assertRegex(lines[0], rf"^node 0  epoch {st['epoch']} \(coordinator \d+\)  mail maps complete  users managed \d+$")
         self.assertRegex(lines[1], r"^fragments here: \d+ messages of \d+ users, \d+ tombstones; registry leader 0 ")
-        self.assertRegex(lines[2], r"^repair: under-replicated 0 \(pending 0\), copies made \d+, tombstones spread \d+, passes \d+$")
+        self.assertRegex(lines[2], r"^repair: under-replicated 0 \(pending 0\), copies made \d+, tombstones spread \d+, collected \d+, passes \d+$")
         self.assertEqual(lines[3].split(), ["id", "alive", "smtp", "pop", "admin", "rpc", "load", "buckets"])
         self.assertEqual(len(lines), 5, cp.stdout)
         row = lines[4].split()
