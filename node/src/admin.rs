@@ -233,12 +233,10 @@ async fn mailbox(node: &Arc<Node>, address: &str) -> HttpResponse {
     };
     let h = crate::repair::gather(node, &user, bucket, &map).await;
     let messages: Vec<Value> = h
-        .messages
-        .iter()
-        .filter(|(id, _)| !h.tombstones.contains(id))
-        .map(
-            |(id, (size, holders))| json!({"id": id.to_string(), "size": size, "holders": holders}),
-        )
+        .visible()
+        .map(|(id, held)| {
+            json!({"id": id.to_string(), "size": held.size_bytes, "holders": held.holders})
+        })
         .collect();
     json_response(
         StatusCode::OK,

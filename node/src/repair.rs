@@ -9,12 +9,14 @@
 //! nodes were live (the hinted-handoff case): once enough nodes are live, the pass
 //! finds those messages short of copies and adds them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use membership::NodeId;
+use softstate::listing::FragmentListing;
+use softstate::repair::RepairRules;
 use storage::{MessageId, MessageKey};
 
 use crate::rpc::{Request, Response};
@@ -25,27 +27,6 @@ use crate::service::Node;
 /// its other copies still in flight (or be about to be withdrawn after a 4xx);
 /// copying it then would leave an extra copy.
 pub const COPY_MIN_AGE: Duration = Duration::from_secs(15);
-
-/// Tombstones that may be collected: no node holds a live copy of the message any
-/// more (so every replica has the tombstone) and the message is at least `min_age`
-/// old (`tombstone_min_age_secs`, default 1 h: any store of it that could still be in
-/// flight, such as a slow replica write of a delivery that was answered 4xx and
-/// withdrawn, has timed out long before). The caller must also know that every
-/// fragment node answered and every known node is live or removed.
-pub fn collectable(
-    tombstones: &BTreeSet<MessageId>,
-    live: &BTreeMap<MessageId, (u64, Vec<NodeId>)>,
-    now_micros: u64,
-    min_age: Duration,
-) -> Vec<MessageId> {
-    let min_age = min_age.as_micros() as u64;
-    tombstones
-        .iter()
-        .filter(|id| !live.contains_key(id))
-        .filter(|id| now_micros.saturating_sub(id.time_micros()) >= min_age)
-        .copied()
-        .collect()
-}
 
 fn now_micros() -> u64 {
     std::time::SystemTime::now()
@@ -67,7 +48,8 @@ pub struct RepairStats {
     pub tombstones_spread_total: AtomicU64,
     /// Tombstones collected since start.
     pub tombstones_collected_total: AtomicU64,
-    /// Passes completed since start.
+    /// Passes completed since start (a pass skipped because the soft state was not
+    /// complete for the current view does not count).
     pub passes_total: AtomicU64,
     /// Duration of the last pass, in milliseconds.
     pub last_pass_ms: AtomicU64,
@@ -90,17 +72,10 @@ pub struct PassReport {
     pub young: u64,
 }
 
-/// What the fragment nodes of one user hold.
-pub struct Holdings {
-    /// id -> (size, nodes holding a live copy)
-    pub messages: BTreeMap<MessageId, (u64, Vec<NodeId>)>,
-    /// Ids tombstoned on at least one node.
-    pub tombstones: BTreeSet<MessageId>,
-    /// Nodes that answered.
-    pub listed: Vec<NodeId>,
-}
+/// What the fragment nodes of one user hold (the merge is `softstate`'s).
+pub type Holdings = softstate::listing::Holdings<MessageId>;
 
-/// List one user's fragment on every node of `map` and merge.
+/// List one user's fragment on every node of `map` and merge the answers.
 pub async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -> Holdings {
     let listings = futures::future::join_all(map.iter().map(|&holder| {
         let req = Request::List {
@@ -110,41 +85,33 @@ pub async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -
         async move { (holder, node.call(holder, req).await) }
     }))
     .await;
-    let mut h = Holdings {
-        messages: BTreeMap::new(),
-        tombstones: BTreeSet::new(),
-        listed: Vec::new(),
-    };
-    for (holder, r) in listings {
-        if let Ok(Response::Listing {
+    Holdings::merge(listings.into_iter().map(|(holder, r)| match r {
+        Ok(Response::Listing {
             messages,
             tombstones,
-        }) = r
-        {
-            h.listed.push(holder);
-            for (id, size) in messages {
-                h.messages
-                    .entry(id)
-                    .or_insert((size, Vec::new()))
-                    .1
-                    .push(holder);
-            }
-            h.tombstones.extend(tombstones);
-        } else {
-            tracing::warn!(holder, %user, ?r, "listing a fragment failed");
+        }) => (
+            holder,
+            Some(FragmentListing {
+                messages,
+                tombstones,
+            }),
+        ),
+        other => {
+            tracing::warn!(holder, %user, ?other, "listing a fragment failed");
+            (holder, None)
         }
-    }
-    h
+    }))
 }
 
-/// Run one pass over the users this node manages.
-pub async fn pass(node: &Arc<Node>) -> PassReport {
+/// Run one pass over the users this node manages; `None` when the soft state is not
+/// (yet) complete for the current view, so no pass could run.
+pub async fn pass(node: &Arc<Node>) -> Option<PassReport> {
     let mut report = PassReport::default();
     let view = node.cluster.view();
     let epoch = view.view.epoch;
     // The soft state must be complete and belong to the current view.
     if !node.maps_ready() || node.manager.epoch() != Some(epoch) {
-        return report;
+        return None;
     }
     let live: BTreeSet<NodeId> = view.live.iter().copied().collect();
     let all_known_live = node.cluster.all_accounted_for();
@@ -160,62 +127,47 @@ pub async fn pass(node: &Arc<Node>) -> PassReport {
             user: user.clone(),
             id,
         };
-        // Tombstones win: every live copy of a deleted message is tombstoned.
-        let mut deletes: BTreeMap<NodeId, Vec<MessageKey>> = BTreeMap::new();
-        for (id, (_, holders)) in &h.messages {
-            if h.tombstones.contains(id) {
-                for &holder in holders {
-                    deletes.entry(holder).or_default().push(key(*id));
-                }
-            }
-        }
-        for (holder, keys) in deletes {
+        let rules = RepairRules {
+            wanted_copies: wanted,
+            all_known_live,
+            now_micros: now_micros(),
+            copy_min_age_micros: COPY_MIN_AGE.as_micros() as u64,
+            tombstone_min_age_micros: node.config.tombstone_min_age_secs.saturating_mul(1_000_000),
+        };
+        let plan = softstate::repair::plan(&h, &rules, |id: MessageId| id.time_micros());
+        report.under_replicated += plan.under_replicated;
+        report.pending += plan.pending;
+        report.young += plan.young;
+        for (holder, ids) in plan.spread_tombstones {
+            let keys: Vec<MessageKey> = ids.into_iter().map(key).collect();
             let n = keys.len() as u64;
             match node.call(holder, Request::Delete { keys }).await {
                 Ok(Response::Ack) => report.tombstones_spread += n,
                 other => tracing::warn!(holder, ?other, "spreading tombstones"),
             }
         }
-        if all_known_live && h.listed.len() == map.len() {
-            let min_age = Duration::from_secs(node.config.tombstone_min_age_secs);
-            let ids = collectable(&h.tombstones, &h.messages, now_micros(), min_age);
-            if !ids.is_empty() {
-                let keys: Vec<MessageKey> = ids.iter().map(|id| key(*id)).collect();
-                let mut all = true;
-                for &n in &map {
-                    let req = Request::Purge { keys: keys.clone() };
-                    all &= matches!(node.call(n, req).await, Ok(Response::Ack));
-                }
-                if all {
-                    report.tombstones_collected += keys.len() as u64;
-                }
+        if !plan.collect.is_empty() {
+            let keys: Vec<MessageKey> = plan.collect.iter().map(|id| key(*id)).collect();
+            let mut all = true;
+            for &n in &map {
+                let req = Request::Purge { keys: keys.clone() };
+                all &= matches!(node.call(n, req).await, Ok(Response::Ack));
+            }
+            if all {
+                report.tombstones_collected += keys.len() as u64;
             }
         }
-        let young_from = now_micros().saturating_sub(COPY_MIN_AGE.as_micros() as u64);
-        for (id, (_, holders)) in &h.messages {
-            if h.tombstones.contains(id) || holders.len() >= wanted {
-                continue;
-            }
-            report.under_replicated += 1;
-            if id.time_micros() > young_from {
-                report.young += 1;
-                report.pending += 1;
-                continue;
-            }
-            if !all_known_live || h.listed.len() < map.len() {
-                report.pending += 1;
-                continue;
-            }
-            match copy(node, key(*id), holders, wanted - holders.len(), &view.live).await {
+        for task in plan.copies {
+            match copy(node, key(task.id), &task.from, task.count, &view.live).await {
                 Ok(made) => report.copies_made += made,
                 Err(e) => {
-                    tracing::warn!(%user, %id, error = %e, "re-replicating");
+                    tracing::warn!(%user, id = %task.id, error = %e, "re-replicating");
                     report.pending += 1;
                 }
             }
         }
     }
-    report
+    Some(report)
 }
 
 /// Copy one message from a holder to `count` new nodes.
@@ -284,7 +236,16 @@ pub async fn run(
             waited += Duration::from_millis(200);
         }
         let started = Instant::now();
-        let r = pass(&node).await;
+        let Some(r) = pass(&node).await else {
+            // Soft state not complete for this view: not a pass. Try again on the
+            // next view or in a moment.
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = views.changed() => {},
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            }
+            continue;
+        };
         let s = &node.repair;
         s.under_replicated
             .store(r.under_replicated, Ordering::Relaxed);
@@ -313,38 +274,5 @@ pub async fn run(
             // Come back for the young ones as soon as they are old enough.
             _ = tokio::time::sleep(if r.young > 0 { COPY_MIN_AGE.min(interval) } else { interval }) => {},
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HOUR_MICROS: u64 = 3_600_000_000;
-
-    fn id(time_micros: u64, seq: u32) -> MessageId {
-        MessageId::new(time_micros, 1, seq)
-    }
-
-    #[test]
-    fn collects_only_old_tombstones_without_live_copies() {
-        let now = 10 * HOUR_MICROS;
-        let old_gone = id(now - 2 * HOUR_MICROS, 1);
-        let old_still_live = id(now - 2 * HOUR_MICROS, 2);
-        let young_gone = id(now - 60_000_000, 3);
-        let tombstones: BTreeSet<MessageId> = [old_gone, old_still_live, young_gone].into();
-        let live: BTreeMap<MessageId, (u64, Vec<NodeId>)> =
-            [(old_still_live, (10, vec![2]))].into();
-        let hour = Duration::from_secs(3600);
-        assert_eq!(collectable(&tombstones, &live, now, hour), vec![old_gone]);
-        assert_eq!(
-            collectable(&tombstones, &live, now, Duration::from_secs(30)),
-            vec![old_gone, young_gone],
-            "a shorter minimum age collects the young one too"
-        );
-        assert!(
-            collectable(&tombstones, &live, 0, hour).is_empty(),
-            "clock behind: nothing is old"
-        );
     }
 }

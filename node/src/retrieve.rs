@@ -118,20 +118,18 @@ impl pop::Mailbox for RetrievalProxy {
         // Any fragment node that does not answer may hold the only copy of a message
         // (written while fewer than R nodes were live) or the only tombstone of one:
         // answer "try again" rather than show a mailbox that may be partial.
-        if h.listed.len() < map.len() {
+        if !h.is_complete() {
             return Err(MailboxError::TempFail(
                 "some of the mailbox is unreachable, try again later".into(),
             ));
         }
         // A replica that missed a delete still lists the message; a tombstone anywhere wins.
-        let mut merged = h.messages;
-        merged.retain(|id, _| !h.tombstones.contains(id));
-        for (id, (size, nodes)) in merged {
+        for (id, held) in h.visible() {
             s.entries.push(MessageEntry {
                 uid: id.to_string(),
-                size,
+                size: held.size_bytes,
             });
-            s.holders.push((id, nodes));
+            s.holders.push((id, held.holders.clone()));
         }
         Ok(s)
     }

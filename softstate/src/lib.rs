@@ -8,4 +8,16 @@
 //! in-memory fragment index.
 //!
 //! ## Module map
+//!
+//! - [`listing`]: the merge of fragment listings into one mailbox (dedup by message
+//!   id, tombstones win) that retrieval, repair and the admin mailbox view share.
+//! - [`repair`]: the pure repair plan: tombstones to spread, copies to make,
+//!   tombstones to collect.
+//! - [`fragments`]: the fragment-index trait the scans use, with an in-memory
+//!   implementation for tests and the simulator.
+
 #![warn(missing_docs)]
+
+pub mod fragments;
+pub mod listing;
+pub mod repair;
