@@ -44,6 +44,10 @@ pub struct NodeConfig {
     pub pop_idle_timeout_secs: u64,
     /// Most concurrent POP3 connections.
     pub pop_connections_max: usize,
+    /// Most concurrent admin HTTP connections.
+    pub admin_connections_max: usize,
+    /// Most concurrent inbound cluster RPC connections (peers keep one or a few each).
+    pub rpc_connections_max: usize,
     /// Delay before answering a failed POP3 login, in milliseconds.
     pub pop_auth_failure_delay_ms: u64,
     /// Failure detector: ping interval, in milliseconds.
@@ -81,6 +85,8 @@ impl Default for NodeConfig {
             smtp_connections_max: 1000,
             pop_idle_timeout_secs: 600,
             pop_connections_max: 1000,
+            admin_connections_max: 64,
+            rpc_connections_max: 4096,
             pop_auth_failure_delay_ms: 1000,
             ping_interval_ms: 500,
             suspect_after_ms: 2000,

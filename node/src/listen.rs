@@ -79,18 +79,21 @@ pub async fn serve_tcp<F, Fut>(
     sessions.abort_all();
 }
 
-/// Serve HTTP (1.1 or h2c) on `listener` with `handler` until shutdown.
+/// Serve HTTP (1.1 or h2c) on `listener` with `handler` until shutdown; at most `max`
+/// connections at once: one over the cap is answered `503` and closed.
 pub async fn serve_http<H, Fut>(
     listener: TcpListener,
+    max: usize,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
     H: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
 {
+    let permits = Arc::new(Semaphore::new(max));
     let mut conns = JoinSet::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (mut stream, _) = tokio::select! {
             _ = shutdown.changed() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -103,8 +106,17 @@ pub async fn serve_http<H, Fut>(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
         let handler = handler.clone();
         conns.spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req| {
                 let h = handler.clone();
                 async move { Ok::<_, std::convert::Infallible>(h(req).await) }

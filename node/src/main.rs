@@ -177,6 +177,12 @@ struct ServeArgs {
     /// Most concurrent POP3 connections (`pop_connections_max`).
     #[arg(long)]
     pop_connections_max: Option<usize>,
+    /// Most concurrent admin HTTP connections (`admin_connections_max`).
+    #[arg(long)]
+    admin_connections_max: Option<usize>,
+    /// Most concurrent inbound cluster RPC connections (`rpc_connections_max`).
+    #[arg(long)]
+    rpc_connections_max: Option<usize>,
     /// Delay before a failed POP3 login is answered, ms (`pop_auth_failure_delay_ms`).
     #[arg(long)]
     pop_auth_failure_delay_ms: Option<u64>,
@@ -226,6 +232,8 @@ impl ServeArgs {
             smtp_connections_max,
             pop_idle_timeout_secs,
             pop_connections_max,
+            admin_connections_max,
+            rpc_connections_max,
             pop_auth_failure_delay_ms,
             ping_interval_ms,
             suspect_after_ms,

@@ -177,13 +177,19 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let rpc_handler = Arc::new(NodeRpc(node.clone()));
-    tasks.spawn(serve_http(rpc_listener, shutdown.clone(), move |req| {
-        crate::rpc::serve_http(rpc_handler.clone(), req)
-    }));
+    tasks.spawn(serve_http(
+        rpc_listener,
+        config.rpc_connections_max,
+        shutdown.clone(),
+        move |req| crate::rpc::serve_http(rpc_handler.clone(), req),
+    ));
     let admin_node = node.clone();
-    tasks.spawn(serve_http(admin_listener, shutdown.clone(), move |req| {
-        crate::admin::handle(admin_node.clone(), metrics.clone(), req)
-    }));
+    tasks.spawn(serve_http(
+        admin_listener,
+        config.admin_connections_max,
+        shutdown.clone(),
+        move |req| crate::admin::handle(admin_node.clone(), metrics.clone(), req),
+    ));
 
     let smtp_config = Arc::new(config.smtp_config());
     let deliver = Arc::new(DeliveryProxy(node.clone()));

@@ -20,7 +20,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import BINARY, HOST, DOMAIN, PopRaw, SmtpRaw, header_value, http_get_json, make_message, pop_session, split_trace
+from harness import BINARY, HOST, DOMAIN, PopRaw, SmtpRaw, header_value, http_get_json, http_request, make_message, pop_session, split_trace
 from serve_proc import ServeNode
 
 FILE_HOSTNAME = "file.example.test"
@@ -40,6 +40,7 @@ node_id = {NODE_ID}
 hostname = "{FILE_HOSTNAME}"
 smtp_connections_max = {CONNECTIONS_MAX}
 pop_connections_max = {CONNECTIONS_MAX}
+admin_connections_max = {CONNECTIONS_MAX}
 smtp_idle_timeout_secs = {IDLE_TIMEOUT_S}
 pop_idle_timeout_secs = {IDLE_TIMEOUT_S}
 pop_auth_failure_delay_ms = 100
@@ -219,6 +220,46 @@ class ServeNodeTests(unittest.TestCase):
                     s.sendall(quit_cmd)
                 except OSError:
                     pass
+                s.close()
+
+    def test_admin_connections_max(self):
+        """`admin_connections_max` through the binary: over the cap a client gets a 503
+        with a JSON error and EOF; once one leaves, requests are served again."""
+        request = b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n"
+        socks = []
+        try:
+            deadline = time.monotonic() + 10
+            while len(socks) < CONNECTIONS_MAX:
+                s = socket.create_connection((HOST, self.node.admin_port), timeout=10)
+                s.sendall(request)  # keep-alive: the connection stays open after the answer
+                first = s.recv(65536)
+                if first.startswith(b"HTTP/1.1 200"):
+                    socks.append(s)
+                    continue
+                s.close()
+                if not first.startswith(b"HTTP/1.1 503") or time.monotonic() > deadline:
+                    self.fail_with_log(f"admin connection {len(socks) + 1} of {CONNECTIONS_MAX}: {first!r}")
+                time.sleep(0.1)
+            over = socket.create_connection((HOST, self.node.admin_port), timeout=10)
+            try:
+                over.sendall(request)
+                got = read_to_eof(over, 10, "over-cap admin client")
+            finally:
+                over.close()
+            self.assertTrue(got.startswith(b"HTTP/1.1 503 "), got)
+            self.assertEqual(json.loads(got.split(b"\r\n\r\n", 1)[1]), {"error": "too many connections"})
+            socks.pop().close()
+            deadline = time.monotonic() + 10
+            while True:
+                status, body = http_request(self.node.admin_url + "/v1/health", timeout=10)
+                if status == 200:
+                    break
+                self.assertEqual(status, 503, body)
+                if time.monotonic() > deadline:
+                    self.fail_with_log("no admin request was served within 10 s after a client left")
+                time.sleep(0.05)
+        finally:
+            for s in socks:
                 s.close()
 
     def test_smtp_connections_max(self):
