@@ -8,4 +8,10 @@
 //! in-memory fragment index.
 //!
 //! ## Module map
+//!
+//! - [`load`]: `LoadTable`, load figures from replies and gossip, newest wins.
 #![warn(missing_docs)]
+
+pub mod load;
+
+pub use load::{Figure, LoadTable};
