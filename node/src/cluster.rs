@@ -5,13 +5,13 @@
 //! the [`membership::Membership`] state machine: it feeds it incoming messages, RPC
 //! failures and timeouts with real time, and sends what it asks to send.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use membership::{
     Dest, Event, Membership, MembershipConfig, Millis, NodeId, NodeInfo, UserMap, View,
 };
+use softstate::LoadTable;
 use tokio::sync::{mpsc, watch};
 
 use crate::rpc::{Request, RpcClient};
@@ -61,7 +61,10 @@ pub struct Cluster {
     buckets: u32,
     current: RwLock<Arc<ViewState>>,
     views: watch::Sender<Arc<ViewState>>,
-    loads: Mutex<HashMap<NodeId, u32>>,
+    /// The one load table: reply and gossip figures, newest observation wins.
+    loads: Mutex<LoadTable>,
+    /// Origin of this node's monotonic clock (membership, load figures, soft state).
+    start: Instant,
     known: RwLock<Vec<NodeInfo>>,
     seeds: Vec<String>,
     forgotten: RwLock<std::collections::BTreeSet<String>>,
@@ -91,7 +94,8 @@ impl Cluster {
             buckets,
             current: RwLock::new(state),
             views,
-            loads: Mutex::new(HashMap::new()),
+            loads: Mutex::new(LoadTable::new()),
+            start: Instant::now(),
             known: RwLock::new(vec![me]),
             seeds,
             forgotten: RwLock::new(forgotten.into_iter().collect()),
@@ -171,20 +175,33 @@ impl Cluster {
         known_ok && seeds_ok
     }
 
-    /// Record a load figure learned from a reply or a ping.
+    /// Milliseconds on this node's monotonic clock (shared by the membership driver,
+    /// the load table and the soft-state driver).
+    pub fn now(&self) -> Millis {
+        Millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    /// The instant a [`Millis`] deadline of this node's clock falls on.
+    pub fn instant_of(&self, at: Millis) -> Instant {
+        self.start + Duration::from_millis(at.0)
+    }
+
+    /// Record a load figure carried by an RPC reply received just now.
     pub fn set_load(&self, id: NodeId, load: u32) {
+        let now = self.now();
+        self.observe_load(id, load, now);
+    }
+
+    /// Record a load figure observed at `at` (newest observation wins).
+    pub fn observe_load(&self, id: NodeId, load: u32, at: Millis) {
         if let Ok(mut l) = self.loads.lock() {
-            l.insert(id, load);
+            l.observe(id, load, at);
         }
     }
 
     /// Last known load of a node (0 when unknown).
     pub fn load_of(&self, id: NodeId) -> u32 {
-        self.loads
-            .lock()
-            .ok()
-            .and_then(|l| l.get(&id).copied())
-            .unwrap_or(0)
+        self.loads.lock().map(|l| l.load_of(id)).unwrap_or(0)
     }
 
     fn install(&self, view: View) {
@@ -206,7 +223,7 @@ pub async fn drive(
     load: impl Fn() -> u32 + Send + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let start = Instant::now();
+    let start = cluster.start;
     let now = || Millis(start.elapsed().as_millis() as u64);
     let mut core = Membership::new(cluster.me.clone(), seeds, config, now());
     let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<Dest>();
@@ -226,8 +243,14 @@ pub async fn drive(
                 }
             }
         }
-        for (id, load) in core.loads() {
-            cluster.set_load(id, load);
+        // Each gossiped figure is as old as the message that carried it: it must not
+        // replace a newer figure from an RPC reply.
+        if let Ok(mut table) = cluster.loads.lock() {
+            for (id, load) in core.loads() {
+                if let Some(at) = core.last_heard(id) {
+                    table.observe(id, load, at);
+                }
+            }
         }
         if known_version != Some(core.known_version()) {
             known_version = Some(core.known_version());

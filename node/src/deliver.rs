@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use membership::NodeId;
+use membership::{Epoch, NodeId};
 use smtp::{DeliverError, Envelope, RcptVerdict};
 use storage::MessageKey;
 
@@ -17,7 +17,7 @@ use crate::service::Node;
 pub struct DeliveryProxy(pub Arc<Node>);
 
 impl DeliveryProxy {
-    async fn place(&self, user: &str, bucket: u16) -> Result<Vec<NodeId>, DeliverError> {
+    async fn place(&self, user: &str, bucket: u16) -> Result<(Vec<NodeId>, Epoch), DeliverError> {
         let node = &self.0;
         // A view change may be under way: the manager answers NotReady or is
         // unreachable for a moment. Retry briefly, then let the sender retry (4xx).
@@ -34,7 +34,9 @@ impl DeliveryProxy {
                 replicas: node.config.replicas.min(255) as u8,
             };
             match node.call(manager, req).await {
-                Ok(Response::Targets(t)) if !t.is_empty() => return Ok(t),
+                Ok(Response::Targets { targets, epoch }) if !targets.is_empty() => {
+                    return Ok((targets, epoch));
+                }
                 Ok(other) => last = format!("manager {manager}: {other:?}"),
                 Err(e) => last = format!("manager {manager}: {e}"),
             }
@@ -84,7 +86,6 @@ impl smtp::Deliver for DeliveryProxy {
     async fn deliver(&self, envelope: &Envelope, message: Bytes) -> Result<(), DeliverError> {
         let node = &self.0;
         let id = node.next_message_id();
-        let epoch = node.cluster.view().view.epoch;
         let mut users: Vec<String> = envelope
             .rcpt_to
             .iter()
@@ -100,25 +101,32 @@ impl smtp::Deliver for DeliveryProxy {
             async move { (u, bucket, self.place(u, bucket).await) }
         }))
         .await;
-        let mut per_node: HashMap<NodeId, Vec<MessageKey>> = HashMap::new();
-        for (user, bucket, targets) in placements {
-            for t in targets? {
-                per_node.entry(t).or_default().push(MessageKey {
+        // Each store carries the oldest epoch its keys were placed in: a holder whose
+        // view differs announces them to its current managers (their reports may
+        // have been built before the store landed).
+        let mut per_node: HashMap<NodeId, (Vec<MessageKey>, Epoch)> = HashMap::new();
+        for (user, bucket, placed) in placements {
+            let (targets, epoch) = placed?;
+            for t in targets {
+                let entry = per_node.entry(t).or_insert_with(|| (Vec::new(), epoch));
+                entry.1 = entry.1.min(epoch);
+                entry.0.push(MessageKey {
                     bucket,
                     user: user.clone(),
                     id,
                 });
             }
         }
-        let results = futures::future::join_all(per_node.into_iter().map(|(target, keys)| {
-            let req = Request::Store {
-                keys: keys.clone(),
-                data: message.clone(),
-                epoch,
-            };
-            async move { (target, keys, node.call(target, req).await) }
-        }))
-        .await;
+        let results =
+            futures::future::join_all(per_node.into_iter().map(|(target, (keys, epoch))| {
+                let req = Request::Store {
+                    keys: keys.clone(),
+                    data: message.clone(),
+                    epoch,
+                };
+                async move { (target, keys, node.call(target, req).await) }
+            }))
+            .await;
         let mut failure = None;
         for (target, _, r) in &results {
             match r {

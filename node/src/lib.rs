@@ -3,9 +3,11 @@
 //!
 //! Modules:
 //! - [`config`]: `node.toml` keys and defaults.
-//! - [`service`]: the [`service::Node`] and its RPC entry point.
-//! - [`cluster`]: view, user map, loads, and the membership driver task.
-//! - [`manager`]: user-manager soft state (mail maps, POP3 locks).
+//! - [`service`]: the [`service::Node`] and its calls to other nodes.
+//! - [`dispatch`]: the RPC entry point, [`dispatch::NodeRpc`].
+//! - [`cluster`]: view, user map, the load table, and the membership driver task.
+//! - [`manager`]: the Mutex around the sans-IO `softstate::SoftState` machine.
+//! - [`soft`]: the soft-state driver task (views, scans, sends, timer).
 //! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication).
 //! - [`rpc`]: inter-node RPC over HTTP/2.
@@ -18,6 +20,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod dispatch;
 pub mod listen;
 pub mod manager;
 pub mod repair;
@@ -25,4 +28,5 @@ pub mod retrieve;
 pub mod rpc;
 pub mod serve;
 pub mod service;
+pub mod soft;
 pub mod up;

@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use crate::cluster::{self, Cluster};
 use crate::config::NodeConfig;
 use crate::deliver::DeliveryProxy;
+use crate::dispatch::NodeRpc;
 use crate::listen::{bind, serve_http, serve_tcp};
 use crate::retrieve::RetrievalProxy;
 use crate::rpc::{Request, Response, RpcClient};
-use crate::service::{Node, NodeRpc};
+use crate::service::Node;
 
 /// Carries Raft traffic over the node's RPC channel.
 struct RaftOverRpc(RpcClient);
@@ -231,7 +232,10 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         },
     ));
 
-    // Every view change: rebuild soft state, and let the registry follow membership.
+    // Soft state: reconstruction at every view change, announces, retries.
+    tasks.spawn(crate::soft::run(node.clone(), shutdown.clone()));
+
+    // Every view change: let the registry follow membership.
     let mut views = cluster.subscribe();
     let view_node = node.clone();
     let mut view_shutdown = shutdown.clone();
@@ -248,10 +252,6 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
             // lost quorum); soft state must not wait for it.
             let sync_node = view_node.clone();
             tokio::spawn(async move { sync_node.registry.log().sync_members(live).await });
-            tokio::select! {
-                _ = view_shutdown.changed() => return,
-                _ = view_node.reconstruct(view) => {}
-            }
             tokio::select! {
                 _ = view_shutdown.changed() => return,
                 r = views.changed() => if r.is_err() { return },

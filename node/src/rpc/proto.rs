@@ -5,14 +5,7 @@ use membership::{Epoch, NodeId};
 use serde::{Deserialize, Serialize};
 use storage::{MessageId, MessageKey};
 
-/// Identifies one POP3 session cluster-wide: the proxy node and its local counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SessionId {
-    /// The node running the POP3 session.
-    pub node: NodeId,
-    /// That node's session counter.
-    pub seq: u64,
-}
+pub use softstate::SessionId;
 
 /// A request from one node to another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,27 +79,15 @@ pub enum Request {
         keys: Vec<MessageKey>,
     },
     /// To a user manager after a view change: the users whose fragments the sender
-    /// holds in the manager's buckets, and the POP3 locks it holds there.
-    Report {
-        /// The view this report belongs to.
-        epoch: Epoch,
-        /// The reporting node.
-        from: NodeId,
-        /// Users with at least one live message on `from`.
-        users: Vec<String>,
-        /// POP3 sessions running on `from`.
-        locks: Vec<(String, SessionId)>,
-    },
-    /// To a user manager: `node` now holds fragments of `user` (sent when a store
-    /// raced a view change).
-    Announce {
-        /// Canonical user.
-        user: String,
-        /// The holder.
-        node: NodeId,
-        /// The view the announcement is meant for.
-        epoch: Epoch,
-    },
+    /// holds in the covered buckets (those that changed hands, or all of the
+    /// manager's after a join or restart), the POP3 locks it holds there, and
+    /// "done" for those buckets.
+    Report(softstate::Report),
+    /// To a user manager: the sender now holds fragments of these users (a store
+    /// placed under another epoch landed).
+    Announce(softstate::Announce),
+    /// From a user manager still waiting for reports: report these buckets.
+    Ask(softstate::Ask),
     /// To every node: forget node `id` for good (operator `node remove`).
     Forget {
         /// The node that is gone.
@@ -121,8 +102,14 @@ pub enum Request {
 pub enum Response {
     /// Done, nothing to return.
     Ack,
-    /// Nodes chosen by `Place`.
-    Targets(Vec<NodeId>),
+    /// Nodes chosen by `Place`, and the manager's epoch the placement was recorded
+    /// in (the stores carry it; a holder in another view announces them).
+    Targets {
+        /// Where the copies go, least loaded first.
+        targets: Vec<NodeId>,
+        /// The manager's view when it placed them.
+        epoch: Epoch,
+    },
     /// Mail map returned by `Open`.
     MailMap(Vec<NodeId>),
     /// `Open` refused: another session holds the lock.

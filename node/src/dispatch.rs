@@ -1,0 +1,172 @@
+//! RPC dispatch: what a node does with each request from another node (or itself).
+//! Soft-state requests go to the machine; anything that may give it output wakes the
+//! soft-state driver.
+
+use std::sync::Arc;
+
+use membership::NodeId;
+use softstate::Refused;
+use storage::NewMessage;
+
+use crate::rpc::{Request, Response, RpcHandler};
+use crate::service::Node;
+
+impl Node {
+    pub(crate) async fn dispatch(&self, req: Request) -> Response {
+        match req {
+            Request::Membership(msg) => {
+                self.cluster.deliver_membership(msg);
+                Response::Ack
+            }
+            Request::Place {
+                user,
+                bucket: _,
+                replicas,
+            } => self.place(&user, replicas as usize),
+            Request::Store { keys, data, epoch } => {
+                let users: Vec<(u16, String)> =
+                    keys.iter().map(|k| (k.bucket, k.user.clone())).collect();
+                let batch = keys
+                    .into_iter()
+                    .map(|key| NewMessage {
+                        key,
+                        data: data.clone(),
+                    })
+                    .collect();
+                match self.store.append(batch).await {
+                    Ok(()) => {
+                        // Placed under another view: our report for the current one may
+                        // have gone out before this store; the machine tells the manager.
+                        let now = self.cluster.now();
+                        self.manager.with(|s| s.stored(now, epoch, users));
+                        self.soft_kick.notify_one();
+                        Response::Ack
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing messages");
+                        Response::Error(format!("store: {e}"))
+                    }
+                }
+            }
+            Request::Open {
+                user,
+                bucket: _,
+                session,
+            } => {
+                if !self.soft_current() {
+                    return Response::NotReady("soft state behind the view".into());
+                }
+                match self.manager.with(|s| s.open(&user, session)) {
+                    Ok(map) => Response::MailMap(map),
+                    Err(Refused::InUse) => Response::InUse,
+                    Err(e) => Response::NotReady(e.to_string()),
+                }
+            }
+            Request::MailMap { user, bucket: _ } => {
+                if !self.soft_current() {
+                    return Response::NotReady("soft state behind the view".into());
+                }
+                match self.manager.with(|s| s.mail_map(&user)) {
+                    Ok(map) => Response::MailMap(map),
+                    Err(e) => Response::NotReady(e.to_string()),
+                }
+            }
+            Request::Close { user, session } => {
+                self.manager.with(|s| s.close(&user, session));
+                Response::Ack
+            }
+            Request::List { bucket, user } => match self.list_fragment(bucket, &user) {
+                Ok((messages, tombstones)) => Response::Listing {
+                    messages,
+                    tombstones,
+                },
+                Err(e) => Response::Error(format!("list: {e}")),
+            },
+            Request::Forget { id } => {
+                if let Some(addr) = self.cluster.forget(id) {
+                    let saved = match self.store.kv("forgotten") {
+                        Ok(t) => match t.insert(addr.as_bytes(), &id.to_be_bytes()) {
+                            Ok(()) => t.flush().await,
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = saved {
+                        tracing::error!(error = %e, "recording a removed node");
+                    }
+                }
+                self.repair_kick.notify_one();
+                Response::Ack
+            }
+            Request::Read { key } => match self.store.read(&key).await {
+                Ok(data) => Response::Message(data),
+                Err(e) => Response::Error(format!("read: {e}")),
+            },
+            Request::Purge { keys } => match self.store.purge_tombstones(&keys) {
+                Ok(_) => Response::Ack,
+                Err(e) => Response::Error(format!("purge: {e}")),
+            },
+            Request::Delete { keys } => match self.store.delete(keys).await {
+                Ok(()) => Response::Ack,
+                Err(e) => Response::Error(format!("delete: {e}")),
+            },
+            Request::Report(report) => taken(self.manager.with(|s| s.handle_report(report))),
+            Request::Announce(note) => taken(self.manager.with(|s| s.handle_announce(note))),
+            Request::Ask(ask) => {
+                let r = self.manager.with(|s| s.handle_ask(ask));
+                self.soft_kick.notify_one();
+                taken(r)
+            }
+            Request::Registry(bytes) => {
+                Response::Registry(self.registry.log().handle_rpc(&bytes).await)
+            }
+        }
+    }
+
+    /// As user manager: choose the nodes that will store a new message of `user`.
+    fn place(&self, user: &str, replicas: usize) -> Response {
+        if !self.soft_current() {
+            return Response::NotReady("soft state behind the view".into());
+        }
+        let me = self.id();
+        let own = self.load();
+        let load = |id: NodeId| {
+            if id == me {
+                own
+            } else {
+                self.cluster.load_of(id)
+            }
+        };
+        let spread = self.config.spread;
+        match self
+            .manager
+            .with(|s| s.place(user, replicas, spread, &load))
+        {
+            Ok(p) => Response::Targets {
+                targets: p.targets,
+                epoch: p.epoch,
+            },
+            Err(e) => Response::NotReady(e.to_string()),
+        }
+    }
+}
+
+fn taken(r: Result<(), Refused>) -> Response {
+    match r {
+        Ok(()) => Response::Ack,
+        Err(e) => Response::NotReady(e.to_string()),
+    }
+}
+
+/// Serves RPCs arriving over HTTP.
+pub struct NodeRpc(pub Arc<Node>);
+
+impl RpcHandler for NodeRpc {
+    async fn handle(&self, req: Request) -> Response {
+        self.0.serve(req).await
+    }
+
+    fn load(&self) -> u32 {
+        self.0.load()
+    }
+}

@@ -1,0 +1,1331 @@
+//! [`SoftState`]: one node's soft state as a state machine — the mail maps and POP3
+//! locks of the buckets it manages (per-bucket completeness), its side of
+//! reconstruction (reports it owes, announcements, retries), its POP3 sessions, and
+//! placement.
+//!
+//! ## Driving it
+//!
+//! Inputs: [`SoftState::install_view`] on every new view; [`SoftState::handle_report`],
+//! [`SoftState::handle_announce`], [`SoftState::handle_ask`] for messages from other
+//! nodes; [`SoftState::handle_delivered`] / [`SoftState::handle_refused`] for the
+//! answers to what it sent; [`SoftState::handle_scan`] with the local fragments it
+//! asked for; [`SoftState::handle_timeout`] at the deadline; [`SoftState::stored`]
+//! after every local store. Requests: [`SoftState::open`], [`SoftState::close`],
+//! [`SoftState::place`], [`SoftState::mail_map`].
+//!
+//! After any input, drain in this order: [`SoftState::poll_scan`] (list the local
+//! users of those buckets — live mail or tombstones — and hand them to `handle_scan`),
+//! [`SoftState::poll_transmit`] (send each), then arm one timer at
+//! [`SoftState::poll_timeout`]. A spurious `handle_timeout` does nothing.
+//!
+//! ## Reconstruction, proportional to what changed
+//!
+//! At a view change every node owes a [`Report`] to the new manager of every bucket
+//! whose manager process changed — one message per (node, new manager) carrying its
+//! users of all those buckets and "done" for them ([`Scope::Buckets`]) — and a
+//! joined or restarted node owes every manager a full report ([`Scope::All`]), as
+//! every node owes one to a manager that joined or restarted. A manager keeps the maps
+//! of the buckets it kept, drops departed and restarted processes from them (and
+//! their locks), waits on every member for the buckets it gained and on every fresh
+//! member for all its buckets. A bucket serves `Open` once nobody it waits on is
+//! left, whatever the other buckets do. Reports owed to a manager that keeps the
+//! buckets carry over into the next view; a manager still waiting after
+//! [`SoftStateConfig::ask_after_ms`] asks the missing nodes ([`Ask`]), which covers a
+//! node that missed the view in which a bucket changed hands.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use membership::{Epoch, Millis, NodeId, bucket_of};
+
+use crate::message::{Announce, Ask, Note, Report, Scope, SessionId, Transmit};
+use crate::place::{Rng, choose};
+use crate::view::{Transition, ViewInfo};
+
+/// Timings and seeds of a [`SoftState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoftStateConfig {
+    /// Delay before re-sending a refused or failed report or announcement.
+    pub retry_ms: u64,
+    /// How long a manager waits for reports before asking the missing nodes.
+    pub ask_after_ms: u64,
+    /// Seed of the placement sampler.
+    pub seed: u64,
+}
+
+impl Default for SoftStateConfig {
+    fn default() -> Self {
+        SoftStateConfig {
+            retry_ms: 100,
+            ask_after_ms: 2000,
+            seed: 0,
+        }
+    }
+}
+
+/// Why the machine refused a request or a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No view installed yet.
+    #[error("no view installed yet")]
+    NoView,
+    /// The message belongs to another view than the installed one.
+    #[error("for epoch {theirs:?}, installed {ours:?}")]
+    OtherEpoch {
+        /// The installed epoch.
+        ours: Epoch,
+        /// The message's epoch.
+        theirs: Epoch,
+    },
+    /// The sender is not a member of the installed view.
+    #[error("node {0} is not a member")]
+    NotMember(NodeId),
+    /// This node does not manage the bucket in its view.
+    #[error("not the manager of bucket {0}")]
+    NotManager(u16),
+    /// The bucket's mail maps are still being rebuilt.
+    #[error("mail maps of bucket {0} rebuilding")]
+    Rebuilding(u16),
+    /// Another session holds the mailbox lock.
+    #[error("mailbox in use")]
+    InUse,
+}
+
+/// Nodes chosen by [`SoftState::place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Targets, least loaded first, distinct, live.
+    pub targets: Vec<NodeId>,
+    /// The epoch the placement was recorded in: stores carry it, and a holder whose
+    /// view differs announces the store to its current manager.
+    pub epoch: Epoch,
+}
+
+/// Which local fragments the machine needs listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Names the scan in [`SoftState::handle_scan`].
+    pub id: u64,
+    /// The buckets; `None` means every bucket.
+    pub buckets: Option<BTreeSet<u16>>,
+}
+
+impl Scan {
+    /// Whether users of `bucket` belong in the answer.
+    pub fn wants(&self, bucket: u16) -> bool {
+        self.buckets.as_ref().is_none_or(|b| b.contains(&bucket))
+    }
+}
+
+/// Counters for benchmarks and status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Reports sent (to other nodes).
+    pub reports_sent: u64,
+    /// Announcements sent.
+    pub announces_sent: u64,
+    /// Asks sent.
+    pub asks_sent: u64,
+    /// Placements answered.
+    pub placements: u64,
+    /// Candidates examined by those placements.
+    pub candidates_examined: u64,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    users: BTreeMap<String, BTreeSet<NodeId>>,
+    locks: BTreeMap<String, SessionId>,
+    /// Nodes that must still report for this bucket; empty = complete.
+    waiting: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    NeedsScan,
+    Scanning(u64),
+    Ready,
+    InFlight(u64),
+}
+
+#[derive(Debug)]
+struct Owed {
+    /// `None` = every bucket of the manager.
+    buckets: Option<BTreeSet<u16>>,
+    users: Vec<String>,
+    status: Status,
+}
+
+#[derive(Debug)]
+enum Flight {
+    Report(NodeId),
+    Announce,
+    Ask,
+}
+
+/// One node's soft state. See the module documentation for how to drive it.
+#[derive(Debug)]
+pub struct SoftState {
+    me: NodeId,
+    incarnation: u64,
+    config: SoftStateConfig,
+    view: Option<Arc<ViewInfo>>,
+    // --- manager side ---
+    buckets: BTreeMap<u16, Bucket>,
+    /// Sessions closed in this view while not holding the lock: a report that still
+    /// names one (built before the close) must not lock the mailbox again.
+    closed: BTreeSet<SessionId>,
+    ask_at: Option<Millis>,
+    // --- reporter side ---
+    sessions: BTreeMap<SessionId, String>,
+    session_seq: u64,
+    owed: BTreeMap<NodeId, Owed>,
+    needs_scan: BTreeSet<NodeId>,
+    scan: Option<u64>,
+    scan_retry_at: Option<Millis>,
+    due: BTreeSet<(Millis, NodeId)>,
+    /// user -> (bucket, token of the announcement in flight).
+    announces: BTreeMap<String, (u16, Option<u64>)>,
+    announce_at: Option<Millis>,
+    inflight: BTreeMap<u64, Flight>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    // --- placement ---
+    rng: Rng,
+    tie_break: u64,
+    stats: Stats,
+}
+
+impl SoftState {
+    /// The soft state of process (`me`, `incarnation`), with no view yet.
+    pub fn new(me: NodeId, incarnation: u64, config: SoftStateConfig) -> Self {
+        let rng = Rng::new(config.seed ^ me.rotate_left(17) ^ incarnation);
+        SoftState {
+            me,
+            incarnation,
+            config,
+            view: None,
+            buckets: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            ask_at: None,
+            sessions: BTreeMap::new(),
+            session_seq: 0,
+            owed: BTreeMap::new(),
+            needs_scan: BTreeSet::new(),
+            scan: None,
+            scan_retry_at: None,
+            due: BTreeSet::new(),
+            announces: BTreeMap::new(),
+            announce_at: None,
+            inflight: BTreeMap::new(),
+            next_id: 1,
+            transmits: VecDeque::new(),
+            rng,
+            tie_break: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The installed view's epoch.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.view.as_ref().map(|v| v.epoch)
+    }
+
+    /// The installed view.
+    pub fn view(&self) -> Option<&Arc<ViewInfo>> {
+        self.view.as_ref()
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    // ----- view changes ---------------------------------------------------
+
+    /// Install a new view (computes the transition from the installed one).
+    pub fn install_view(&mut self, now: Millis, view: Arc<ViewInfo>) {
+        let t = Transition::between(self.view.as_deref(), &view);
+        self.apply_view(now, view, &t);
+    }
+
+    /// Install a new view with a precomputed transition (shared by every machine of a
+    /// simulation); recomputed when it does not start at the installed view.
+    pub fn install_view_with(&mut self, now: Millis, view: Arc<ViewInfo>, t: &Transition) {
+        if t.from != self.epoch() || t.to != view.epoch {
+            return self.install_view(now, view);
+        }
+        self.apply_view(now, view, t);
+    }
+
+    fn apply_view(&mut self, now: Millis, view: Arc<ViewInfo>, t: &Transition) {
+        let me = self.me;
+        // Manager side: keep the buckets still ours, forget the rest.
+        self.buckets.retain(|b, _| view.map.manager(*b) == me);
+        if !t.stale.is_empty() || !t.fresh.is_empty() {
+            for bucket in self.buckets.values_mut() {
+                if !t.stale.is_empty() {
+                    bucket.users.retain(|_, nodes| {
+                        nodes.retain(|n| !t.stale.contains(n));
+                        !nodes.is_empty()
+                    });
+                    bucket.waiting.retain(|n| !t.stale.contains(n));
+                }
+                bucket.waiting.extend(t.fresh.iter().copied());
+            }
+        }
+        for bucket in self.buckets.values_mut() {
+            bucket
+                .locks
+                .retain(|_, s| view.has_process(s.node, s.incarnation));
+        }
+        if let Some(gained) = t.gained.get(&me) {
+            for &b in gained {
+                self.buckets.insert(
+                    b,
+                    Bucket {
+                        waiting: view.ids.iter().copied().collect(),
+                        ..Bucket::default()
+                    },
+                );
+            }
+        }
+        self.closed.clear();
+        self.ask_at = self
+            .buckets
+            .values()
+            .any(|b| !b.waiting.is_empty())
+            .then(|| now.plus_ms(self.config.ask_after_ms));
+
+        // Reporter side: carry over what a manager that kept its buckets still waits
+        // for, then add what this change makes us owe.
+        let mut owed: BTreeMap<NodeId, Owed> = BTreeMap::new();
+        for (m, o) in std::mem::take(&mut self.owed) {
+            let same = match (&self.view, view.members.get(&m)) {
+                (Some(prev), Some(inc)) => prev.has_process(m, *inc),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            let buckets = o.buckets.map(|bs| {
+                bs.into_iter()
+                    .filter(|b| view.map.manager(*b) == m)
+                    .collect::<BTreeSet<u16>>()
+            });
+            if buckets.as_ref().is_some_and(|b| b.is_empty()) {
+                continue;
+            }
+            owed.insert(
+                m,
+                Owed {
+                    buckets,
+                    users: Vec::new(),
+                    status: Status::NeedsScan,
+                },
+            );
+        }
+        let fresh_me = !self
+            .view
+            .as_ref()
+            .is_some_and(|p| p.has_process(me, self.incarnation));
+        for (m, bs) in &t.gained {
+            let entry = owed.entry(*m).or_insert_with(|| Owed {
+                buckets: Some(BTreeSet::new()),
+                users: Vec::new(),
+                status: Status::NeedsScan,
+            });
+            if let Some(set) = entry.buckets.as_mut() {
+                set.extend(bs.iter().copied());
+            }
+        }
+        // A manager that is new to us (or we to it): a full report.
+        let everyone: Box<dyn Iterator<Item = &NodeId>> = if fresh_me {
+            Box::new(view.ids.iter())
+        } else {
+            Box::new(t.fresh.iter())
+        };
+        for m in everyone {
+            owed.insert(
+                *m,
+                Owed {
+                    buckets: None,
+                    users: Vec::new(),
+                    status: Status::NeedsScan,
+                },
+            );
+        }
+        self.needs_scan = owed.keys().copied().collect();
+        self.owed = owed;
+        self.scan = None;
+        self.scan_retry_at = None;
+        self.due.clear();
+        self.inflight.clear();
+        for (_, token) in self.announces.values_mut() {
+            *token = None;
+        }
+        self.announce_at = (!self.announces.is_empty()).then_some(now);
+        self.view = Some(view);
+        self.flush(now);
+    }
+
+    /// Like a view install, for a simulation or benchmark that starts from a settled
+    /// cluster: install `view` as complete, with these mail maps for the users this
+    /// node manages (others are ignored) and nothing owed.
+    pub fn install_settled(
+        &mut self,
+        view: Arc<ViewInfo>,
+        maps: impl IntoIterator<Item = (String, Vec<NodeId>)>,
+    ) {
+        self.buckets.clear();
+        for b in view.map.buckets_managed_by(self.me) {
+            self.buckets.insert(b, Bucket::default());
+        }
+        let buckets = view.buckets();
+        for (user, nodes) in maps {
+            if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
+                bucket.users.entry(user).or_default().extend(nodes);
+            }
+        }
+        self.owed.clear();
+        self.needs_scan.clear();
+        self.view = Some(view);
+    }
+
+    // ----- reporter side --------------------------------------------------
+
+    /// The next listing of local fragments the machine needs, if any.
+    pub fn poll_scan(&mut self) -> Option<Scan> {
+        if self.scan.is_some() || self.needs_scan.is_empty() || self.scan_retry_at.is_some() {
+            return None;
+        }
+        let id = self.fresh_id();
+        let mut all = false;
+        let mut buckets = BTreeSet::new();
+        for m in std::mem::take(&mut self.needs_scan) {
+            if let Some(o) = self.owed.get_mut(&m) {
+                o.status = Status::Scanning(id);
+                match &o.buckets {
+                    None => all = true,
+                    Some(bs) => buckets.extend(bs.iter().copied()),
+                }
+            }
+        }
+        self.scan = Some(id);
+        Some(Scan {
+            id,
+            buckets: (!all).then_some(buckets),
+        })
+    }
+
+    /// The answer to scan `id`: (bucket, user) of every user with live mail or
+    /// tombstones here in the scanned buckets (extra ones are ignored).
+    pub fn handle_scan(&mut self, now: Millis, id: u64, users: Vec<(u16, String)>) {
+        if self.scan != Some(id) {
+            return;
+        }
+        self.scan = None;
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let mut by_manager: BTreeMap<NodeId, Vec<(u16, String)>> = BTreeMap::new();
+        for (b, u) in users {
+            by_manager
+                .entry(view.map.manager(b))
+                .or_default()
+                .push((b, u));
+        }
+        let scanned: Vec<NodeId> = self
+            .owed
+            .iter()
+            .filter(|(_, o)| o.status == Status::Scanning(id))
+            .map(|(m, _)| *m)
+            .collect();
+        for m in scanned {
+            let Some(o) = self.owed.get_mut(&m) else {
+                continue;
+            };
+            let mine = by_manager.get(&m).map(Vec::as_slice).unwrap_or(&[]);
+            o.users = mine
+                .iter()
+                .filter(|(b, _)| o.buckets.as_ref().is_none_or(|bs| bs.contains(b)))
+                .map(|(_, u)| u.clone())
+                .collect();
+            o.status = Status::Ready;
+            self.due.insert((now, m));
+        }
+        self.flush(now);
+    }
+
+    /// Scan `id` failed (storage error): try again after the retry delay.
+    pub fn handle_scan_failed(&mut self, now: Millis, id: u64) {
+        if self.scan != Some(id) {
+            return;
+        }
+        self.scan = None;
+        for (m, o) in &mut self.owed {
+            if o.status == Status::Scanning(id) {
+                o.status = Status::NeedsScan;
+                self.needs_scan.insert(*m);
+            }
+        }
+        self.scan_retry_at = Some(now.plus_ms(self.config.retry_ms));
+    }
+
+    /// A local store of these users' messages landed, placed under `epoch`. If that is
+    /// not the installed view, the current managers are told (until they take it).
+    pub fn stored(
+        &mut self,
+        now: Millis,
+        epoch: Epoch,
+        users: impl IntoIterator<Item = (u16, String)>,
+    ) {
+        if self.epoch() == Some(epoch) {
+            return;
+        }
+        for (b, u) in users {
+            self.announces.insert(u, (b, None));
+        }
+        self.announce_at = Some(now);
+        self.flush(now);
+    }
+
+    /// The receiver took the message sent with `token`.
+    pub fn handle_delivered(&mut self, token: u64) {
+        match self.inflight.remove(&token) {
+            Some(Flight::Report(m)) => {
+                if self
+                    .owed
+                    .get(&m)
+                    .is_some_and(|o| o.status == Status::InFlight(token))
+                {
+                    self.owed.remove(&m);
+                }
+            }
+            Some(Flight::Announce) => self.announces.retain(|_, (_, t)| *t != Some(token)),
+            Some(Flight::Ask) | None => {}
+        }
+    }
+
+    /// The message sent with `token` was refused or did not arrive: retry later.
+    pub fn handle_refused(&mut self, now: Millis, token: u64) {
+        let at = now.plus_ms(self.config.retry_ms);
+        match self.inflight.remove(&token) {
+            Some(Flight::Report(m)) => {
+                if let Some(o) = self.owed.get_mut(&m)
+                    && o.status == Status::InFlight(token)
+                {
+                    o.status = Status::Ready;
+                    self.due.insert((at, m));
+                }
+            }
+            Some(Flight::Announce) => {
+                for (_, t) in self.announces.values_mut() {
+                    if *t == Some(token) {
+                        *t = None;
+                    }
+                }
+                self.announce_at = Some(self.announce_at.map_or(at, |a| a.min(at)));
+            }
+            Some(Flight::Ask) | None => {}
+        }
+    }
+
+    /// A manager asks for a report of some of its buckets.
+    pub fn handle_ask(&mut self, ask: Ask) -> Result<(), Refused> {
+        let view = self.current(ask.epoch)?;
+        if !view.members.contains_key(&ask.from) {
+            return Err(Refused::NotMember(ask.from));
+        }
+        let entry = self.owed.entry(ask.from).or_insert_with(|| Owed {
+            buckets: Some(BTreeSet::new()),
+            users: Vec::new(),
+            status: Status::NeedsScan,
+        });
+        if let Some(set) = entry.buckets.as_mut() {
+            set.extend(
+                ask.buckets
+                    .iter()
+                    .filter(|b| view.map.manager(**b) == ask.from),
+            );
+        }
+        entry.status = Status::NeedsScan;
+        self.needs_scan.insert(ask.from);
+        Ok(())
+    }
+
+    /// Begin a POP3 session of this node for `user` (its lock is reported to new
+    /// managers after view changes).
+    pub fn begin_session(&mut self, user: &str) -> SessionId {
+        self.session_seq += 1;
+        let id = SessionId {
+            node: self.me,
+            incarnation: self.incarnation,
+            seq: self.session_seq,
+        };
+        self.sessions.insert(id, user.to_string());
+        id
+    }
+
+    /// End a POP3 session of this node.
+    pub fn end_session(&mut self, id: SessionId) {
+        self.sessions.remove(&id);
+    }
+
+    // ----- outputs --------------------------------------------------------
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When [`SoftState::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let mut at = self.due.first().map(|(t, _)| *t);
+        let mut earliest = |t: Option<Millis>| {
+            if let Some(t) = t {
+                at = Some(at.map_or(t, |a| a.min(t)));
+            }
+        };
+        if self.announces.values().any(|(_, t)| t.is_none()) {
+            earliest(self.announce_at);
+        }
+        earliest(self.ask_at);
+        earliest(self.scan_retry_at);
+        at
+    }
+
+    /// Time passed: send what is due.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        if self.scan_retry_at.is_some_and(|t| t <= now) {
+            self.scan_retry_at = None;
+        }
+        if self.ask_at.is_some_and(|t| t <= now) {
+            self.ask(now);
+        }
+        self.flush(now);
+    }
+
+    fn flush(&mut self, now: Millis) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        while let Some(&(at, m)) = self.due.first() {
+            if at > now {
+                break;
+            }
+            self.due.pop_first();
+            let Some(o) = self.owed.get_mut(&m) else {
+                continue;
+            };
+            if o.status != Status::Ready {
+                continue;
+            }
+            let scope = match &o.buckets {
+                None => Scope::All,
+                Some(bs) => Scope::Buckets(bs.iter().copied().collect()),
+            };
+            let buckets = view.buckets();
+            let locks = self
+                .sessions
+                .iter()
+                .filter(|(_, user)| {
+                    let b = bucket_of(user, buckets);
+                    view.map.manager(b) == m && o.buckets.as_ref().is_none_or(|bs| bs.contains(&b))
+                })
+                .map(|(s, user)| (user.clone(), *s))
+                .collect();
+            let report = Report {
+                epoch: view.epoch,
+                from: self.me,
+                scope,
+                users: o.users.clone(),
+                locks,
+            };
+            if m == self.me {
+                self.owed.remove(&m);
+                // Our own view, our own member id: cannot be refused.
+                let _ = self.handle_report(report);
+                continue;
+            }
+            let token = self.next_id;
+            self.next_id += 1;
+            o.status = Status::InFlight(token);
+            self.inflight.insert(token, Flight::Report(m));
+            self.stats.reports_sent += 1;
+            self.transmits.push_back(Transmit {
+                to: m,
+                token,
+                note: Note::Report(report),
+            });
+        }
+        if self.announce_at.is_some_and(|t| t <= now) {
+            self.announce_at = None;
+            let mut per: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
+            for (user, (b, token)) in &self.announces {
+                if token.is_none() {
+                    per.entry(view.map.manager(*b))
+                        .or_default()
+                        .push(user.clone());
+                }
+            }
+            for (m, users) in per {
+                let note = Announce {
+                    epoch: view.epoch,
+                    from: self.me,
+                    users,
+                };
+                if m == self.me {
+                    for u in &note.users {
+                        self.announces.remove(u);
+                    }
+                    let _ = self.handle_announce(note);
+                    continue;
+                }
+                let token = self.fresh_id();
+                for u in &note.users {
+                    if let Some((_, t)) = self.announces.get_mut(u) {
+                        *t = Some(token);
+                    }
+                }
+                self.inflight.insert(token, Flight::Announce);
+                self.stats.announces_sent += 1;
+                self.transmits.push_back(Transmit {
+                    to: m,
+                    token,
+                    note: Note::Announce(note),
+                });
+            }
+        }
+    }
+
+    fn ask(&mut self, now: Millis) {
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let mut per: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+        for (b, bucket) in &self.buckets {
+            for n in &bucket.waiting {
+                per.entry(*n).or_default().push(*b);
+            }
+        }
+        self.ask_at = (!per.is_empty()).then(|| now.plus_ms(self.config.ask_after_ms));
+        for (n, buckets) in per {
+            let ask = Ask {
+                epoch: view.epoch,
+                from: self.me,
+                buckets,
+            };
+            if n == self.me {
+                let _ = self.handle_ask(ask);
+                continue;
+            }
+            let token = self.fresh_id();
+            self.inflight.insert(token, Flight::Ask);
+            self.stats.asks_sent += 1;
+            self.transmits.push_back(Transmit {
+                to: n,
+                token,
+                note: Note::Ask(ask),
+            });
+        }
+    }
+
+    // ----- manager side ---------------------------------------------------
+
+    fn current(&self, epoch: Epoch) -> Result<Arc<ViewInfo>, Refused> {
+        let view = self.view.as_ref().ok_or(Refused::NoView)?;
+        if view.epoch != epoch {
+            return Err(Refused::OtherEpoch {
+                ours: view.epoch,
+                theirs: epoch,
+            });
+        }
+        Ok(view.clone())
+    }
+
+    fn bucket_of(&self, user: &str) -> Result<(u16, Arc<ViewInfo>), Refused> {
+        let view = self.view.as_ref().ok_or(Refused::NoView)?;
+        Ok((bucket_of(user, view.buckets()), view.clone()))
+    }
+
+    /// A node's report (see [`Report`]).
+    pub fn handle_report(&mut self, report: Report) -> Result<(), Refused> {
+        let view = self.current(report.epoch)?;
+        let from = report.from;
+        if !view.members.contains_key(&from) {
+            return Err(Refused::NotMember(from));
+        }
+        match &report.scope {
+            Scope::All => {
+                for bucket in self.buckets.values_mut() {
+                    bucket.waiting.remove(&from);
+                }
+            }
+            Scope::Buckets(bs) => {
+                for b in bs {
+                    if let Some(bucket) = self.buckets.get_mut(b) {
+                        bucket.waiting.remove(&from);
+                    }
+                }
+            }
+        }
+        let buckets = view.buckets();
+        for user in report.users {
+            if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
+                bucket.users.entry(user).or_default().insert(from);
+            }
+        }
+        for (user, session) in report.locks {
+            if self.closed.contains(&session)
+                || !view.has_process(session.node, session.incarnation)
+            {
+                continue;
+            }
+            if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
+                bucket.locks.insert(user, session);
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's announcement (see [`Announce`]).
+    pub fn handle_announce(&mut self, note: Announce) -> Result<(), Refused> {
+        let view = self.current(note.epoch)?;
+        if !view.members.contains_key(&note.from) {
+            return Err(Refused::NotMember(note.from));
+        }
+        let buckets = view.buckets();
+        for user in note.users {
+            if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
+                bucket.users.entry(user).or_default().insert(note.from);
+            }
+        }
+        Ok(())
+    }
+
+    fn managed(&self, user: &str) -> Result<(u16, Arc<ViewInfo>), Refused> {
+        let (b, view) = self.bucket_of(user)?;
+        if !self.buckets.contains_key(&b) {
+            return Err(Refused::NotManager(b));
+        }
+        Ok((b, view))
+    }
+
+    fn complete(&self, user: &str) -> Result<(u16, Arc<ViewInfo>), Refused> {
+        let (b, view) = self.managed(user)?;
+        if self.buckets.get(&b).is_some_and(|x| !x.waiting.is_empty()) {
+            return Err(Refused::Rebuilding(b));
+        }
+        Ok((b, view))
+    }
+
+    /// Lock `user`'s mailbox for `session`; the user's mail map (sorted) on success.
+    /// Refused while the user's bucket is rebuilding, never a partial map.
+    pub fn open(&mut self, user: &str, session: SessionId) -> Result<Vec<NodeId>, Refused> {
+        let (b, _) = self.complete(user)?;
+        let bucket = self.buckets.get_mut(&b).ok_or(Refused::NotManager(b))?;
+        if bucket
+            .locks
+            .get(user)
+            .is_some_and(|holder| *holder != session)
+        {
+            return Err(Refused::InUse);
+        }
+        bucket.locks.insert(user.to_string(), session);
+        Ok(bucket
+            .users
+            .get(user)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
+    /// Release `session`'s lock on `user` (a no-op if another session holds it).
+    pub fn close(&mut self, user: &str, session: SessionId) {
+        let held = self
+            .bucket_of(user)
+            .ok()
+            .and_then(|(b, _)| self.buckets.get_mut(&b));
+        match held {
+            Some(bucket) if bucket.locks.get(user) == Some(&session) => {
+                bucket.locks.remove(user);
+            }
+            // Closed before the report that names it arrived: remember it.
+            _ => {
+                self.closed.insert(session);
+            }
+        }
+    }
+
+    /// The user's mail map, only from a complete bucket.
+    pub fn mail_map(&self, user: &str) -> Result<Vec<NodeId>, Refused> {
+        let (b, _) = self.complete(user)?;
+        Ok(self
+            .buckets
+            .get(&b)
+            .and_then(|x| x.users.get(user))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default())
+    }
+
+    /// Record that `nodes` (members only) hold or are about to hold fragments of
+    /// `user`, if this node manages the user's bucket.
+    pub fn add(&mut self, user: &str, nodes: &[NodeId]) {
+        let Ok((b, view)) = self.managed(user) else {
+            return;
+        };
+        if let Some(bucket) = self.buckets.get_mut(&b) {
+            let entry = bucket.users.entry(user.to_string()).or_default();
+            entry.extend(
+                nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| view.members.contains_key(n)),
+            );
+        }
+    }
+
+    /// As `user`'s manager, choose where a new message goes and record the targets in
+    /// the mail map before answering. Allowed while the bucket rebuilds (the placement
+    /// joins the partial map; affinity is then only partial).
+    pub fn place(
+        &mut self,
+        user: &str,
+        replicas: usize,
+        spread: usize,
+        load: &dyn Fn(NodeId) -> u32,
+    ) -> Result<Placement, Refused> {
+        let (b, view) = self.managed(user)?;
+        let map: Vec<NodeId> = self
+            .buckets
+            .get(&b)
+            .and_then(|x| x.users.get(user))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        self.tie_break = self.tie_break.wrapping_add(1);
+        let replicas = replicas.clamp(1, view.ids.len().max(1));
+        let choice = choose(
+            &map,
+            &view.ids,
+            load,
+            spread.max(1),
+            replicas,
+            self.tie_break,
+            &mut self.rng,
+        );
+        self.stats.placements += 1;
+        self.stats.candidates_examined += choice.examined as u64;
+        self.add(user, &choice.targets);
+        Ok(Placement {
+            targets: choice.targets,
+            epoch: view.epoch,
+        })
+    }
+
+    /// Every user of a complete bucket with its mail map (for repair passes).
+    pub fn snapshot(&self) -> Vec<(String, Vec<NodeId>)> {
+        self.buckets
+            .values()
+            .filter(|b| b.waiting.is_empty())
+            .flat_map(|b| {
+                b.users
+                    .iter()
+                    .map(|(u, s)| (u.clone(), s.iter().copied().collect()))
+            })
+            .collect()
+    }
+
+    /// Whether a view is installed and every bucket this node manages is complete.
+    pub fn is_complete(&self) -> bool {
+        self.view.is_some() && self.buckets.values().all(|b| b.waiting.is_empty())
+    }
+
+    /// Buckets managed here that are still rebuilding.
+    pub fn buckets_rebuilding(&self) -> usize {
+        self.buckets
+            .values()
+            .filter(|b| !b.waiting.is_empty())
+            .count()
+    }
+
+    /// Whether nothing is owed, in flight or waiting (reconstruction settled here).
+    pub fn is_quiet(&self) -> bool {
+        self.owed.is_empty() && self.announces.is_empty() && self.is_complete()
+    }
+
+    /// Number of users with a mail map here.
+    pub fn users_managed(&self) -> usize {
+        self.buckets.values().map(|b| b.users.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use membership::UserMap;
+
+    const B: u32 = 16;
+
+    fn epoch(n: u64) -> Epoch {
+        Epoch {
+            counter: n,
+            coordinator: 1,
+        }
+    }
+
+    fn view(n: u64, members: &[(NodeId, u64)]) -> Arc<ViewInfo> {
+        let ids: Vec<NodeId> = members.iter().map(|m| m.0).collect();
+        Arc::new(ViewInfo::new(
+            epoch(n),
+            members.iter().copied(),
+            Arc::new(UserMap::new(&ids, B)),
+        ))
+    }
+
+    /// A user name whose bucket the map gives to `manager`, distinct per `k`.
+    fn user_of(v: &ViewInfo, manager: NodeId, k: usize) -> String {
+        (0..)
+            .map(|i| format!("u{i}"))
+            .filter(|u| v.map.manager(bucket_of(u, B)) == manager)
+            .nth(k)
+            .unwrap_or_default()
+    }
+
+    fn drain(s: &mut SoftState) -> Vec<Transmit> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn a_lone_first_view_scans_everything_and_completes_itself() {
+        let v = view(1, &[(1, 10)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        let sess = s.begin_session("a");
+        assert_eq!(s.open("a", sess), Err(Refused::NoView));
+        s.install_view(Millis(0), v);
+        assert_eq!(
+            s.poll_scan(),
+            Some(Scan {
+                id: 1,
+                buckets: None
+            })
+        );
+        assert_eq!(s.poll_scan(), None, "one scan at a time");
+        assert_eq!(
+            s.open("a", sess),
+            Err(Refused::Rebuilding(bucket_of("a", B)))
+        );
+        s.handle_scan(Millis(1), 1, vec![(bucket_of("a", B), "a".into())]);
+        assert_eq!(drain(&mut s), vec![], "reports to itself stay local");
+        assert!(s.is_quiet());
+        assert_eq!(s.open("a", sess), Ok(vec![1]));
+        let other = SessionId { seq: 99, ..sess };
+        assert_eq!(s.open("a", other), Err(Refused::InUse));
+    }
+
+    #[test]
+    fn after_a_death_only_the_new_managers_of_moved_buckets_hear_from_us() {
+        let v1 = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let v2 = view(2, &[(1, 10), (2, 20)]);
+        let t = Transition::between(Some(&v1), &v2);
+        assert_eq!(t.stale, BTreeSet::from([3]));
+        assert!(t.fresh.is_empty());
+        // Every moved bucket was node 3's.
+        for bs in t.gained.values() {
+            assert!(bs.iter().all(|b| v1.map.manager(*b) == 3));
+        }
+        let to2 = t.gained.get(&2).cloned().unwrap_or_default();
+        let to1 = t.gained.get(&1).cloned().unwrap_or_default();
+        assert!(!to2.is_empty() && !to1.is_empty(), "{t:?}");
+        let moved_user = user_of(&v1, 3, 0);
+        let moved_b = bucket_of(&moved_user, B);
+        let kept_user = user_of(&v1, 1, 0);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(
+            v1.clone(),
+            [(kept_user.clone(), vec![1, 3]), ("x".into(), vec![2])],
+        );
+        s.install_view_with(Millis(5), v2.clone(), &t);
+        let scan = s.poll_scan().expect("a scan");
+        let moved: BTreeSet<u16> = t.gained.values().flatten().copied().collect();
+        assert_eq!(scan.buckets.as_ref(), Some(&moved));
+        s.handle_scan(Millis(6), scan.id, vec![(moved_b, moved_user.clone())]);
+        let to_node2 = v2.map.manager(moved_b) == 2;
+        assert_eq!(
+            drain(&mut s),
+            vec![Transmit {
+                to: 2,
+                token: 2,
+                note: Note::Report(Report {
+                    epoch: epoch(2),
+                    from: 1,
+                    scope: Scope::Buckets(to2.clone()),
+                    users: if to_node2 {
+                        vec![moved_user.clone()]
+                    } else {
+                        vec![]
+                    },
+                    locks: vec![],
+                }),
+            }]
+        );
+        // The kept bucket serves at once, node 3 dropped from its map...
+        let sess = s.begin_session(&kept_user);
+        assert_eq!(s.open(&kept_user, sess), Ok(vec![1]));
+        // ...the gained ones wait for node 2.
+        let gained_user = user_of(&v2, 1, 0);
+        let gained_b = bucket_of(&gained_user, B);
+        let gained_here = to1.contains(&gained_b);
+        if gained_here {
+            assert_eq!(
+                s.open(&gained_user, sess),
+                Err(Refused::Rebuilding(gained_b))
+            );
+        }
+        assert_eq!(
+            s.handle_report(Report {
+                epoch: epoch(1),
+                from: 2,
+                scope: Scope::Buckets(to1.clone()),
+                users: vec![],
+                locks: vec![],
+            }),
+            Err(Refused::OtherEpoch {
+                ours: epoch(2),
+                theirs: epoch(1)
+            })
+        );
+        s.handle_report(Report {
+            epoch: epoch(2),
+            from: 2,
+            scope: Scope::Buckets(to1.clone()),
+            users: vec![gained_user.clone()],
+            locks: vec![],
+        })
+        .expect("taken");
+        assert!(s.is_complete());
+        if gained_here {
+            let want = if gained_user == moved_user {
+                vec![1, 2]
+            } else {
+                vec![2]
+            };
+            assert_eq!(s.mail_map(&gained_user), Ok(want));
+        }
+        s.handle_delivered(2);
+        assert!(s.is_quiet());
+    }
+
+    #[test]
+    fn a_restarted_member_reports_everything_and_everyone_reports_to_it() {
+        // Node 2 restarts inside the failure-detector window: same ids, no bucket
+        // changes hands between ids, but its process (and soft state) is new.
+        let v1 = view(1, &[(1, 10), (2, 20)]);
+        let v2 = view(2, &[(1, 10), (2, 21)]);
+        let t = Transition::between(Some(&v1), &v2);
+        assert_eq!(t.fresh, BTreeSet::from([2]));
+        assert_eq!(t.stale, BTreeSet::from([2]));
+        assert_eq!(t.gained.keys().copied().collect::<Vec<_>>(), vec![2]);
+        let mut old = SoftState::new(1, 10, SoftStateConfig::default());
+        let mine = user_of(&v1, 1, 0);
+        old.install_settled(v1.clone(), [(mine.clone(), vec![1, 2])]);
+        // A lock held by the old process of node 2 dies with it.
+        let dead = SessionId {
+            node: 2,
+            incarnation: 20,
+            seq: 1,
+        };
+        assert_eq!(old.open(&mine, dead), Ok(vec![1, 2]));
+        old.install_view(Millis(0), v2.clone());
+        let scan = old.poll_scan().expect("scan");
+        assert_eq!(scan.buckets, None, "a full report to the fresh node");
+        old.handle_scan(Millis(0), scan.id, vec![]);
+        let out = drain(&mut old);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].to, &out[0].note),
+            (
+                2,
+                &Note::Report(Report {
+                    epoch: epoch(2),
+                    from: 1,
+                    scope: Scope::All,
+                    users: vec![],
+                    locks: vec![],
+                })
+            )
+        );
+        // Node 1 waits for node 2's full report before serving its buckets.
+        let s1 = SessionId {
+            node: 1,
+            incarnation: 10,
+            seq: 5,
+        };
+        assert_eq!(
+            old.open(&mine, s1),
+            Err(Refused::Rebuilding(bucket_of(&mine, B)))
+        );
+        let mut new = SoftState::new(2, 21, SoftStateConfig::default());
+        new.install_view(Millis(0), view(0, &[(2, 21)]));
+        let scan = new.poll_scan().expect("scan");
+        new.handle_scan(
+            Millis(0),
+            scan.id,
+            vec![(bucket_of(&mine, B), mine.clone())],
+        );
+        new.install_view(Millis(1), v2.clone());
+        let scan = new.poll_scan().expect("scan");
+        assert_eq!(scan.buckets, None);
+        new.handle_scan(
+            Millis(1),
+            scan.id,
+            vec![(bucket_of(&mine, B), mine.clone())],
+        );
+        let out = drain(&mut new);
+        assert_eq!(out.len(), 1);
+        let Note::Report(r) = out[0].note.clone() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (r.scope.clone(), r.users.clone()),
+            (Scope::All, vec![mine.clone()])
+        );
+        old.handle_report(r).expect("taken");
+        // Node 2 was dropped and re-added; the dead session's lock is gone.
+        assert_eq!(old.open(&mine, s1), Ok(vec![1, 2]));
+    }
+
+    #[test]
+    fn locks_move_with_reports_and_a_closed_session_does_not_come_back() {
+        let v = view(3, &[(1, 10), (2, 20)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_view(Millis(0), v.clone());
+        let scan = s.poll_scan().expect("scan");
+        s.handle_scan(Millis(0), scan.id, vec![]);
+        drain(&mut s);
+        let a = user_of(&v, 1, 0);
+        let b = user_of(&v, 1, 1);
+        let held = SessionId {
+            node: 2,
+            incarnation: 20,
+            seq: 1,
+        };
+        let closed = SessionId { seq: 2, ..held };
+        s.close(&b, closed); // the close overtakes the report that names it
+        s.handle_report(Report {
+            epoch: epoch(3),
+            from: 2,
+            scope: Scope::All,
+            users: vec![],
+            locks: vec![(a.clone(), held), (b.clone(), closed)],
+        })
+        .expect("taken");
+        let mine = SessionId {
+            node: 1,
+            incarnation: 10,
+            seq: 7,
+        };
+        assert_eq!(s.open(&a, mine), Err(Refused::InUse));
+        assert_eq!(s.open(&b, mine), Ok(vec![]));
+        s.close(&a, mine);
+        assert_eq!(
+            s.open(&a, mine),
+            Err(Refused::InUse),
+            "only the holder releases"
+        );
+        s.close(&a, held);
+        assert_eq!(s.open(&a, mine), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_store_placed_in_another_epoch_is_announced_until_taken() {
+        let v = view(2, &[(1, 10), (2, 20)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(v.clone(), []);
+        let u = user_of(&v, 2, 0);
+        s.stored(Millis(10), epoch(2), [(bucket_of(&u, B), u.clone())]);
+        assert_eq!(drain(&mut s), vec![], "same epoch: the report covers it");
+        s.stored(Millis(10), epoch(1), [(bucket_of(&u, B), u.clone())]);
+        let expect = |token| Transmit {
+            to: 2,
+            token,
+            note: Note::Announce(Announce {
+                epoch: epoch(2),
+                from: 1,
+                users: vec![u.clone()],
+            }),
+        };
+        assert_eq!(drain(&mut s), vec![expect(1)]);
+        s.handle_refused(Millis(12), 1);
+        assert_eq!(s.poll_timeout(), Some(Millis(112)));
+        s.handle_timeout(Millis(50));
+        assert_eq!(drain(&mut s), vec![], "spurious timeout does nothing");
+        s.handle_timeout(Millis(112));
+        assert_eq!(drain(&mut s), vec![expect(2)]);
+        s.handle_delivered(2);
+        assert!(s.is_quiet());
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_manager_still_waiting_asks_the_missing_nodes() {
+        let v1 = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let v2 = view(2, &[(1, 10), (2, 20)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(v1, []);
+        s.install_view(Millis(0), v2.clone());
+        let scan = s.poll_scan().expect("scan");
+        s.handle_scan(Millis(0), scan.id, vec![]);
+        drain(&mut s);
+        s.handle_delivered(2);
+        let gained: Vec<u16> = (0..B as u16)
+            .filter(|b| {
+                v2.map.manager(*b) == 1 && s.buckets.get(b).is_some_and(|x| !x.waiting.is_empty())
+            })
+            .collect();
+        assert!(!gained.is_empty());
+        assert_eq!(s.poll_timeout(), Some(Millis(2000)));
+        s.handle_timeout(Millis(2000));
+        assert_eq!(
+            drain(&mut s),
+            vec![Transmit {
+                to: 2,
+                token: 3,
+                note: Note::Ask(Ask {
+                    epoch: epoch(2),
+                    from: 1,
+                    buckets: gained
+                }),
+            }]
+        );
+    }
+
+    #[test]
+    fn placement_records_targets_and_uses_its_own_tie_counter() {
+        let v = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(v.clone(), []);
+        let u = user_of(&v, 1, 0);
+        let load = |n: NodeId| [0, 5, 1, 9][n as usize];
+        let p = s.place(&u, 2, 2, &load).expect("placed");
+        assert_eq!(
+            p,
+            Placement {
+                targets: vec![2, 1],
+                epoch: epoch(1)
+            }
+        );
+        assert_eq!(s.mail_map(&u), Ok(vec![1, 2]));
+        let other = user_of(&v, 2, 0);
+        assert_eq!(
+            s.place(&other, 2, 2, &load),
+            Err(Refused::NotManager(bucket_of(&other, B)))
+        );
+        assert_eq!(s.stats().placements, 1);
+    }
+}

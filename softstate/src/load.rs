@@ -1,0 +1,100 @@
+//! One load table for the whole node: figures learned from RPC replies and from
+//! membership gossip, each with the time it was observed; the newest figure wins.
+//!
+//! Before, the node overwrote every reply's fresh figure with the (older) gossiped one
+//! on every membership input. Here a figure only replaces one observed earlier.
+
+use std::collections::BTreeMap;
+
+use membership::{Millis, NodeId};
+
+/// One node's load as last observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figure {
+    /// Requests in service plus queued disk writes, as the node reported it.
+    pub load: u32,
+    /// When the figure was observed, on the driver's monotonic clock.
+    pub at: Millis,
+}
+
+/// Load figures by node, newest observation wins.
+#[derive(Debug, Default, Clone)]
+pub struct LoadTable {
+    figures: BTreeMap<NodeId, Figure>,
+}
+
+impl LoadTable {
+    /// An empty table (every node counts as idle until heard of).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record `load` for `node`, observed at `at`. Keeps the figure unless one was
+    /// observed later already (a figure observed at the same time replaces it: it
+    /// arrived later). Returns whether the figure was taken.
+    pub fn observe(&mut self, node: NodeId, load: u32, at: Millis) -> bool {
+        match self.figures.get(&node) {
+            Some(have) if have.at > at => false,
+            _ => {
+                self.figures.insert(node, Figure { load, at });
+                true
+            }
+        }
+    }
+
+    /// The newest figure of `node`, 0 when never heard of.
+    pub fn load_of(&self, node: NodeId) -> u32 {
+        self.figures.get(&node).map_or(0, |f| f.load)
+    }
+
+    /// The newest figure of `node` with its time, if any.
+    pub fn figure(&self, node: NodeId) -> Option<Figure> {
+        self.figures.get(&node).copied()
+    }
+
+    /// Forget the figures of nodes `keep` rejects (nodes that left the view).
+    pub fn retain(&mut self, keep: impl Fn(NodeId) -> bool) {
+        self.figures.retain(|id, _| keep(*id));
+    }
+
+    /// Number of nodes with a figure.
+    pub fn len(&self) -> usize {
+        self.figures.len()
+    }
+
+    /// Whether no figure is known.
+    pub fn is_empty(&self) -> bool {
+        self.figures.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_figure_wins_whatever_the_arrival_order() {
+        let mut t = LoadTable::new();
+        assert_eq!(t.load_of(1), 0);
+        // A reply at 100 ms says 7.
+        assert!(t.observe(1, 7, Millis(100)));
+        // Gossip heard at 40 ms (republished after the reply) must not overwrite it.
+        assert!(!t.observe(1, 3, Millis(40)));
+        assert_eq!(t.load_of(1), 7);
+        // Newer gossip does.
+        assert!(t.observe(1, 2, Millis(150)));
+        assert_eq!(
+            t.figure(1),
+            Some(Figure {
+                load: 2,
+                at: Millis(150)
+            })
+        );
+        // Same time: the later input replaces.
+        assert!(t.observe(1, 9, Millis(150)));
+        assert_eq!(t.load_of(1), 9);
+        t.observe(2, 1, Millis(1));
+        t.retain(|id| id != 1);
+        assert_eq!((t.len(), t.load_of(1), t.load_of(2)), (1, 0, 1));
+    }
+}

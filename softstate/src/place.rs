@@ -1,0 +1,169 @@
+//! Placement: which nodes store a new message of a user. Cost per call independent of
+//! the cluster size: the user's mail map plus a few sampled live nodes (the power of
+//! d choices), never a sort or a set of every live node.
+
+use membership::NodeId;
+
+/// Up to this many live nodes, placement runs `membership::pick_targets` over all of
+/// them (exact least-loaded choice; constant cost at this size).
+pub const SMALL_CLUSTER_MAX: usize = 32;
+
+/// Live nodes drawn per top-up slot on larger clusters; the least loaded wins.
+pub const SAMPLES_PER_SLOT: usize = 2;
+
+/// A seeded pseudo-random generator (splitmix64): deterministic given its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        mix(self.0)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        // Lemire's multiply-shift; the bias is negligible at our sizes.
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// What one placement looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The chosen nodes, least loaded first, distinct.
+    pub targets: Vec<NodeId>,
+    /// Candidates whose load was looked at (mail-map nodes plus samples).
+    pub examined: usize,
+}
+
+/// Choose `replicas` distinct nodes of `live` (ascending ids) for a new fragment of a
+/// user whose live mail-map nodes are `mail_map`.
+///
+/// The policy of `membership::pick_targets`: prefer the mail map (affinity), top up
+/// with lightly loaded nodes while below `spread`, add distinct nodes while below
+/// `replicas`, return the `replicas` least loaded (ties by a hash of the node and
+/// `tie_break`). Up to [`SMALL_CLUSTER_MAX`] live nodes it *is* `pick_targets`;
+/// beyond, each top-up slot takes the least loaded of [`SAMPLES_PER_SLOT`] random
+/// live nodes outside the candidates, so the cost does not grow with `live`.
+pub fn choose(
+    mail_map: &[NodeId],
+    live: &[NodeId],
+    load: &dyn Fn(NodeId) -> u32,
+    spread: usize,
+    replicas: usize,
+    tie_break: u64,
+    rng: &mut Rng,
+) -> Choice {
+    let replicas = replicas.min(live.len());
+    if live.len() <= SMALL_CLUSTER_MAX {
+        let targets = membership::pick_targets(mail_map, live, load, spread, replicas, tie_break);
+        return Choice {
+            targets,
+            examined: live.len(),
+        };
+    }
+    let is_live = |n: &NodeId| live.binary_search(n).is_ok();
+    let mut candidates: Vec<NodeId> = mail_map.iter().copied().filter(is_live).collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut examined = candidates.len();
+    let key = |n: NodeId| (load(n), mix(n ^ mix(tie_break)), n);
+    let wanted = spread.max(replicas);
+    while candidates.len() < wanted {
+        let mut best: Option<NodeId> = None;
+        for _ in 0..SAMPLES_PER_SLOT {
+            // A few draws find a node outside the candidates (they are at most
+            // `wanted` of more than SMALL_CLUSTER_MAX).
+            for _ in 0..8 {
+                let n = live[rng.below(live.len())];
+                examined += 1;
+                if candidates.contains(&n) || best == Some(n) {
+                    continue;
+                }
+                if best.is_none_or(|b| key(n) < key(b)) {
+                    best = Some(n);
+                }
+                break;
+            }
+        }
+        match best {
+            Some(n) => candidates.push(n),
+            None => break,
+        }
+    }
+    candidates.sort_by_key(|n| key(*n));
+    candidates.truncate(replicas);
+    Choice {
+        targets: candidates,
+        examined,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn small_clusters_follow_pick_targets_exactly() {
+        let live: Vec<NodeId> = (1..=5).collect();
+        let load = |n: NodeId| [0, 50, 60, 5, 1, 9][n as usize];
+        let mut rng = Rng::new(1);
+        for tie in 0..20 {
+            let c = choose(&[1], &live, &load, 2, 2, tie, &mut rng);
+            assert_eq!(
+                c.targets,
+                membership::pick_targets(&[1], &live, &load, 2, 2, tie)
+            );
+        }
+        assert_eq!(
+            choose(&[1], &live, &load, 2, 2, 0, &mut rng).targets,
+            vec![4, 1]
+        );
+    }
+
+    #[test]
+    fn large_clusters_keep_affinity_distinctness_and_examine_a_constant_number() {
+        let live: Vec<NodeId> = (0..10_000).collect();
+        let load = |n: NodeId| (n % 97) as u32;
+        let mut rng = Rng::new(7);
+        // Enough mail-map nodes: only they are chosen, least loaded first.
+        let c = choose(&[500, 98, 7000], &live, &load, 2, 2, 3, &mut rng);
+        assert_eq!(c.targets, vec![98, 500]);
+        assert_eq!(c.examined, 3);
+        // Top-ups: distinct, live, and a handful examined whatever N.
+        for tie in 0..200 {
+            let c = choose(&[42], &live, &load, 3, 3, tie, &mut rng);
+            let set: BTreeSet<NodeId> = c.targets.iter().copied().collect();
+            assert_eq!((c.targets.len(), set.len()), (3, 3));
+            assert!(c.examined <= 1 + 2 * SAMPLES_PER_SLOT * 8);
+            assert!(c.targets.windows(2).all(|w| load(w[0]) <= load(w[1])));
+        }
+    }
+
+    #[test]
+    fn sampling_prefers_lightly_loaded_nodes() {
+        let live: Vec<NodeId> = (0..1000).collect();
+        let load = |n: NodeId| n as u32; // node id = load
+        let mut rng = Rng::new(11);
+        let picks: Vec<u64> = (0..2000)
+            .map(|t| choose(&[], &live, &load, 1, 1, t, &mut rng).targets[0])
+            .collect();
+        let mean = picks.iter().sum::<u64>() as f64 / picks.len() as f64;
+        // Uniform would average ~500; best of two averages ~333.
+        assert!(mean < 400.0, "mean load of picks {mean}");
+    }
+}

@@ -1,0 +1,225 @@
+//! An in-process cluster of [`SoftState`] machines on an instant (or shuffled,
+//! lossy) network, with an in-memory fragment model and the ground-truth checker.
+//! The soft-state tests and `corebench` drive it; the cluster simulator can too.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use membership::{Millis, NodeId, bucket_of};
+
+use crate::core::{SoftState, SoftStateConfig};
+use crate::message::{Note, Transmit};
+use crate::place::Rng;
+use crate::view::{Transition, ViewInfo};
+
+/// Faults of the network: shuffled delivery and refused messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Out of 1000 deliveries, how many are refused (the sender retries).
+    pub refuse_per_mille: u32,
+    /// Deliver in a random order instead of FIFO.
+    pub shuffle: bool,
+}
+
+/// The seeded in-process cluster.
+pub struct Sim {
+    /// The machines by node id (live or not).
+    pub nodes: BTreeMap<NodeId, SoftState>,
+    /// What each node holds on "disk": (bucket, user) with live mail or tombstones.
+    pub fragments: BTreeMap<NodeId, BTreeSet<(u16, String)>>,
+    /// The view the live nodes installed last.
+    pub view: Option<Arc<ViewInfo>>,
+    /// Virtual time.
+    pub now: Millis,
+    /// Network faults.
+    pub faults: Faults,
+    config: SoftStateConfig,
+    rng: Rng,
+    queue: VecDeque<(NodeId, Transmit)>,
+}
+
+impl Sim {
+    /// An empty cluster; `seed` drives faults and the machines' samplers.
+    pub fn new(seed: u64, config: SoftStateConfig) -> Self {
+        Sim {
+            nodes: BTreeMap::new(),
+            fragments: BTreeMap::new(),
+            view: None,
+            now: Millis(0),
+            faults: Faults::default(),
+            config: SoftStateConfig { seed, ..config },
+            rng: Rng::new(seed),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Start (or restart, with a new incarnation and empty soft state) process
+    /// `id`; its fragments stay.
+    pub fn start(&mut self, id: NodeId, incarnation: u64) {
+        self.nodes
+            .insert(id, SoftState::new(id, incarnation, self.config.clone()));
+        self.fragments.entry(id).or_default();
+    }
+
+    /// Install `view` on the given members (default: all of them), sharing one
+    /// transition among machines that come from the same epoch.
+    pub fn install(&mut self, view: Arc<ViewInfo>, on: Option<&[NodeId]>) {
+        let mut transitions: BTreeMap<Option<membership::Epoch>, Transition> = BTreeMap::new();
+        let targets: Vec<NodeId> = match on {
+            Some(ids) => ids.to_vec(),
+            None => view.ids.clone(),
+        };
+        for id in targets {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let from = node.epoch();
+            let t = transitions
+                .entry(from)
+                .or_insert_with(|| Transition::between(node.view().map(|v| &**v), &view));
+            node.install_view_with(self.now, view.clone(), t);
+        }
+        self.view = Some(view);
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        self.view
+            .as_ref()
+            .map(|v| v.ids.clone())
+            .unwrap_or_default()
+    }
+
+    fn drain(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        while let Some(scan) = node.poll_scan() {
+            let users = self.fragments.get(&id).map_or_else(Vec::new, |f| {
+                f.iter().filter(|(b, _)| scan.wants(*b)).cloned().collect()
+            });
+            node.handle_scan(self.now, scan.id, users);
+        }
+        while let Some(t) = node.poll_transmit() {
+            self.queue.push_back((id, t));
+        }
+    }
+
+    /// Run until nothing is in flight and no timer is due within `horizon_ms`; calls
+    /// `observe` with every message sent. Returns the messages delivered.
+    pub fn run(&mut self, horizon_ms: u64, mut observe: impl FnMut(&Transmit)) -> u64 {
+        let end = self.now.plus_ms(horizon_ms);
+        let mut delivered = 0;
+        loop {
+            for id in self.members() {
+                self.drain(id);
+            }
+            if self.queue.is_empty() {
+                let next = self
+                    .members()
+                    .iter()
+                    .filter_map(|id| self.nodes.get(id).and_then(|n| n.poll_timeout()))
+                    .min();
+                match next {
+                    Some(t) if t <= end => {
+                        self.now = self.now.max(t);
+                        for id in self.members() {
+                            if let Some(n) = self.nodes.get_mut(&id)
+                                && n.poll_timeout().is_some_and(|d| d <= self.now)
+                            {
+                                n.handle_timeout(self.now);
+                            }
+                        }
+                        continue;
+                    }
+                    _ => return delivered,
+                }
+            }
+            while !self.queue.is_empty() {
+                let pick = if self.faults.shuffle {
+                    self.rng.below(self.queue.len())
+                } else {
+                    0
+                };
+                let Some((from, t)) = self.queue.remove(pick) else {
+                    break;
+                };
+                observe(&t);
+                delivered += 1;
+                let refused = self.faults.refuse_per_mille > 0
+                    && (self.rng.below(1000) as u32) < self.faults.refuse_per_mille;
+                let live = self
+                    .view
+                    .as_ref()
+                    .is_some_and(|v| v.members.contains_key(&t.to));
+                let taken = !refused
+                    && live
+                    && self
+                        .nodes
+                        .get_mut(&t.to)
+                        .is_some_and(|n| match t.note.clone() {
+                            Note::Report(r) => n.handle_report(r).is_ok(),
+                            Note::Announce(a) => n.handle_announce(a).is_ok(),
+                            Note::Ask(a) => n.handle_ask(a).is_ok(),
+                        });
+                if let Some(sender) = self.nodes.get_mut(&from) {
+                    if taken {
+                        sender.handle_delivered(t.token);
+                    } else {
+                        sender.handle_refused(self.now, t.token);
+                    }
+                }
+                if self.faults.shuffle {
+                    // Let other nodes act between deliveries.
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Check every live manager's mail maps against the fragments of the live nodes:
+    /// each user's map at its manager equals the set of live holders, and every
+    /// manager is complete. Returns the first difference.
+    pub fn check(&self) -> Result<(), String> {
+        let view = self.view.as_ref().ok_or("no view")?;
+        let mut truth: BTreeMap<&str, BTreeSet<NodeId>> = BTreeMap::new();
+        for id in &view.ids {
+            for (_, user) in self.fragments.get(id).into_iter().flatten() {
+                truth.entry(user).or_default().insert(*id);
+            }
+        }
+        for id in &view.ids {
+            let node = self.nodes.get(id).ok_or(format!("node {id} missing"))?;
+            if node.epoch() != Some(view.epoch) {
+                return Err(format!("node {id} at {:?}", node.epoch()));
+            }
+            if !node.is_complete() {
+                return Err(format!(
+                    "node {id}: {} buckets rebuilding",
+                    node.buckets_rebuilding()
+                ));
+            }
+            for (user, map) in node.snapshot() {
+                let want: Vec<NodeId> = truth
+                    .get(user.as_str())
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                if map != want {
+                    return Err(format!("node {id}, {user}: map {map:?}, holders {want:?}"));
+                }
+            }
+        }
+        for (user, holders) in &truth {
+            let manager = view.map.manager(bucket_of(user, view.buckets()));
+            let node = self.nodes.get(&manager).ok_or("manager missing")?;
+            let map = node
+                .mail_map(user)
+                .map_err(|e| format!("{user} at {manager}: {e}"))?;
+            if map != holders.iter().copied().collect::<Vec<_>>() {
+                return Err(format!(
+                    "{user} at {manager}: map {map:?}, holders {holders:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
