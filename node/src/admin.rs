@@ -231,7 +231,7 @@ async fn mailbox(node: &Arc<Node>, address: &str) -> HttpResponse {
             );
         }
     };
-    let h = crate::repair::gather(node, &user, bucket, &map).await;
+    let h = crate::gather::gather(node, &user, bucket, &map).await;
     let messages: Vec<Value> = h
         .visible()
         .map(|(id, held)| {

@@ -13,6 +13,7 @@ use membership::{
 };
 use softstate::LoadTable;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::rpc::{Request, RpcClient};
 
@@ -68,7 +69,7 @@ pub struct Cluster {
     known: RwLock<Vec<NodeInfo>>,
     seeds: Vec<String>,
     forgotten: RwLock<std::collections::BTreeSet<String>>,
-    input: mpsc::UnboundedSender<DriverInput>,
+    input: mpsc::Sender<DriverInput>,
 }
 
 impl Cluster {
@@ -78,7 +79,7 @@ impl Cluster {
         buckets: u32,
         seeds: Vec<String>,
         forgotten: impl IntoIterator<Item = String>,
-    ) -> (Arc<Cluster>, mpsc::UnboundedReceiver<DriverInput>) {
+    ) -> (Arc<Cluster>, mpsc::Receiver<DriverInput>) {
         let view = View {
             epoch: membership::Epoch {
                 counter: 0,
@@ -88,7 +89,7 @@ impl Cluster {
         };
         let state = Arc::new(ViewState::new(view, buckets, None));
         let (views, _) = watch::channel(state.clone());
-        let (input, rx) = mpsc::unbounded_channel();
+        let (input, rx) = mpsc::channel(DRIVER_INBOX_MAX);
         let cluster = Cluster {
             me: me.clone(),
             buckets,
@@ -134,7 +135,10 @@ impl Cluster {
 
     /// Hand an incoming membership message to the driver.
     pub fn deliver_membership(&self, msg: membership::Message) {
-        let _ = self.input.send(DriverInput::Message(msg));
+        // The protocol tolerates lost messages; a full inbox drops rather than grows.
+        if self.input.try_send(DriverInput::Message(msg)).is_err() {
+            tracing::warn!("membership inbox full or closed: message dropped");
+        }
     }
 
     /// Ask the driver to forget a node for good; returns its RPC address if known.
@@ -143,7 +147,9 @@ impl Cluster {
         if let (Some(a), Ok(mut f)) = (&addr, self.forgotten.write()) {
             f.insert(a.clone());
         }
-        let _ = self.input.send(DriverInput::Forget(id));
+        if self.input.try_send(DriverInput::Forget(id)).is_err() {
+            tracing::warn!(id, "membership inbox full or closed: forget not delivered");
+        }
         addr
     }
 
@@ -213,10 +219,14 @@ impl Cluster {
     }
 }
 
+/// Most inputs queued for the membership driver (a coordinator of a 10,000-node view
+/// receives one Accept per member in a round).
+pub const DRIVER_INBOX_MAX: usize = 65_536;
+
 /// Run the membership core until `shutdown`; `load` reads this node's load figure.
 pub async fn drive(
     cluster: Arc<Cluster>,
-    mut inbox: mpsc::UnboundedReceiver<DriverInput>,
+    mut inbox: mpsc::Receiver<DriverInput>,
     seeds: Vec<String>,
     config: MembershipConfig,
     rpc: RpcClient,
@@ -226,7 +236,9 @@ pub async fn drive(
     let start = cluster.start;
     let now = || Millis(start.elapsed().as_millis() as u64);
     let mut core = Membership::new(cluster.me.clone(), seeds, config, now());
-    let (fail_tx, mut fail_rx) = mpsc::unbounded_channel::<Dest>();
+    let (fail_tx, mut fail_rx) = mpsc::channel::<Dest>(DRIVER_INBOX_MAX);
+    // Every send in flight, so shutdown ends them with the driver.
+    let mut sends = JoinSet::new();
     // The known-node list is O(N) to copy: only when it may have changed.
     let mut known_version = None;
     let mut publish = |core: &mut Membership, cluster: &Cluster| {
@@ -270,14 +282,14 @@ pub async fn drive(
             };
             let rpc = rpc.clone();
             let fail_tx = fail_tx.clone();
-            tokio::spawn(async move {
+            sends.spawn(async move {
                 let req = Request::Membership(msg);
                 if let Err(e) = rpc
                     .call_with_timeout(&addr, &req, Duration::from_millis(1000))
                     .await
                 {
                     tracing::debug!(%addr, error = %e, "membership send failed");
-                    let _ = fail_tx.send(dest);
+                    let _ = fail_tx.try_send(dest);
                 }
             });
         }
@@ -295,6 +307,7 @@ pub async fn drive(
                 None => return,
             },
             Some(dest) = fail_rx.recv() => core.handle_unreachable(now(), &dest),
+            Some(_) = sends.join_next(), if !sends.is_empty() => {},
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),
         }
     }

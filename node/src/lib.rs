@@ -9,7 +9,9 @@
 //! - [`manager`]: the Mutex around the sans-IO `softstate::SoftState` machine.
 //! - [`soft`]: the soft-state driver task (views, scans, sends, timer).
 //! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
-//! - [`repair`]: anti-entropy (tombstone spreading, re-replication).
+//! - [`gather`]: one user's mailbox read from every fragment node and merged.
+//! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
+//! - [`stats`]: the repair counters status and metrics read.
 //! - [`rpc`]: inter-node RPC over HTTP/2.
 //! - [`admin`]: the admin HTTP API; [`cli`]: its client; [`listen`]: accept loops.
 //! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod dispatch;
+pub mod gather;
 pub mod listen;
 pub mod manager;
 pub mod repair;
@@ -29,4 +32,5 @@ pub mod rpc;
 pub mod serve;
 pub mod service;
 pub mod soft;
+pub mod stats;
 pub mod up;

@@ -11,14 +11,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use membership::NodeId;
-use softstate::listing::FragmentListing;
 use softstate::repair::RepairRules;
 use storage::{MessageId, MessageKey};
 
+use crate::gather::gather;
 use crate::rpc::{Request, Response};
 use crate::service::Node;
 
@@ -33,26 +33,6 @@ fn now_micros() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-/// Figures of the last repair pass, for status and metrics.
-#[derive(Default)]
-pub struct RepairStats {
-    /// Copies short of R seen in the last complete pass (before it repaired them).
-    pub under_replicated: AtomicU64,
-    /// Copies still short of R after the last pass (waiting for a down node or failed).
-    pub pending: AtomicU64,
-    /// Copies made by repair since start.
-    pub copies_made_total: AtomicU64,
-    /// Tombstones spread by repair since start.
-    pub tombstones_spread_total: AtomicU64,
-    /// Tombstones collected since start.
-    pub tombstones_collected_total: AtomicU64,
-    /// Passes completed since start (a pass skipped because the soft state was not
-    /// complete for the current view does not count).
-    pub passes_total: AtomicU64,
-    /// Duration of the last pass, in milliseconds.
-    pub last_pass_ms: AtomicU64,
 }
 
 /// What one pass did.
@@ -70,37 +50,6 @@ pub struct PassReport {
     pub pending: u64,
     /// Of `pending`, messages left alone for being younger than [`COPY_MIN_AGE`].
     pub young: u64,
-}
-
-/// What the fragment nodes of one user hold (the merge is `softstate`'s).
-pub type Holdings = softstate::listing::Holdings<MessageId>;
-
-/// List one user's fragment on every node of `map` and merge the answers.
-pub async fn gather(node: &Arc<Node>, user: &str, bucket: u16, map: &[NodeId]) -> Holdings {
-    let listings = futures::future::join_all(map.iter().map(|&holder| {
-        let req = Request::List {
-            bucket,
-            user: user.to_string(),
-        };
-        async move { (holder, node.call(holder, req).await) }
-    }))
-    .await;
-    Holdings::merge(listings.into_iter().map(|(holder, r)| match r {
-        Ok(Response::Listing {
-            messages,
-            tombstones,
-        }) => (
-            holder,
-            Some(FragmentListing {
-                messages,
-                tombstones,
-            }),
-        ),
-        other => {
-            tracing::warn!(holder, %user, ?other, "listing a fragment failed");
-            (holder, None)
-        }
-    }))
 }
 
 /// Run one pass over the users this node manages; `None` when the soft state is not
@@ -170,6 +119,22 @@ pub async fn pass(node: &Arc<Node>) -> Option<PassReport> {
     Some(report)
 }
 
+/// Why a repair copy could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// No node holding a live copy answered a read of it.
+    #[error("no holder of the message could be read")]
+    NoReadableHolder,
+    /// A target did not store the copy.
+    #[error("storing a copy on node {node}: {reply}")]
+    Store {
+        /// The target node.
+        node: NodeId,
+        /// What it (or the RPC layer) answered.
+        reply: String,
+    },
+}
+
 /// Copy one message from a holder to `count` new nodes.
 async fn copy(
     node: &Arc<Node>,
@@ -177,7 +142,7 @@ async fn copy(
     holders: &[NodeId],
     count: usize,
     live: &[NodeId],
-) -> Result<u64, String> {
+) -> Result<u64, CopyError> {
     let mut data = None;
     for &h in holders {
         if let Ok(Response::Message(Some(bytes))) =
@@ -187,7 +152,7 @@ async fn copy(
             break;
         }
     }
-    let data = data.ok_or("no holder could be read")?;
+    let data = data.ok_or(CopyError::NoReadableHolder)?;
     let candidates: Vec<NodeId> = live
         .iter()
         .copied()
@@ -215,7 +180,12 @@ async fn copy(
                 node.manager.add(&key.user, &[t]);
                 made += 1;
             }
-            other => return Err(format!("storing a copy on node {t}: {other:?}")),
+            other => {
+                return Err(CopyError::Store {
+                    node: t,
+                    reply: format!("{other:?}"),
+                });
+            }
         }
     }
     Ok(made)

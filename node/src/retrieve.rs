@@ -114,7 +114,7 @@ impl pop::Mailbox for RetrievalProxy {
             holders: Vec::new(),
             released: false,
         };
-        let h = crate::repair::gather(&node, user, bucket, &map).await;
+        let h = crate::gather::gather(&node, user, bucket, &map).await;
         // Any fragment node that does not answer may hold the only copy of a message
         // (written while fewer than R nodes were live) or the only tombstone of one:
         // answer "try again" rather than show a mailbox that may be partial.

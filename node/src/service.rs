@@ -49,7 +49,7 @@ pub struct Node {
     /// Client for calls to other nodes.
     pub rpc: RpcClient,
     /// Anti-entropy figures.
-    pub repair: crate::repair::RepairStats,
+    pub repair: crate::stats::RepairStats,
     /// Wakes the repair task early (after `node remove`).
     pub repair_kick: tokio::sync::Notify,
     /// Wakes the soft-state driver: the machine may have output after an RPC input.
