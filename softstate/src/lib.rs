@@ -31,5 +31,5 @@ pub mod view;
 
 pub use core::{Placement, Refused, Scan, SoftState, SoftStateConfig, Stats};
 pub use load::{Figure, LoadTable};
-pub use message::{Announce, Ask, Note, Report, Scope, SessionId, Transmit};
+pub use message::{Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit};
 pub use view::{Transition, ViewInfo};
