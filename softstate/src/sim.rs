@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use membership::{Millis, NodeId, bucket_of};
 
-use crate::core::{SoftState, SoftStateConfig};
+use crate::machine::{SoftState, SoftStateConfig};
 use crate::message::{Note, Transmit};
 use crate::place::Rng;
 use crate::view::{Transition, ViewInfo};

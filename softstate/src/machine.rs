@@ -20,18 +20,23 @@
 //!
 //! ## Reconstruction, proportional to what changed
 //!
-//! At a view change every node owes a [`Report`] to the new manager of every bucket
-//! whose manager process changed — one message per (node, new manager) carrying its
-//! users of all those buckets and "done" for them ([`Scope::Buckets`]) — and a
-//! joined or restarted node owes every manager a full report ([`Scope::All`]), as
-//! every node owes one to a manager that joined or restarted. A manager keeps the maps
-//! of the buckets it kept, drops departed and restarted processes from them (and
-//! their locks), waits on every member for the buckets it gained and on every fresh
-//! member for all its buckets. A bucket serves `Open` once nobody it waits on is
-//! left, whatever the other buckets do. Reports owed to a manager that keeps the
-//! buckets carry over into the next view; a manager still waiting after
-//! [`SoftStateConfig::ask_after_ms`] asks the missing nodes ([`Ask`]), which covers a
-//! node that missed the view in which a bucket changed hands.
+//! A [`Transition`] sorts every bucket whose manager changed. Moved between two live
+//! processes: the old manager sends the new one a [`Handoff`] (one per pair of
+//! managers) with the complete maps, the locks and whom it still waited for; nobody
+//! else reports. Old manager gone (left, restarted): every node sends the new manager
+//! one [`Report`] per view change carrying its users of all such buckets and "done"
+//! for them ([`Scope::Buckets`]). A joined or restarted node owes every manager a full
+//! report ([`Scope::All`]), as every node owes one to a manager that joined or
+//! restarted. A manager keeps the maps of the buckets it kept, drops departed and
+//! restarted processes from them (and their locks), and waits per bucket: on every
+//! member for buckets whose old manager is gone, on the old manager for handed-over
+//! ones, on every fresh member for all. A bucket serves `Open` once nobody it waits on
+//! is left, whatever the other buckets do. Reports and handovers not yet taken carry
+//! into the next view, re-targeted to the bucket's manager there; a manager still
+//! waiting after [`SoftStateConfig::ask_after_ms`] asks the missing nodes ([`Ask`]),
+//! which covers a node that missed the view in which a bucket changed hands; a
+//! handover that cannot come (its sender died, or never had the bucket) makes every
+//! node report the bucket.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -1647,5 +1652,70 @@ mod tests {
             Err(Refused::NotManager(bucket_of(&other, B)))
         );
         assert_eq!(s.stats().placements, 1);
+    }
+
+    #[test]
+    fn a_bucket_moving_between_live_managers_is_handed_over_not_reported() {
+        // Find a removal whose Maglev movement moves a bucket between two survivors.
+        let (v1, v2, t) = (3..12u64)
+            .find_map(|n| {
+                let all: Vec<(NodeId, u64)> = (1..=n).map(|i| (i, i * 10)).collect();
+                let v1 = view(1, &all);
+                let v2 = view(2, &all[1..]);
+                let t = Transition::between(Some(&v1), &v2);
+                (!t.outgoing.is_empty()).then_some((v1, v2, t))
+            })
+            .expect("some removal moves a bucket between survivors");
+        let (&old, to) = t.outgoing.iter().next().expect("a mover");
+        let (&new, buckets) = to.iter().next().expect("a receiver");
+        let b = buckets[0];
+        let user = (0..)
+            .map(|i| format!("u{i}"))
+            .find(|u| bucket_of(u, B) == b)
+            .unwrap_or_default();
+        let inc = |id: NodeId| id * 10;
+        let lock = SessionId {
+            node: new,
+            incarnation: inc(new),
+            seq: 3,
+        };
+        let mut o = SoftState::new(old, inc(old), SoftStateConfig::default());
+        o.install_settled(v1.clone(), [(user.clone(), vec![old, 1, new])]);
+        assert_eq!(o.open(&user, lock), Ok(vec![1, old, new]));
+        o.install_view_with(Millis(0), v2.clone(), &t);
+        if let Some(scan) = o.poll_scan() {
+            o.handle_scan(Millis(0), scan.id, vec![]);
+        }
+        let handoffs: Vec<Transmit> = drain(&mut o)
+            .into_iter()
+            .filter(|x| matches!(x.note, Note::Handoff(_)) && x.to == new)
+            .collect();
+        assert_eq!(handoffs.len(), 1, "one handover per pair of managers");
+        let Note::Handoff(h) = handoffs[0].note.clone() else {
+            unreachable!()
+        };
+        let moved: Vec<u16> = h.buckets.iter().map(|x| x.bucket).collect();
+        assert_eq!(&moved, buckets);
+        let hb = h.buckets.iter().find(|x| x.bucket == b).cloned();
+        assert_eq!(
+            hb,
+            Some(HandedBucket {
+                bucket: b,
+                // Node 1 left the view: dropped from the map.
+                users: vec![(user.clone(), vec![old, new])],
+                locks: vec![(user.clone(), lock)],
+                waiting: vec![],
+                handoff_from: vec![],
+            })
+        );
+        // The receiver waits for that handover only, and then serves the bucket.
+        let mut m = SoftState::new(new, inc(new), SoftStateConfig::default());
+        m.install_settled(v1.clone(), []);
+        m.install_view_with(Millis(0), v2.clone(), &t);
+        assert_eq!(m.open(&user, lock), Err(Refused::Rebuilding(b)));
+        m.handle_handoff(Millis(1), h).expect("taken");
+        assert_eq!(m.open(&user, lock), Ok(vec![old, new]));
+        let other = SessionId { seq: 4, ..lock };
+        assert_eq!(m.open(&user, other), Err(Refused::InUse), "the lock moved");
     }
 }
