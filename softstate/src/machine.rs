@@ -820,6 +820,8 @@ impl SoftState {
 
     /// When [`SoftState::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        // Without a view nothing can be sent; the first install schedules what is due.
+        self.view.as_ref()?;
         let mut at = self.due.first().map(|(t, _)| *t);
         if let Some((t, _)) = self.handoff_due.first() {
             at = Some(at.map_or(*t, |a| a.min(*t)));

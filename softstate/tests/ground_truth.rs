@@ -34,6 +34,33 @@ fn trace(sim: &Sim) {
     }
 }
 
+fn deliver(sim: &mut Sim, rng: &mut Rng) {
+    let Some(view) = sim.view.clone() else {
+        return;
+    };
+    let user = format!("user{}", rng.below(40));
+    let b = bucket_of(&user, B);
+    let manager = view.map.manager(b);
+    let load = |_: NodeId| 0;
+    let placed = sim
+        .nodes
+        .get_mut(&manager)
+        .and_then(|m| m.place(&user, 1, 2, &load).ok());
+    let Some(p) = placed else {
+        return; // NotManager / no view: the sender would retry
+    };
+    for h in p.targets {
+        sim.fragments
+            .entry(h)
+            .or_default()
+            .insert((b, user.clone()));
+        let now = sim.now;
+        if let Some(node) = sim.nodes.get_mut(&h) {
+            node.stored(now, p.epoch, [(b, user.clone())]);
+        }
+    }
+}
+
 fn run_seed(seed: u64) -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut sim = Sim::new(seed, SoftStateConfig::default());
@@ -101,6 +128,13 @@ fn run_seed(seed: u64) -> Result<(), String> {
             eprintln!("  skip {skip:?}");
         }
         sim.install(v, Some(&on));
+        // Deliveries go on: a manager places (recording the holder first, as the
+        // node does), the store lands later, and the holder announces it if its view
+        // moved on meanwhile.
+        for _ in 0..rng.below(4) {
+            deliver(&mut sim, &mut rng);
+            sim.run(rng.below(50) as u64, |_| {});
+        }
         // Let part of the reconstruction happen before the next change.
         sim.run(rng.below(300) as u64, |_| {});
         trace(&sim);
