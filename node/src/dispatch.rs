@@ -112,6 +112,13 @@ impl Node {
             },
             Request::Report(report) => taken(self.manager.with(|s| s.handle_report(report))),
             Request::Announce(note) => taken(self.manager.with(|s| s.handle_announce(note))),
+            Request::Handoff(note) => {
+                let now = self.cluster.now();
+                let r = self.manager.with(|s| s.handle_handoff(now, note));
+                // It may leave the bucket waiting: the ask timer moved.
+                self.soft_kick.notify_one();
+                taken(r)
+            }
             Request::Ask(ask) => {
                 let r = self.manager.with(|s| s.handle_ask(ask));
                 self.soft_kick.notify_one();

@@ -63,6 +63,7 @@ fn drain(node: &Arc<Node>, sends: &mut JoinSet<()>) {
             Note::Report(r) => Request::Report(r),
             Note::Announce(a) => Request::Announce(a),
             Note::Ask(a) => Request::Ask(a),
+            Note::Handoff(h) => Request::Handoff(h),
         };
         let node = node.clone();
         sends.spawn(async move {

@@ -19,26 +19,26 @@
 //! - [`view`]: `ViewInfo` (a view with incarnations and user map) and `Transition`
 //!   (what changed between two views: buckets that changed hands, fresh and stale
 //!   processes).
-//! - [`message`]: `Report`, `Announce`, `Ask`, `SessionId`, `Transmit`.
-//! - [`core`]: `SoftState`, the machine — mail maps and POP3 locks with per-bucket
-//!   completeness, reconstruction (reports, announces, asks, retries as deadlines),
-//!   sessions, placement.
+//! - [`message`]: `Report`, `Handoff`, `Announce`, `Ask`, `SessionId`, `Transmit`.
+//! - [`machine`]: `SoftState`, the machine — mail maps and POP3 locks with per-bucket
+//!   completeness, reconstruction (reports, handovers, announces, asks, retries as
+//!   deadlines), sessions, placement.
 //! - [`place`]: placement cost flat in N (mail map + power-of-two-choices samples).
 //! - [`sim`]: the seeded in-process cluster of machines with an in-memory fragment
 //!   model and the ground-truth checker (tests, `corebench`, the simulator).
 #![warn(missing_docs)]
 
-pub mod core;
 pub mod fragments;
 pub mod listing;
 pub mod load;
+pub mod machine;
 pub mod message;
 pub mod place;
 pub mod repair;
 pub mod sim;
 pub mod view;
 
-pub use core::{Placement, Refused, Scan, SoftState, SoftStateConfig, Stats};
 pub use load::{Figure, LoadTable};
-pub use message::{Announce, Ask, Note, Report, Scope, SessionId, Transmit};
+pub use machine::{Placement, Refused, Scan, SoftState, SoftStateConfig, Stats};
+pub use message::{Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit};
 pub use view::{Transition, ViewInfo};

@@ -57,15 +57,45 @@ pub struct Announce {
 }
 
 /// From a manager to a node it still waits for: report these buckets (the node may
-/// have missed the view in which they changed hands).
+/// have missed the view in which they changed hands), hand over those.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ask {
     /// The manager's view.
     pub epoch: Epoch,
     /// The manager.
     pub from: NodeId,
-    /// The buckets it waits for, ascending.
+    /// The buckets it waits for a report of, ascending.
     pub buckets: Vec<u16>,
+    /// The buckets it waits for a handover of, ascending.
+    pub handoffs: Vec<u16>,
+}
+
+/// One bucket's soft state as its old manager hands it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedBucket {
+    /// The bucket.
+    pub bucket: u16,
+    /// Its users' mail maps.
+    pub users: Vec<(String, Vec<NodeId>)>,
+    /// Its POP3 locks.
+    pub locks: Vec<(String, SessionId)>,
+    /// Nodes the old manager still waited for a report from (they now report to
+    /// the new manager).
+    pub waiting: Vec<NodeId>,
+    /// Managers the old manager still waited for a handover from.
+    pub handoff_from: Vec<NodeId>,
+}
+
+/// From the old manager of buckets that moved between two live nodes to their new
+/// manager: their complete maps and locks (one message per pair of managers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The view the handover is meant for.
+    pub epoch: Epoch,
+    /// The old manager.
+    pub from: NodeId,
+    /// The buckets.
+    pub buckets: Vec<HandedBucket>,
 }
 
 /// Any soft-state message.
@@ -77,6 +107,8 @@ pub enum Note {
     Announce(Announce),
     /// See [`Ask`].
     Ask(Ask),
+    /// See [`Handoff`].
+    Handoff(Handoff),
 }
 
 /// A message to send. The driver answers with

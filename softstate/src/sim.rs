@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use membership::{Millis, NodeId, bucket_of};
 
-use crate::core::{SoftState, SoftStateConfig};
+use crate::machine::{SoftState, SoftStateConfig};
 use crate::message::{Note, Transmit};
 use crate::place::Rng;
 use crate::view::{Transition, ViewInfo};
@@ -151,6 +151,7 @@ impl Sim {
                     .view
                     .as_ref()
                     .is_some_and(|v| v.members.contains_key(&t.to));
+                let now = self.now;
                 let taken = !refused
                     && live
                     && self
@@ -160,6 +161,7 @@ impl Sim {
                             Note::Report(r) => n.handle_report(r).is_ok(),
                             Note::Announce(a) => n.handle_announce(a).is_ok(),
                             Note::Ask(a) => n.handle_ask(a).is_ok(),
+                            Note::Handoff(h) => n.handle_handoff(now, h).is_ok(),
                         });
                 if let Some(sender) = self.nodes.get_mut(&from) {
                     if taken {

@@ -65,9 +65,15 @@ pub struct Transition {
     pub from: Option<Epoch>,
     /// The epoch of the new view.
     pub to: Epoch,
-    /// New manager -> buckets whose manager *process* changed (another node, or the
-    /// same id restarted), ascending. Every live node reports these buckets to them.
+    /// New manager -> buckets whose previous manager process is gone (left,
+    /// restarted) or that are new to the map, ascending. Every live node reports
+    /// these buckets to them.
     pub gained: BTreeMap<NodeId, Vec<u16>>,
+    /// Old manager -> new manager -> buckets that moved between two live processes,
+    /// ascending. The old manager hands its maps over; nobody else reports.
+    pub outgoing: BTreeMap<NodeId, BTreeMap<NodeId, Vec<u16>>>,
+    /// New manager -> (bucket, old manager) of the same moves.
+    pub incoming: BTreeMap<NodeId, Vec<(u16, NodeId)>>,
     /// Members of the new view that were not in the previous one as the same process
     /// (joined, or restarted with a new incarnation). They report all their fragments,
     /// and every manager waits for them.
@@ -96,32 +102,47 @@ impl Transition {
             })
             .unwrap_or_default();
         let mut gained: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
-        let same_map = prev.is_some_and(|p| Arc::ptr_eq(&p.map, &next.map) || p.map == next.map);
+        let mut outgoing: BTreeMap<NodeId, BTreeMap<NodeId, Vec<u16>>> = BTreeMap::new();
+        let mut incoming: BTreeMap<NodeId, Vec<(u16, NodeId)>> = BTreeMap::new();
+        let resized = prev.is_some_and(|p| p.map.buckets() != next.map.buckets());
         for slot in 0..next.map.buckets() {
             let bucket = slot as u16;
             let manager = next.map.manager(bucket);
-            let moved = match prev {
-                None => true,
-                Some(_) if same_map => false,
-                Some(p) => {
-                    p.map.buckets() != next.map.buckets() || p.map.manager(bucket) != manager
-                }
+            let old = match prev {
+                Some(p) if !resized => Some(p.map.manager(bucket)),
+                _ => None,
             };
-            if moved || fresh.contains(&manager) {
-                gained.entry(manager).or_default().push(bucket);
+            match old {
+                // Same manager process: kept.
+                Some(o) if o == manager && !fresh.contains(&manager) => {}
+                // A live old manager hands over to a live, not new, manager (a fresh
+                // manager gets full reports from everyone anyway).
+                Some(o) if o != manager && !stale.contains(&o) && !fresh.contains(&manager) => {
+                    outgoing
+                        .entry(o)
+                        .or_default()
+                        .entry(manager)
+                        .or_default()
+                        .push(bucket);
+                    incoming.entry(manager).or_default().push((bucket, o));
+                }
+                _ => gained.entry(manager).or_default().push(bucket),
             }
         }
         Transition {
             from: prev.map(|p| p.epoch),
             to: next.epoch,
             gained,
+            outgoing,
+            incoming,
             fresh,
             stale,
         }
     }
 
-    /// Buckets that changed hands, in all.
+    /// Buckets that changed hands, in all (reported and handed over).
     pub fn changed_buckets(&self) -> usize {
-        self.gained.values().map(Vec::len).sum()
+        self.gained.values().map(Vec::len).sum::<usize>()
+            + self.incoming.values().map(Vec::len).sum::<usize>()
     }
 }

@@ -86,8 +86,10 @@ pub enum Request {
     /// To a user manager: the sender now holds fragments of these users (a store
     /// placed under another epoch landed).
     Announce(softstate::Announce),
-    /// From a user manager still waiting for reports: report these buckets.
+    /// From a user manager still waiting: report these buckets, hand over those.
     Ask(softstate::Ask),
+    /// From the old manager of buckets that moved to a live node: their maps and locks.
+    Handoff(softstate::Handoff),
     /// To every node: forget node `id` for good (operator `node remove`).
     Forget {
         /// The node that is gone.

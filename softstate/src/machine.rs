@@ -20,25 +20,32 @@
 //!
 //! ## Reconstruction, proportional to what changed
 //!
-//! At a view change every node owes a [`Report`] to the new manager of every bucket
-//! whose manager process changed — one message per (node, new manager) carrying its
-//! users of all those buckets and "done" for them ([`Scope::Buckets`]) — and a
-//! joined or restarted node owes every manager a full report ([`Scope::All`]), as
-//! every node owes one to a manager that joined or restarted. A manager keeps the maps
-//! of the buckets it kept, drops departed and restarted processes from them (and
-//! their locks), waits on every member for the buckets it gained and on every fresh
-//! member for all its buckets. A bucket serves `Open` once nobody it waits on is
-//! left, whatever the other buckets do. Reports owed to a manager that keeps the
-//! buckets carry over into the next view; a manager still waiting after
-//! [`SoftStateConfig::ask_after_ms`] asks the missing nodes ([`Ask`]), which covers a
-//! node that missed the view in which a bucket changed hands.
+//! A [`Transition`] sorts every bucket whose manager changed. Moved between two live
+//! processes: the old manager sends the new one a [`Handoff`] (one per pair of
+//! managers) with the complete maps, the locks and whom it still waited for; nobody
+//! else reports. Old manager gone (left, restarted): every node sends the new manager
+//! one [`Report`] per view change carrying its users of all such buckets and "done"
+//! for them ([`Scope::Buckets`]). A joined or restarted node owes every manager a full
+//! report ([`Scope::All`]), as every node owes one to a manager that joined or
+//! restarted. A manager keeps the maps of the buckets it kept, drops departed and
+//! restarted processes from them (and their locks), and waits per bucket: on every
+//! member for buckets whose old manager is gone, on the old manager for handed-over
+//! ones, on every fresh member for all. A bucket serves `Open` once nobody it waits on
+//! is left, whatever the other buckets do. Reports and handovers not yet taken carry
+//! into the next view, re-targeted to the bucket's manager there; a manager still
+//! waiting after [`SoftStateConfig::ask_after_ms`] asks the missing nodes ([`Ask`]),
+//! which covers a node that missed the view in which a bucket changed hands; a
+//! handover that cannot come (its sender died, or never had the bucket) makes every
+//! node report the bucket.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use membership::{Epoch, Millis, NodeId, bucket_of};
 
-use crate::message::{Announce, Ask, Note, Report, Scope, SessionId, Transmit};
+use crate::message::{
+    Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit,
+};
 use crate::place::{Rng, choose};
 use crate::view::{Transition, ViewInfo};
 
@@ -126,6 +133,8 @@ pub struct Stats {
     pub announces_sent: u64,
     /// Asks sent.
     pub asks_sent: u64,
+    /// Handovers sent.
+    pub handoffs_sent: u64,
     /// Placements answered.
     pub placements: u64,
     /// Candidates examined by those placements.
@@ -136,8 +145,22 @@ pub struct Stats {
 struct Bucket {
     users: BTreeMap<String, BTreeSet<NodeId>>,
     locks: BTreeMap<String, SessionId>,
-    /// Nodes that must still report for this bucket; empty = complete.
+    /// Nodes that must still report for this bucket.
     waiting: BTreeSet<NodeId>,
+    /// Old managers that must still hand this bucket over.
+    handoff_from: BTreeSet<NodeId>,
+}
+
+impl Bucket {
+    fn complete(&self) -> bool {
+        self.waiting.is_empty() && self.handoff_from.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct OutHandoff {
+    buckets: BTreeMap<u16, HandedBucket>,
+    status: Status,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +182,7 @@ struct Owed {
 #[derive(Debug)]
 enum Flight {
     Report(NodeId),
+    Handoff(NodeId),
     Announce,
     Ask,
 }
@@ -184,6 +208,11 @@ pub struct SoftState {
     scan: Option<u64>,
     scan_retry_at: Option<Millis>,
     due: BTreeSet<(Millis, NodeId)>,
+    /// Handovers of buckets this node no longer manages, by new manager.
+    handoffs_out: BTreeMap<NodeId, OutHandoff>,
+    handoff_due: BTreeSet<(Millis, NodeId)>,
+    /// Buckets whose pending handover came back to us in the installed view.
+    self_handed: BTreeSet<u16>,
     /// user -> (bucket, token of the announcement in flight).
     announces: BTreeMap<String, (u16, Option<u64>)>,
     announce_at: Option<Millis>,
@@ -215,6 +244,9 @@ impl SoftState {
             scan: None,
             scan_retry_at: None,
             due: BTreeSet::new(),
+            handoffs_out: BTreeMap::new(),
+            handoff_due: BTreeSet::new(),
+            self_handed: BTreeSet::new(),
             announces: BTreeMap::new(),
             announce_at: None,
             inflight: BTreeMap::new(),
@@ -266,24 +298,70 @@ impl SoftState {
 
     fn apply_view(&mut self, now: Millis, view: Arc<ViewInfo>, t: &Transition) {
         let me = self.me;
-        // Manager side: keep the buckets still ours, forget the rest.
-        self.buckets.retain(|b, _| view.map.manager(*b) == me);
-        if !t.stale.is_empty() || !t.fresh.is_empty() {
-            for bucket in self.buckets.values_mut() {
-                if !t.stale.is_empty() {
-                    bucket.users.retain(|_, nodes| {
-                        nodes.retain(|n| !t.stale.contains(n));
-                        !nodes.is_empty()
-                    });
-                    bucket.waiting.retain(|n| !t.stale.contains(n));
+        // Manager side. Buckets moving to another live manager leave first (they are
+        // handed over), then the buckets no longer ours; only the rest is scrubbed, so
+        // the work is O(buckets kept + moved), not O(buckets once managed).
+        let mut leaving: Vec<(NodeId, u16, Bucket)> = Vec::new();
+        if let Some(outgoing) = t.outgoing.get(&me) {
+            for (to, bs) in outgoing {
+                for b in bs {
+                    if let Some(bucket) = self.buckets.remove(b) {
+                        leaving.push((*to, *b, bucket));
+                    }
                 }
-                bucket.waiting.extend(t.fresh.iter().copied());
             }
         }
-        for bucket in self.buckets.values_mut() {
+        self.buckets.retain(|b, _| view.map.manager(*b) == me);
+        // Stale processes leave every map (and their locks); fresh ones must report.
+        let mut ask_soon = false;
+        let kept = self.buckets.values_mut().map(|b| (true, b));
+        let moving = leaving.iter_mut().map(|(_, _, b)| (false, b));
+        for (ours, bucket) in kept.chain(moving) {
+            if !t.stale.is_empty() {
+                bucket.users.retain(|_, nodes| {
+                    nodes.retain(|n| !t.stale.contains(n));
+                    !nodes.is_empty()
+                });
+                bucket.waiting.retain(|n| !t.stale.contains(n));
+                if bucket.handoff_from.iter().any(|n| t.stale.contains(n)) {
+                    // The old manager died before handing over: everyone must report
+                    // (they do not know it; they are asked at once).
+                    bucket.handoff_from.retain(|n| !t.stale.contains(n));
+                    bucket.waiting.extend(view.ids.iter().copied());
+                    ask_soon |= ours;
+                }
+            }
+            // Also on buckets handed over: our map lacks what fresh nodes hold.
+            bucket.waiting.extend(t.fresh.iter().copied());
             bucket
                 .locks
                 .retain(|_, s| view.has_process(s.node, s.incarnation));
+        }
+        // Re-target handovers not taken yet; queue the new ones.
+        let mut local: Vec<HandedBucket> = Vec::new();
+        for (_, out) in std::mem::take(&mut self.handoffs_out) {
+            for (b, hb) in out.buckets {
+                let to = view.map.manager(b);
+                if to == me {
+                    local.push(hb);
+                } else {
+                    self.queue_handoff(to, hb);
+                }
+            }
+        }
+        for (to, b, bucket) in leaving {
+            let hb = HandedBucket {
+                bucket: b,
+                users: bucket
+                    .users
+                    .into_iter()
+                    .map(|(u, n)| (u, n.into_iter().collect()))
+                    .collect(),
+                locks: bucket.locks.into_iter().collect(),
+                waiting: bucket.waiting.into_iter().collect(),
+                handoff_from: bucket.handoff_from.into_iter().collect(),
+            };
+            self.queue_handoff(to, hb);
         }
         if let Some(gained) = t.gained.get(&me) {
             for &b in gained {
@@ -296,51 +374,79 @@ impl SoftState {
                 );
             }
         }
+        if let Some(incoming) = t.incoming.get(&me) {
+            for &(b, from) in incoming {
+                self.buckets.insert(
+                    b,
+                    Bucket {
+                        waiting: t.fresh.clone(),
+                        handoff_from: BTreeSet::from([from]),
+                        ..Bucket::default()
+                    },
+                );
+            }
+        }
+        self.self_handed = local.iter().map(|hb| hb.bucket).collect();
+        for hb in local {
+            self.apply_handed(now, &view, me, hb);
+        }
+        self.handoff_due = self.handoffs_out.keys().map(|m| (now, *m)).collect();
         self.closed.clear();
+        let ask_after_ms = if ask_soon {
+            0
+        } else {
+            self.config.ask_after_ms
+        };
         self.ask_at = self
             .buckets
             .values()
-            .any(|b| !b.waiting.is_empty())
-            .then(|| now.plus_ms(self.config.ask_after_ms));
+            .any(|b| !b.complete())
+            .then(|| now.plus_ms(ask_after_ms));
 
         // Reporter side: carry over what a manager that kept its buckets still waits
         // for, then add what this change makes us owe.
+        // Buckets still owed go to their manager in the new view (a handover tells it
+        // to wait for us); a full report stays owed to the same process only.
         let mut owed: BTreeMap<NodeId, Owed> = BTreeMap::new();
+        let new_entry = || Owed {
+            buckets: Some(BTreeSet::new()),
+            users: Vec::new(),
+            status: Status::NeedsScan,
+        };
         for (m, o) in std::mem::take(&mut self.owed) {
-            let same = match (&self.view, view.members.get(&m)) {
-                (Some(prev), Some(inc)) => prev.has_process(m, *inc),
-                _ => false,
-            };
-            if !same {
-                continue;
+            match o.buckets {
+                None => {
+                    let same = match (&self.view, view.members.get(&m)) {
+                        (Some(prev), Some(inc)) => prev.has_process(m, *inc),
+                        _ => false,
+                    };
+                    if same {
+                        owed.insert(
+                            m,
+                            Owed {
+                                buckets: None,
+                                users: Vec::new(),
+                                status: Status::NeedsScan,
+                            },
+                        );
+                    }
+                }
+                Some(bs) => {
+                    for b in bs {
+                        let entry = owed.entry(view.map.manager(b)).or_insert_with(new_entry);
+                        if let Some(set) = entry.buckets.as_mut() {
+                            set.insert(b);
+                        }
+                    }
+                }
             }
-            let buckets = o.buckets.map(|bs| {
-                bs.into_iter()
-                    .filter(|b| view.map.manager(*b) == m)
-                    .collect::<BTreeSet<u16>>()
-            });
-            if buckets.as_ref().is_some_and(|b| b.is_empty()) {
-                continue;
-            }
-            owed.insert(
-                m,
-                Owed {
-                    buckets,
-                    users: Vec::new(),
-                    status: Status::NeedsScan,
-                },
-            );
         }
         let fresh_me = !self
             .view
             .as_ref()
             .is_some_and(|p| p.has_process(me, self.incarnation));
         for (m, bs) in &t.gained {
-            let entry = owed.entry(*m).or_insert_with(|| Owed {
-                buckets: Some(BTreeSet::new()),
-                users: Vec::new(),
-                status: Status::NeedsScan,
-            });
+            let entry = owed.entry(*m).or_insert_with(new_entry);
             if let Some(set) = entry.buckets.as_mut() {
                 set.extend(bs.iter().copied());
             }
@@ -509,6 +615,15 @@ impl SoftState {
                 }
             }
             Some(Flight::Announce) => self.announces.retain(|_, (_, t)| *t != Some(token)),
+            Some(Flight::Handoff(m)) => {
+                if self
+                    .handoffs_out
+                    .get(&m)
+                    .is_some_and(|o| o.status == Status::InFlight(token))
+                {
+                    self.handoffs_out.remove(&m);
+                }
+            }
             Some(Flight::Ask) | None => {}
         }
     }
@@ -533,6 +648,14 @@ impl SoftState {
                 }
                 self.announce_at = Some(self.announce_at.map_or(at, |a| a.min(at)));
             }
+            Some(Flight::Handoff(m)) => {
+                if let Some(o) = self.handoffs_out.get_mut(&m)
+                    && o.status == Status::InFlight(token)
+                {
+                    o.status = Status::Ready;
+                    self.handoff_due.insert((at, m));
+                }
+            }
             Some(Flight::Ask) | None => {}
         }
     }
@@ -555,8 +678,118 @@ impl SoftState {
                     .filter(|b| view.map.manager(**b) == ask.from),
             );
         }
-        entry.status = Status::NeedsScan;
-        self.needs_scan.insert(ask.from);
+        if !ask.buckets.is_empty() {
+            entry.status = Status::NeedsScan;
+            self.needs_scan.insert(ask.from);
+        } else if entry.buckets.as_ref().is_some_and(|b| b.is_empty()) {
+            self.owed.remove(&ask.from);
+        }
+        for b in ask.handoffs {
+            if view.map.manager(b) != ask.from {
+                continue;
+            }
+            let pending = self
+                .handoffs_out
+                .get(&ask.from)
+                .is_some_and(|o| o.buckets.contains_key(&b));
+            if !pending {
+                // Nothing to hand over (never had it, or missed the view it moved in):
+                // tell the manager that everyone must report.
+                let hb = HandedBucket {
+                    bucket: b,
+                    users: Vec::new(),
+                    locks: Vec::new(),
+                    waiting: view.ids.clone(),
+                    handoff_from: Vec::new(),
+                };
+                self.queue_handoff(ask.from, hb);
+            }
+            if let Some(o) = self.handoffs_out.get_mut(&ask.from)
+                && o.status == Status::Ready
+            {
+                self.handoff_due.insert((Millis(0), ask.from));
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_handoff(&mut self, to: NodeId, hb: HandedBucket) {
+        let out = self.handoffs_out.entry(to).or_insert_with(|| OutHandoff {
+            buckets: BTreeMap::new(),
+            status: Status::Ready,
+        });
+        match out.buckets.get_mut(&hb.bucket) {
+            Some(have) => merge_handed(have, hb),
+            None => {
+                out.buckets.insert(hb.bucket, hb);
+            }
+        }
+        // Send the whole batch again: a copy in flight lacks this bucket.
+        out.status = Status::Ready;
+    }
+
+    fn apply_handed(&mut self, now: Millis, view: &ViewInfo, from: NodeId, hb: HandedBucket) {
+        let me = self.me;
+        let Some(bucket) = self.buckets.get_mut(&hb.bucket) else {
+            return;
+        };
+        for (user, nodes) in hb.users {
+            let entry = bucket.users.entry(user).or_default();
+            entry.extend(nodes.into_iter().filter(|n| view.members.contains_key(n)));
+        }
+        for (user, session) in hb.locks {
+            if !self.closed.contains(&session)
+                && view.has_process(session.node, session.incarnation)
+            {
+                bucket.locks.entry(user).or_insert(session);
+            }
+        }
+        bucket.waiting.extend(
+            hb.waiting
+                .into_iter()
+                .filter(|n| view.members.contains_key(n)),
+        );
+        let mut orphaned = false;
+        for n in hb.handoff_from {
+            if n == me {
+                // The old manager waited for our handover of this bucket. If we merged
+                // our pending one back at the view change, that is done; if we never
+                // had it (we missed the view in which we were its manager), nobody
+                // does: every node must report it.
+                orphaned |= !self.self_handed.contains(&hb.bucket);
+            } else if view.members.contains_key(&n) {
+                bucket.handoff_from.insert(n);
+            } else {
+                // It died before handing over: its map is lost.
+                orphaned = true;
+            }
+        }
+        bucket.handoff_from.remove(&from);
+        if orphaned {
+            bucket.waiting.extend(view.ids.iter().copied());
+        }
+        // Whoever this bucket now waits for is asked: at once when nobody else will
+        // report it, else after the usual wait.
+        if !bucket.complete() {
+            let delay_ms = if orphaned {
+                0
+            } else {
+                self.config.ask_after_ms
+            };
+            let at = now.plus_ms(delay_ms);
+            self.ask_at = Some(self.ask_at.map_or(at, |a| a.min(at)));
+        }
+    }
+
+    /// An old manager's handover (see [`Handoff`]), received at `now`.
+    pub fn handle_handoff(&mut self, now: Millis, note: Handoff) -> Result<(), Refused> {
+        let view = self.current(note.epoch)?;
+        if !view.members.contains_key(&note.from) {
+            return Err(Refused::NotMember(note.from));
+        }
+        for hb in note.buckets {
+            self.apply_handed(now, &view, note.from, hb);
+        }
         Ok(())
     }
 
@@ -587,7 +820,12 @@ impl SoftState {
 
     /// When [`SoftState::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Millis> {
+        // Without a view nothing can be sent; the first install schedules what is due.
+        self.view.as_ref()?;
         let mut at = self.due.first().map(|(t, _)| *t);
+        if let Some((t, _)) = self.handoff_due.first() {
+            at = Some(at.map_or(*t, |a| a.min(*t)));
+        }
         let mut earliest = |t: Option<Millis>| {
             if let Some(t) = t {
                 at = Some(at.map_or(t, |a| a.min(t)));
@@ -665,8 +903,35 @@ impl SoftState {
                 note: Note::Report(report),
             });
         }
+        while let Some(&(at, m)) = self.handoff_due.first() {
+            if at > now {
+                break;
+            }
+            self.handoff_due.pop_first();
+            let token = self.next_id;
+            let Some(o) = self.handoffs_out.get_mut(&m) else {
+                continue;
+            };
+            if o.status != Status::Ready {
+                continue;
+            }
+            self.next_id += 1;
+            o.status = Status::InFlight(token);
+            self.inflight.insert(token, Flight::Handoff(m));
+            self.stats.handoffs_sent += 1;
+            self.transmits.push_back(Transmit {
+                to: m,
+                token,
+                note: Note::Handoff(Handoff {
+                    epoch: view.epoch,
+                    from: self.me,
+                    buckets: o.buckets.values().cloned().collect(),
+                }),
+            });
+        }
         if self.announce_at.is_some_and(|t| t <= now) {
             self.announce_at = None;
+
             let mut per: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
             for (user, (b, token)) in &self.announces {
                 if token.is_none() {
@@ -709,18 +974,22 @@ impl SoftState {
         let Some(view) = self.view.clone() else {
             return;
         };
-        let mut per: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
+        let mut per: BTreeMap<NodeId, (Vec<u16>, Vec<u16>)> = BTreeMap::new();
         for (b, bucket) in &self.buckets {
             for n in &bucket.waiting {
-                per.entry(*n).or_default().push(*b);
+                per.entry(*n).or_default().0.push(*b);
+            }
+            for n in &bucket.handoff_from {
+                per.entry(*n).or_default().1.push(*b);
             }
         }
         self.ask_at = (!per.is_empty()).then(|| now.plus_ms(self.config.ask_after_ms));
-        for (n, buckets) in per {
+        for (n, (buckets, handoffs)) in per {
             let ask = Ask {
                 epoch: view.epoch,
                 from: self.me,
                 buckets,
+                handoffs,
             };
             if n == self.me {
                 let _ = self.handle_ask(ask);
@@ -820,7 +1089,7 @@ impl SoftState {
 
     fn complete(&self, user: &str) -> Result<(u16, Arc<ViewInfo>), Refused> {
         let (b, view) = self.managed(user)?;
-        if self.buckets.get(&b).is_some_and(|x| !x.waiting.is_empty()) {
+        if self.buckets.get(&b).is_some_and(|x| !x.complete()) {
             return Err(Refused::Rebuilding(b));
         }
         Ok((b, view))
@@ -932,7 +1201,7 @@ impl SoftState {
     pub fn snapshot(&self) -> Vec<(String, Vec<NodeId>)> {
         self.buckets
             .values()
-            .filter(|b| b.waiting.is_empty())
+            .filter(|b| b.complete())
             .flat_map(|b| {
                 b.users
                     .iter()
@@ -943,25 +1212,84 @@ impl SoftState {
 
     /// Whether a view is installed and every bucket this node manages is complete.
     pub fn is_complete(&self) -> bool {
-        self.view.is_some() && self.buckets.values().all(|b| b.waiting.is_empty())
+        self.view.is_some() && self.buckets.values().all(|b| b.complete())
     }
 
     /// Buckets managed here that are still rebuilding.
     pub fn buckets_rebuilding(&self) -> usize {
+        self.buckets.values().filter(|b| !b.complete()).count()
+    }
+
+    /// The managed buckets still rebuilding, ascending.
+    pub fn rebuilding(&self) -> Vec<u16> {
         self.buckets
-            .values()
-            .filter(|b| !b.waiting.is_empty())
-            .count()
+            .iter()
+            .filter(|(_, b)| !b.complete())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Whether nothing is owed, in flight or waiting (reconstruction settled here).
     pub fn is_quiet(&self) -> bool {
-        self.owed.is_empty() && self.announces.is_empty() && self.is_complete()
+        self.owed.is_empty()
+            && self.handoffs_out.is_empty()
+            && self.announces.is_empty()
+            && self.is_complete()
+    }
+
+    /// A one-line account of a managed bucket's state and of what this node owes or
+    /// hands over for it (for debugging a simulation).
+    pub fn describe_bucket(&self, b: u16) -> String {
+        let managed = self.buckets.get(&b).map(|x| {
+            format!(
+                "users {:?} waiting {:?} handoff_from {:?}",
+                x.users, x.waiting, x.handoff_from
+            )
+        });
+        let owed: Vec<(NodeId, Status)> = self
+            .owed
+            .iter()
+            .filter(|(_, o)| o.buckets.as_ref().is_none_or(|bs| bs.contains(&b)))
+            .map(|(m, o)| (*m, o.status))
+            .collect();
+        let out: Vec<NodeId> = self
+            .handoffs_out
+            .iter()
+            .filter(|(_, o)| o.buckets.contains_key(&b))
+            .map(|(m, _)| *m)
+            .collect();
+        format!(
+            "epoch {:?} managed {managed:?} owed {owed:?} handing to {out:?}",
+            self.epoch().map(|e| e.counter)
+        )
     }
 
     /// Number of users with a mail map here.
     pub fn users_managed(&self) -> usize {
         self.buckets.values().map(|b| b.users.len()).sum()
+    }
+}
+
+fn merge_handed(have: &mut HandedBucket, more: HandedBucket) {
+    let mut users: BTreeMap<String, BTreeSet<NodeId>> = std::mem::take(&mut have.users)
+        .into_iter()
+        .map(|(u, n)| (u, n.into_iter().collect()))
+        .collect();
+    for (u, n) in more.users {
+        users.entry(u).or_default().extend(n);
+    }
+    have.users = users
+        .into_iter()
+        .map(|(u, n)| (u, n.into_iter().collect()))
+        .collect();
+    have.locks.extend(more.locks);
+    for (list, extra) in [
+        (&mut have.waiting, more.waiting),
+        (&mut have.handoff_from, more.handoff_from),
+    ] {
+        list.extend(extra);
+        list.sort_unstable();
+        list.dedup();
     }
 }
 
@@ -1284,9 +1612,7 @@ mod tests {
         drain(&mut s);
         s.handle_delivered(2);
         let gained: Vec<u16> = (0..B as u16)
-            .filter(|b| {
-                v2.map.manager(*b) == 1 && s.buckets.get(b).is_some_and(|x| !x.waiting.is_empty())
-            })
+            .filter(|b| v2.map.manager(*b) == 1 && s.buckets.get(b).is_some_and(|x| !x.complete()))
             .collect();
         assert!(!gained.is_empty());
         assert_eq!(s.poll_timeout(), Some(Millis(2000)));
@@ -1299,7 +1625,8 @@ mod tests {
                 note: Note::Ask(Ask {
                     epoch: epoch(2),
                     from: 1,
-                    buckets: gained
+                    buckets: gained,
+                    handoffs: vec![],
                 }),
             }]
         );
@@ -1327,5 +1654,70 @@ mod tests {
             Err(Refused::NotManager(bucket_of(&other, B)))
         );
         assert_eq!(s.stats().placements, 1);
+    }
+
+    #[test]
+    fn a_bucket_moving_between_live_managers_is_handed_over_not_reported() {
+        // Find a removal whose Maglev movement moves a bucket between two survivors.
+        let (v1, v2, t) = (3..12u64)
+            .find_map(|n| {
+                let all: Vec<(NodeId, u64)> = (1..=n).map(|i| (i, i * 10)).collect();
+                let v1 = view(1, &all);
+                let v2 = view(2, &all[1..]);
+                let t = Transition::between(Some(&v1), &v2);
+                (!t.outgoing.is_empty()).then_some((v1, v2, t))
+            })
+            .expect("some removal moves a bucket between survivors");
+        let (&old, to) = t.outgoing.iter().next().expect("a mover");
+        let (&new, buckets) = to.iter().next().expect("a receiver");
+        let b = buckets[0];
+        let user = (0..)
+            .map(|i| format!("u{i}"))
+            .find(|u| bucket_of(u, B) == b)
+            .unwrap_or_default();
+        let inc = |id: NodeId| id * 10;
+        let lock = SessionId {
+            node: new,
+            incarnation: inc(new),
+            seq: 3,
+        };
+        let mut o = SoftState::new(old, inc(old), SoftStateConfig::default());
+        o.install_settled(v1.clone(), [(user.clone(), vec![old, 1, new])]);
+        assert_eq!(o.open(&user, lock), Ok(vec![1, old, new]));
+        o.install_view_with(Millis(0), v2.clone(), &t);
+        if let Some(scan) = o.poll_scan() {
+            o.handle_scan(Millis(0), scan.id, vec![]);
+        }
+        let handoffs: Vec<Transmit> = drain(&mut o)
+            .into_iter()
+            .filter(|x| matches!(x.note, Note::Handoff(_)) && x.to == new)
+            .collect();
+        assert_eq!(handoffs.len(), 1, "one handover per pair of managers");
+        let Note::Handoff(h) = handoffs[0].note.clone() else {
+            unreachable!()
+        };
+        let moved: Vec<u16> = h.buckets.iter().map(|x| x.bucket).collect();
+        assert_eq!(&moved, buckets);
+        let hb = h.buckets.iter().find(|x| x.bucket == b).cloned();
+        assert_eq!(
+            hb,
+            Some(HandedBucket {
+                bucket: b,
+                // Node 1 left the view: dropped from the map.
+                users: vec![(user.clone(), vec![old, new])],
+                locks: vec![(user.clone(), lock)],
+                waiting: vec![],
+                handoff_from: vec![],
+            })
+        );
+        // The receiver waits for that handover only, and then serves the bucket.
+        let mut m = SoftState::new(new, inc(new), SoftStateConfig::default());
+        m.install_settled(v1.clone(), []);
+        m.install_view_with(Millis(0), v2.clone(), &t);
+        assert_eq!(m.open(&user, lock), Err(Refused::Rebuilding(b)));
+        m.handle_handoff(Millis(1), h).expect("taken");
+        assert_eq!(m.open(&user, lock), Ok(vec![old, new]));
+        let other = SessionId { seq: 4, ..lock };
+        assert_eq!(m.open(&user, other), Err(Refused::InUse), "the lock moved");
     }
 }
