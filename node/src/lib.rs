@@ -9,6 +9,7 @@
 //! - [`manager`]: the Mutex around the sans-IO `softstate::SoftState` machine.
 //! - [`soft`]: the soft-state driver task (views, scans, sends, timer).
 //! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
+//! - [`fragments`]: the local store as `softstate`'s fragment index.
 //! - [`gather`]: one user's mailbox read from every fragment node and merged.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
 //! - [`stats`]: the repair counters status and metrics read.
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod dispatch;
+pub mod fragments;
 pub mod gather;
 pub mod listen;
 pub mod manager;

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use membership::{NodeId, NodeInfo};
 use storage::{MessageId, MessageKey, Store};
 
+use softstate::fragments::FragmentIndex;
+
 use crate::cluster::{Cluster, ViewState};
 use crate::config::NodeConfig;
 use crate::manager::UserManager;
@@ -158,14 +160,8 @@ impl Node {
         bucket: u16,
         user: &str,
     ) -> Result<Fragment, storage::StorageError> {
-        let messages = self
-            .store
-            .list(bucket, user)?
-            .into_iter()
-            .map(|m| (m.id, m.size))
-            .collect();
-        let tombstones = self.store.tombstones(bucket, user)?;
-        Ok((messages, tombstones))
+        let f = crate::fragments::StoreFragments(&self.store).listing(bucket, user)?;
+        Ok((f.messages, f.tombstones))
     }
 
     /// Whether this node's soft state is rebuilt for the current view.

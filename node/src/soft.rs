@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use softstate::fragments::FragmentIndex;
 use softstate::{Note, Scan, Transmit, ViewInfo};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::fragments::StoreFragments;
 use crate::rpc::{Request, Response};
 use crate::service::Node;
 
@@ -81,23 +83,7 @@ fn drain(node: &Arc<Node>, sends: &mut JoinSet<()>) {
     }
 }
 
-/// Users with live mail here, and users with only tombstones here, in the scanned
-/// buckets: a node that recorded a delete must stay in the mail map, or a replica
-/// that missed the delete would bring the message back.
+/// Users with fragments (live mail or tombstones) here, in the scanned buckets.
 fn local_users(node: &Node, scan: &Scan) -> Result<Vec<(u16, String)>, storage::StorageError> {
-    let mut all: Vec<(u16, String)> = node
-        .store
-        .users(|b| scan.wants(b))?
-        .into_iter()
-        .map(|(b, u, _)| (b, u))
-        .collect();
-    all.extend(
-        node.store
-            .tombstone_users()?
-            .into_iter()
-            .filter(|(b, _)| scan.wants(*b)),
-    );
-    all.sort();
-    all.dedup();
-    Ok(all)
+    StoreFragments(&node.store).users(&|b| scan.wants(b))
 }
