@@ -181,6 +181,17 @@ impl Cluster {
         known_ok && seeds_ok
     }
 
+    /// Whether this node is still in its first one-node view while it has seeds to
+    /// join, within `grace_ms` of starting. A restarted node is alone for a moment
+    /// before it merges back: serving placements and mailboxes then would store single
+    /// copies and show its own fragments as whole mailboxes. After the grace it serves
+    /// alone (the rest of the cluster may really be gone).
+    pub fn joining(&self, grace_ms: u64) -> bool {
+        !self.seeds.is_empty()
+            && self.view().view.epoch.counter == 0
+            && self.now() < Millis(grace_ms)
+    }
+
     /// Milliseconds on this node's monotonic clock (shared by the membership driver,
     /// the load table and the soft-state driver).
     pub fn now(&self) -> Millis {

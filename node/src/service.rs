@@ -21,6 +21,10 @@ use registry::raft::RaftLog;
 /// One node's fragment of a user: live messages with sizes, and tombstoned ids.
 pub type Fragment = (Vec<(MessageId, u64)>, Vec<MessageId>);
 
+/// How long a node with seeds that is still alone in its first view refuses to act
+/// as everyone's manager (the deliverer and the POP3 proxy retry meanwhile).
+pub const JOIN_GRACE_MS: u64 = 2000;
+
 /// The registry as a node runs it.
 pub type NodeRegistry = Registry<RaftLog>;
 
@@ -174,6 +178,7 @@ impl Node {
     /// the old state in between would hand out stale maps.
     pub(crate) fn soft_current(&self) -> bool {
         self.manager.epoch() == Some(self.cluster.view().view.epoch)
+            && !self.cluster.joining(JOIN_GRACE_MS)
     }
 
     /// A node the operator removed may come back (same address, new process): once it
