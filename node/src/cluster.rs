@@ -230,6 +230,10 @@ impl Cluster {
     }
 }
 
+/// How often gossiped load figures are copied into the load table, in milliseconds
+/// (figures from RPC replies go in at once).
+const LOADS_PUBLISH_MS: u64 = 250;
+
 /// Most inputs queued for the membership driver (a coordinator of a 10,000-node view
 /// receives one Accept per member in a round).
 pub const DRIVER_INBOX_MAX: usize = 65_536;
@@ -252,6 +256,8 @@ pub async fn drive(
     let mut sends = JoinSet::new();
     // The known-node list is O(N) to copy: only when it may have changed.
     let mut known_version = None;
+    // Copying every gossiped load is O(N): at most every LOADS_PUBLISH_MS, not per input.
+    let mut loads_published: Option<Millis> = None;
     let mut publish = |core: &mut Membership, cluster: &Cluster| {
         while let Some(event) = core.poll_event() {
             match event {
@@ -268,7 +274,10 @@ pub async fn drive(
         }
         // Each gossiped figure is as old as the message that carried it: it must not
         // replace a newer figure from an RPC reply.
-        if let Ok(mut table) = cluster.loads.lock() {
+        let at_now = now();
+        let due = loads_published.is_none_or(|t| at_now.0 >= t.0 + LOADS_PUBLISH_MS);
+        if due && let Ok(mut table) = cluster.loads.lock() {
+            loads_published = Some(at_now);
             for (id, load) in core.loads() {
                 if let Some(at) = core.last_heard(id) {
                     table.observe(id, load, at);
