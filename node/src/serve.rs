@@ -240,6 +240,8 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let view_node = node.clone();
     let mut view_shutdown = shutdown.clone();
     tasks.spawn(async move {
+        // Registry syncs in flight: ended with this task at shutdown, reaped as they end.
+        let mut syncs = tokio::task::JoinSet::new();
         loop {
             let view = views.borrow_and_update().clone();
             let live: Vec<(u64, String)> = view
@@ -251,10 +253,13 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
             // Registry membership follows in its own task (it can wait long on a
             // lost quorum); soft state must not wait for it.
             let sync_node = view_node.clone();
-            tokio::spawn(async move { sync_node.registry.log().sync_members(live).await });
-            tokio::select! {
-                _ = view_shutdown.changed() => return,
-                r = views.changed() => if r.is_err() { return },
+            syncs.spawn(async move { sync_node.registry.log().sync_members(live).await });
+            loop {
+                tokio::select! {
+                    _ = view_shutdown.changed() => return,
+                    r = views.changed() => if r.is_err() { return } else { break },
+                    Some(_) = syncs.join_next(), if !syncs.is_empty() => {},
+                }
             }
         }
     });
