@@ -59,7 +59,7 @@ class ServeNode:
             f.write(f'data = "{os.path.join(self.dir, "data")}"\n{listen}\n{toml_keys}\n')
         self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
-        self.smtp_port = self.pop_port = self.admin_port = 0
+        self.smtp_port = self.pop_port = self.admin_port = self.rpc_port = 0
 
     @property
     def admin_url(self) -> str:
@@ -79,7 +79,7 @@ class ServeNode:
             m = _READY.search(self.log())
             if m:
                 ports = [int(a.rsplit(":", 1)[1]) for a in m.groups()]
-                self.smtp_port, self.pop_port, self.admin_port, _ = ports
+                self.smtp_port, self.pop_port, self.admin_port, self.rpc_port = ports
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()

@@ -34,6 +34,9 @@ SMTP_COMMANDS_MAX = 10_000
 
 SMTP_BUSY = b"421 4.7.0 too many connections, try again later\r\n"
 POP_BUSY = b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
+HTTP_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\n"
+             b"connection: close\r\n\r\n{\"error\":\"too many connections\"}")
+HTTP_HEALTH = b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n"
 
 NODE_TOML = f"""
 node_id = {NODE_ID}
@@ -41,6 +44,7 @@ hostname = "{FILE_HOSTNAME}"
 smtp_connections_max = {CONNECTIONS_MAX}
 pop_connections_max = {CONNECTIONS_MAX}
 admin_connections_max = {CONNECTIONS_MAX}
+rpc_connections_max = {CONNECTIONS_MAX}
 smtp_idle_timeout_secs = {IDLE_TIMEOUT_S}
 pop_idle_timeout_secs = {IDLE_TIMEOUT_S}
 pop_auth_failure_delay_ms = 100
@@ -175,91 +179,65 @@ class ServeNodeTests(unittest.TestCase):
 
     # --- connection caps -------------------------------------------------------------
 
-    def _check_cap(self, port: int, busy: bytes, greeting_ok: bytes, quit_cmd: bytes):
+    def _served(self, port: int, hello: bytes, served: bytes, busy: bytes) -> socket.socket | None:
+        """Connect (and send `hello`): the socket when the server answered `served...`,
+        None (closed) when it answered exactly `busy`; anything else fails."""
+        s = socket.create_connection((HOST, port), timeout=10)
+        if hello:
+            s.sendall(hello)
+        first = s.recv(65536)
+        if first.startswith(served):
+            return s
+        s.close()
+        self.assertEqual(first, busy, "only the busy answer may come instead of service")
+        return None
+
+    def _check_cap(self, port: int, busy: bytes, served: bytes, quit_cmd: bytes | None, hello: bytes = b""):
+        """CONNECTIONS_MAX clients are served; one more gets exactly `busy` and EOF; once
+        one leaves (with `quit_cmd`, or by closing), a new client is served again."""
         socks = []
         try:
             # Fill every slot; wait (bounded) for slots of earlier sessions to free up.
             deadline = time.monotonic() + 10
             while len(socks) < CONNECTIONS_MAX:
-                s = socket.create_connection((HOST, port), timeout=10)
-                first = s.recv(4096)
-                if first.startswith(greeting_ok):
+                s = self._served(port, hello, served, busy)
+                if s is not None:
                     socks.append(s)
                     continue
-                s.close()
-                if first != busy or time.monotonic() > deadline:
-                    self.fail_with_log(f"connection {len(socks) + 1} of {CONNECTIONS_MAX}: {first!r}")
+                if time.monotonic() > deadline:
+                    self.fail_with_log(f"connection {len(socks) + 1} of {CONNECTIONS_MAX} still refused after 10 s")
                 time.sleep(0.1)
-            # One over the cap: exactly the busy line, then the server closes.
+            # One over the cap: exactly the busy answer, then the server closes.
             over = socket.create_connection((HOST, port), timeout=10)
             try:
+                if hello:
+                    over.sendall(hello)
                 got = read_to_eof(over, 10, "over-cap client")
             finally:
                 over.close()
-            self.assertEqual(got, busy, "over-cap client must get exactly the busy line and EOF")
-            # One leaves (in protocol); a new client is then served.
+            self.assertEqual(got, busy, "over-cap client must get exactly the busy answer and EOF")
+            # One leaves; a new client is then served.
             gone = socks.pop()
-            gone.sendall(quit_cmd)
-            read_to_eof(gone, 10, "client leaving with QUIT")
+            if quit_cmd is not None:
+                gone.sendall(quit_cmd)
+                read_to_eof(gone, 10, "client leaving with QUIT")
             gone.close()
             deadline = time.monotonic() + 10
             while True:
-                s = socket.create_connection((HOST, port), timeout=10)
-                first = s.recv(4096)
-                if first.startswith(greeting_ok):
+                s = self._served(port, hello, served, busy)
+                if s is not None:
                     socks.append(s)
                     break
-                s.close()
-                self.assertEqual(first, busy, "only the busy answer may come before the slot frees")
                 if time.monotonic() > deadline:
                     self.fail_with_log("no new client was served within 10 s after one left")
                 time.sleep(0.05)
         finally:
             for s in socks:
-                try:
-                    s.sendall(quit_cmd)
-                except OSError:
-                    pass
-                s.close()
-
-    def test_admin_connections_max(self):
-        """`admin_connections_max` through the binary: over the cap a client gets a 503
-        with a JSON error and EOF; once one leaves, requests are served again."""
-        request = b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n"
-        socks = []
-        try:
-            deadline = time.monotonic() + 10
-            while len(socks) < CONNECTIONS_MAX:
-                s = socket.create_connection((HOST, self.node.admin_port), timeout=10)
-                s.sendall(request)  # keep-alive: the connection stays open after the answer
-                first = s.recv(65536)
-                if first.startswith(b"HTTP/1.1 200"):
-                    socks.append(s)
-                    continue
-                s.close()
-                if not first.startswith(b"HTTP/1.1 503") or time.monotonic() > deadline:
-                    self.fail_with_log(f"admin connection {len(socks) + 1} of {CONNECTIONS_MAX}: {first!r}")
-                time.sleep(0.1)
-            over = socket.create_connection((HOST, self.node.admin_port), timeout=10)
-            try:
-                over.sendall(request)
-                got = read_to_eof(over, 10, "over-cap admin client")
-            finally:
-                over.close()
-            self.assertTrue(got.startswith(b"HTTP/1.1 503 "), got)
-            self.assertEqual(json.loads(got.split(b"\r\n\r\n", 1)[1]), {"error": "too many connections"})
-            socks.pop().close()
-            deadline = time.monotonic() + 10
-            while True:
-                status, body = http_request(self.node.admin_url + "/v1/health", timeout=10)
-                if status == 200:
-                    break
-                self.assertEqual(status, 503, body)
-                if time.monotonic() > deadline:
-                    self.fail_with_log("no admin request was served within 10 s after a client left")
-                time.sleep(0.05)
-        finally:
-            for s in socks:
+                if quit_cmd is not None:
+                    try:
+                        s.sendall(quit_cmd)
+                    except OSError:
+                        pass
                 s.close()
 
     def test_smtp_connections_max(self):
@@ -267,6 +245,17 @@ class ServeNodeTests(unittest.TestCase):
 
     def test_pop_connections_max(self):
         self._check_cap(self.node.pop_port, POP_BUSY, b"+OK ", b"QUIT\r\n")
+
+    def test_admin_connections_max(self):
+        """`admin_connections_max`: keep-alive HTTP clients hold the slots; one over the
+        cap gets a 503 with a JSON error and EOF."""
+        self._check_cap(self.node.admin_port, HTTP_BUSY, b"HTTP/1.1 200 ", None, hello=HTTP_HEALTH)
+        self.assertEqual(json.loads(HTTP_BUSY.split(b"\r\n\r\n", 1)[1]), {"error": "too many connections"})
+
+    def test_rpc_connections_max(self):
+        """`rpc_connections_max` on the cluster RPC listener (a plain HTTP/1.1 GET is not
+        an RPC: answered 404, and the kept-alive connection still holds a slot)."""
+        self._check_cap(self.node.rpc_port, HTTP_BUSY, b"HTTP/1.1 404 ", None, hello=HTTP_HEALTH)
 
     # --- idle timeouts ---------------------------------------------------------------
 
