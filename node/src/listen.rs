@@ -40,7 +40,7 @@ pub async fn serve_tcp<F, Fut>(
             r = listener.accept() => r,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => {
                 backoff = Duration::from_millis(5);
                 x
@@ -63,11 +63,7 @@ pub async fn serve_tcp<F, Fut>(
                 });
             }
             Err(_) => {
-                tokio::spawn(async move {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
-                    let _ = stream.shutdown().await;
-                });
+                sessions.spawn(refuse(stream, busy));
             }
         }
     }
@@ -77,6 +73,15 @@ pub async fn serve_tcp<F, Fut>(
     })
     .await;
     sessions.abort_all();
+}
+
+/// The answer of an HTTP listener over its connection cap.
+const HTTP_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
+
+/// Answer a client over a listener's cap with `busy` (at most 2 s) and close.
+async fn refuse(mut stream: TcpStream, busy: &'static [u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Serve HTTP (1.1 or h2c) on `listener` with `handler` until shutdown; at most `max`
@@ -93,7 +98,7 @@ pub async fn serve_http<H, Fut>(
     let permits = Arc::new(Semaphore::new(max));
     let mut conns = JoinSet::new();
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (stream, _) = tokio::select! {
             _ = shutdown.changed() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -107,11 +112,7 @@ pub async fn serve_http<H, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let busy = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\nconnection: close\r\n\r\n{\"error\":\"too many connections\"}";
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(busy)).await;
-                let _ = stream.shutdown().await;
-            });
+            conns.spawn(refuse(stream, HTTP_BUSY));
             continue;
         };
         let handler = handler.clone();

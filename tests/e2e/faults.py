@@ -45,18 +45,7 @@ def holders_by_id(box: dict) -> dict[str, list[int]]:
 
 def wait_users_known(cluster: harness.Cluster, nodes, users: list[str], timeout_s: float = 20) -> None:
     """Wait until every listed node's registry replica has every account."""
-    deadline = time.monotonic() + timeout_s
-    for i in nodes:
-        while True:
-            try:
-                listed = set(admin_get(cluster, i, "/v1/users")["users"])
-            except (OSError, AssertionError, ValueError):
-                listed = set()
-            if set(users) <= listed:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {i} never listed all users: missing {sorted(set(users) - listed)}")
-            time.sleep(0.2)
+    cluster.wait_users_known(users, nodes=nodes, timeout_s=timeout_s)
 
 
 def view_summary(cluster: harness.Cluster, nodes) -> dict:

@@ -469,16 +469,20 @@ class Cluster:
                 time.sleep(0.3)
 
     def wait_users_known(self, addresses, nodes=None, timeout_s: float = 20) -> None:
-        """Wait until every listed node's local registry replica lists every address."""
+        """Wait until every listed node's local registry replica (`GET /v1/users`)
+        lists every address; a node not answering yet counts as not knowing them."""
         want = set(addresses)
         deadline = time.monotonic() + timeout_s
         for i in (range(self.nodes) if nodes is None else nodes):
             while True:
-                listed = set(run_cli("user", "list", admin=self.admin_url(i)).stdout.split())
+                try:
+                    listed = set(http_get_json(f"{self.admin_url(i)}/v1/users", timeout=3)["users"])
+                except (OSError, AssertionError, ValueError):
+                    listed = set()
                 if want <= listed:
                     break
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"node {i} never listed {sorted(want - listed)}")
+                    raise AssertionError(f"node {i} never listed all users: missing {sorted(want - listed)}")
                 time.sleep(0.2)
 
     def status(self, i: int = 0, timeout: float = 10) -> dict:

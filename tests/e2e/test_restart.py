@@ -53,11 +53,7 @@ class RestartTest(unittest.TestCase):
         c.start()
         users = [(f"tri{i}@{DOMAIN}", f"pw{i}") for i in range(6)]
         c.add_users(users)
-        for i in range(3):
-            deadline = time.monotonic() + 20
-            while not {a for a, _ in users} <= set(harness.run_cli("user", "list", admin=c.admin_url(i)).stdout.split()):
-                self.assertLess(time.monotonic(), deadline, f"node {i} never listed the users")
-                time.sleep(0.2)
+        c.wait_users_known([a for a, _ in users])
         for k, (addr, _) in enumerate(users):
             r = harness.deliver(c.smtp_port(k % 3), addr, harness.make_message(f"tri {addr}", body=f"{k}\r\n"))
             self.assertEqual(r.code, 250, r)
