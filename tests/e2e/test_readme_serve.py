@@ -38,13 +38,20 @@ HTTP_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/jso
              b"connection: close\r\n\r\n{\"error\":\"too many connections\"}")
 HTTP_HEALTH = b"GET /v1/health HTTP/1.1\r\nhost: x\r\n\r\n"
 
+# A node of its own for the HTTP caps: a closed keep-alive connection frees its slot
+# only once the server notices, so a capped admin API would refuse the shared node's
+# next request for a moment.
+HTTP_CAP_TOML = f"""
+admin_connections_max = {CONNECTIONS_MAX}
+rpc_connections_max = {CONNECTIONS_MAX}
+pop_auth_failure_delay_ms = 100
+"""
+
 NODE_TOML = f"""
 node_id = {NODE_ID}
 hostname = "{FILE_HOSTNAME}"
 smtp_connections_max = {CONNECTIONS_MAX}
 pop_connections_max = {CONNECTIONS_MAX}
-admin_connections_max = {CONNECTIONS_MAX}
-rpc_connections_max = {CONNECTIONS_MAX}
 smtp_idle_timeout_secs = {IDLE_TIMEOUT_S}
 pop_idle_timeout_secs = {IDLE_TIMEOUT_S}
 pop_auth_failure_delay_ms = 100
@@ -81,10 +88,12 @@ class ServeNodeTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.node = ServeNode(NODE_TOML, ("--hostname", FLAG_HOSTNAME)).start()
+        cls.http_node = ServeNode(HTTP_CAP_TOML, ()).start()
 
     @classmethod
     def tearDownClass(cls):
         cls.node.cleanup()
+        cls.http_node.cleanup()
 
     def fail_with_log(self, msg: str):
         self.fail(f"{msg}\n--- node log ---\n{self.node.log(40)}")
@@ -249,13 +258,13 @@ class ServeNodeTests(unittest.TestCase):
     def test_admin_connections_max(self):
         """`admin_connections_max`: keep-alive HTTP clients hold the slots; one over the
         cap gets a 503 with a JSON error and EOF."""
-        self._check_cap(self.node.admin_port, HTTP_BUSY, b"HTTP/1.1 200 ", None, hello=HTTP_HEALTH)
+        self._check_cap(self.http_node.admin_port, HTTP_BUSY, b"HTTP/1.1 200 ", None, hello=HTTP_HEALTH)
         self.assertEqual(json.loads(HTTP_BUSY.split(b"\r\n\r\n", 1)[1]), {"error": "too many connections"})
 
     def test_rpc_connections_max(self):
         """`rpc_connections_max` on the cluster RPC listener (a plain HTTP/1.1 GET is not
         an RPC: answered 404, and the kept-alive connection still holds a slot)."""
-        self._check_cap(self.node.rpc_port, HTTP_BUSY, b"HTTP/1.1 404 ", None, hello=HTTP_HEALTH)
+        self._check_cap(self.http_node.rpc_port, HTTP_BUSY, b"HTTP/1.1 404 ", None, hello=HTTP_HEALTH)
 
     # --- idle timeouts ---------------------------------------------------------------
 
