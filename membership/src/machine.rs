@@ -15,9 +15,14 @@ use crate::types::{Dest, Epoch, Millis, NodeId, NodeInfo, View, ViewDelta};
 /// it every node waits the same, so a large cluster still reacts promptly.
 const RANK_DELAY_CAP: u64 = 8;
 
-/// Known nodes outside the view probed per `probe_interval_ms`, taken in
-/// turn; unidentified seeds are probed on top of these.
+/// Most known nodes outside the view one node probes per `probe_interval_ms`,
+/// taken in turn; unidentified seeds are probed on top of these.
 const PROBE_TARGETS_MAX: usize = 4;
+
+/// Probes per interval the whole view aims to send each known non-member, shared
+/// among the members: a node down for good costs the cluster about this many
+/// messages per interval, not one per member.
+const PROBES_PER_OUTSIDER: u64 = 2;
 
 /// A proposal this node accepted and has not yet seen committed.
 #[derive(Clone, Copy, Debug)]
@@ -156,6 +161,8 @@ pub struct Membership {
     /// The last known non-member probed, when there were more than
     /// `PROBE_TARGETS_MAX`: the next probe continues after it.
     probe_cursor: NodeId,
+    /// Probe intervals elapsed (varies which members probe this time).
+    probe_round: u64,
     /// For each seed, whether a member of the view has its address.
     seeds_in_view: Vec<bool>,
     /// The change that produced the installed view from the one before,
@@ -203,6 +210,7 @@ impl Membership {
             detector: Detector::watch(None, now),
             next_probe_at: now,
             probe_cursor: 0,
+            probe_round: 0,
             last_delta: None,
             view_requested: None,
             installs: 0,
@@ -1114,35 +1122,42 @@ impl Membership {
     }
 
     fn probe(&mut self) {
-        // Known nodes outside the view, at most PROBE_TARGETS_MAX per
-        // interval, in turn from where the last probe stopped.
+        // Known nodes outside the view, in turn from where the last probe stopped.
+        // The members share the work: about PROBES_PER_OUTSIDER probes per outsider
+        // per interval in all, at most PROBE_TARGETS_MAX from any one node.
+        self.probe_round += 1;
+        let members = self.view.members.len().max(1) as u64;
         let outside = |k: &&crate::known::KnownNode| !self.view.contains_process(&k.info);
-        let count = self
-            .known
-            .iter()
-            .filter(outside)
-            .take(PROBE_TARGETS_MAX + 1)
-            .count();
-        let mut picked: Vec<NodeInfo> = if count <= PROBE_TARGETS_MAX {
-            self.known
-                .iter()
-                .filter(outside)
-                .map(|k| k.info.clone())
-                .collect()
+        // O(known) per interval, as finding the outsiders always was.
+        let outsiders = self.known.iter().filter(outside).count() as u64;
+        let want_milli = PROBES_PER_OUTSIDER * outsiders * 1000 / members;
+        let draw = crate::hash::salted(
+            self.me.id ^ self.me.incarnation.rotate_left(17),
+            self.probe_round,
+        ) % 1000;
+        let quota = (want_milli / 1000 + u64::from(draw < want_milli % 1000))
+            .min(PROBE_TARGETS_MAX as u64) as usize;
+        if self.probe_round == 1 {
+            // Members start at different places in the known list.
+            self.probe_cursor = crate::hash::salted(self.me.id, self.me.incarnation);
+        }
+        let mut picked: Vec<NodeInfo> = if quota == 0 {
+            Vec::new()
         } else {
             self.known
                 .iter_above(self.probe_cursor)
                 .chain(self.known.iter())
                 .filter(outside)
-                .take(PROBE_TARGETS_MAX)
+                .take(quota)
                 .map(|k| k.info.clone())
                 .collect()
         };
-        if count > PROBE_TARGETS_MAX
-            && let Some(last) = picked.last()
-        {
+        if let Some(last) = picked.last() {
             self.probe_cursor = last.id;
         }
+        // A wrap past the end can meet the same nodes again.
+        picked.sort_by_key(|k| k.id);
+        picked.dedup_by_key(|k| k.id);
         let mut targets: Vec<Dest> = picked.drain(..).map(Dest::Node).collect();
         for (seed, in_view) in self.seeds.iter().zip(&self.seeds_in_view) {
             let identified = *in_view

@@ -306,6 +306,31 @@ fn two_kills_at_once() {
 }
 
 #[test]
+fn a_dead_node_costs_the_cluster_a_few_probes_per_interval_not_one_per_member() {
+    for_each_seed("dead node probes", |cluster, n| {
+        bootstrap(cluster, n)?;
+        let victim = n;
+        cluster.kill(victim);
+        let mut survivors = ids(n);
+        survivors.remove(&victim);
+        converge(cluster, &survivors, "after kill")?;
+        let intervals = STABLE_MS / MembershipConfig::default().probe_interval_ms;
+        let before = cluster.sent.get("probe").copied().unwrap_or(0);
+        cluster.run_for(STABLE_MS);
+        let probes = cluster.sent.get("probe").copied().unwrap_or(0) - before;
+        // About 2 per interval in all (the members share them); still probed, so
+        // it can come back.
+        if probes == 0 || probes > 4 * intervals + 4 {
+            return Err(format!(
+                "{probes} probes of the dead node in {intervals} intervals by {} members",
+                n - 1
+            ));
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn forgotten_node_is_removed_and_not_probed() {
     for_each_seed("forget", |cluster, n| {
         bootstrap(cluster, n)?;

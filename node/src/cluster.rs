@@ -5,6 +5,7 @@
 //! the [`membership::Membership`] state machine: it feeds it incoming messages, RPC
 //! failures and timeouts with real time, and sends what it asks to send.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,11 @@ pub struct Cluster {
     seeds: Vec<String>,
     forgotten: RwLock<std::collections::BTreeSet<String>>,
     input: mpsc::Sender<DriverInput>,
+    /// When (this node's clock, ms) a membership message from another node last
+    /// arrived; `u64::MAX`: never.
+    peer_heard_ms: AtomicU64,
+    /// Whether a view with other members has been installed since start.
+    ever_joined: AtomicBool,
 }
 
 impl Cluster {
@@ -101,6 +107,8 @@ impl Cluster {
             seeds,
             forgotten: RwLock::new(forgotten.into_iter().collect()),
             input,
+            peer_heard_ms: AtomicU64::new(u64::MAX),
+            ever_joined: AtomicBool::new(false),
         };
         (Arc::new(cluster), rx)
     }
@@ -135,6 +143,9 @@ impl Cluster {
 
     /// Hand an incoming membership message to the driver.
     pub fn deliver_membership(&self, msg: membership::Message) {
+        if msg.header().from.id != self.me.id {
+            self.peer_heard_ms.store(self.now().0, Ordering::Relaxed);
+        }
         // The protocol tolerates lost messages; a full inbox drops rather than grows.
         if self.input.try_send(DriverInput::Message(msg)).is_err() {
             tracing::warn!("membership inbox full or closed: message dropped");
@@ -181,15 +192,24 @@ impl Cluster {
         known_ok && seeds_ok
     }
 
-    /// Whether this node is still in its first one-node view while it has seeds to
-    /// join, within `grace_ms` of starting. A restarted node is alone for a moment
-    /// before it merges back: serving placements and mailboxes then would store single
-    /// copies and show its own fragments as whole mailboxes. After the grace it serves
-    /// alone (the rest of the cluster may really be gone).
+    /// Whether this node, which has seeds, is still alone in the view it started with
+    /// and should wait before serving: within `grace_ms` of starting, and for up to
+    /// [`JOIN_WAIT_MAX_MS`] while other nodes talk to it (a merge is under way). A
+    /// restarted node is alone for a moment before it merges back; serving placements
+    /// and mailboxes then would store single copies (replicas are clamped to the view)
+    /// and show its own fragments as whole mailboxes. Once nobody answers it serves
+    /// alone: the rest of the cluster may really be gone.
     pub fn joining(&self, grace_ms: u64) -> bool {
-        !self.seeds.is_empty()
-            && self.view().view.epoch.counter == 0
-            && self.now() < Millis(grace_ms)
+        if self.seeds.is_empty()
+            || self.ever_joined.load(Ordering::Relaxed)
+            || self.view().view.members.len() > 1
+        {
+            return false;
+        }
+        let now = self.now().0;
+        let heard = self.peer_heard_ms.load(Ordering::Relaxed);
+        now < grace_ms
+            || (now < JOIN_WAIT_MAX_MS && heard != u64::MAX && now.saturating_sub(heard) < grace_ms)
     }
 
     /// Milliseconds on this node's monotonic clock (shared by the membership driver,
@@ -222,6 +242,9 @@ impl Cluster {
     }
 
     fn install(&self, view: View) {
+        if view.members.len() > 1 {
+            self.ever_joined.store(true, Ordering::Relaxed);
+        }
         let state = Arc::new(ViewState::new(view, self.buckets, Some(&self.view())));
         if let Ok(mut g) = self.current.write() {
             *g = state.clone();
@@ -229,6 +252,10 @@ impl Cluster {
         self.views.send_replace(state);
     }
 }
+
+/// The longest a restarted node that other nodes talk to waits, alone in its first
+/// view, for the merge before it serves alone (see [`Cluster::joining`]).
+pub const JOIN_WAIT_MAX_MS: u64 = 30_000;
 
 /// How often gossiped load figures are copied into the load table, in milliseconds
 /// (figures from RPC replies go in at once).

@@ -8,7 +8,7 @@ use membership::NodeId;
 use softstate::Refused;
 use storage::NewMessage;
 
-use crate::rpc::{Request, Response, RpcHandler};
+use crate::rpc::{Failure, Request, Response, RpcHandler, StorageOp, Unready};
 use crate::service::Node;
 
 impl Node {
@@ -44,7 +44,7 @@ impl Node {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "storing messages");
-                        Response::Error(format!("store: {e}"))
+                        Response::Error(Failure::storage(StorageOp::Store, e))
                     }
                 }
             }
@@ -54,21 +54,21 @@ impl Node {
                 session,
             } => {
                 if !self.soft_current() {
-                    return Response::NotReady("soft state behind the view".into());
+                    return Response::NotReady(Unready::Behind);
                 }
                 match self.manager.with(|s| s.open(&user, session)) {
                     Ok(map) => Response::MailMap(map),
                     Err(Refused::InUse) => Response::InUse,
-                    Err(e) => Response::NotReady(e.to_string()),
+                    Err(e) => Response::NotReady(e.into()),
                 }
             }
             Request::MailMap { user, bucket: _ } => {
                 if !self.soft_current() {
-                    return Response::NotReady("soft state behind the view".into());
+                    return Response::NotReady(Unready::Behind);
                 }
                 match self.manager.with(|s| s.mail_map(&user)) {
                     Ok(map) => Response::MailMap(map),
-                    Err(e) => Response::NotReady(e.to_string()),
+                    Err(e) => Response::NotReady(e.into()),
                 }
             }
             Request::Close { user, session } => {
@@ -80,7 +80,7 @@ impl Node {
                     messages,
                     tombstones,
                 },
-                Err(e) => Response::Error(format!("list: {e}")),
+                Err(e) => Response::Error(Failure::storage(StorageOp::List, e)),
             },
             Request::Forget { id } => {
                 if let Some(addr) = self.cluster.forget(id) {
@@ -100,15 +100,15 @@ impl Node {
             }
             Request::Read { key } => match self.store.read(&key).await {
                 Ok(data) => Response::Message(data),
-                Err(e) => Response::Error(format!("read: {e}")),
+                Err(e) => Response::Error(Failure::storage(StorageOp::Read, e)),
             },
             Request::Purge { keys } => match self.store.purge_tombstones(&keys) {
                 Ok(_) => Response::Ack,
-                Err(e) => Response::Error(format!("purge: {e}")),
+                Err(e) => Response::Error(Failure::storage(StorageOp::Purge, e)),
             },
             Request::Delete { keys } => match self.store.delete(keys).await {
                 Ok(()) => Response::Ack,
-                Err(e) => Response::Error(format!("delete: {e}")),
+                Err(e) => Response::Error(Failure::storage(StorageOp::Delete, e)),
             },
             Request::Report(report) => taken(self.manager.with(|s| s.handle_report(report))),
             Request::Announce(note) => taken(self.manager.with(|s| s.handle_announce(note))),
@@ -133,7 +133,7 @@ impl Node {
     /// As user manager: choose the nodes that will store a new message of `user`.
     fn place(&self, user: &str, replicas: usize) -> Response {
         if !self.soft_current() {
-            return Response::NotReady("soft state behind the view".into());
+            return Response::NotReady(Unready::Behind);
         }
         let me = self.id();
         let own = self.load();
@@ -153,7 +153,7 @@ impl Node {
                 targets: p.targets,
                 epoch: p.epoch,
             },
-            Err(e) => Response::NotReady(e.to_string()),
+            Err(e) => Response::NotReady(e.into()),
         }
     }
 }
@@ -161,7 +161,7 @@ impl Node {
 fn taken(r: Result<(), Refused>) -> Response {
     match r {
         Ok(()) => Response::Ack,
-        Err(e) => Response::NotReady(e.to_string()),
+        Err(e) => Response::NotReady(e.into()),
     }
 }
 

@@ -28,6 +28,7 @@ pub mod fragments;
 pub mod gather;
 pub mod listen;
 pub mod manager;
+pub mod release;
 pub mod repair;
 pub mod retrieve;
 pub mod rpc;

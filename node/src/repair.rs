@@ -107,7 +107,7 @@ pub async fn pass(node: &Arc<Node>) -> Option<PassReport> {
             }
         }
         for task in plan.copies {
-            match copy(node, key(task.id), &task.from, task.count, &view.live).await {
+            match copy(node, key(task.id), &task.from, task.count).await {
                 Ok(made) => report.copies_made += made,
                 Err(e) => {
                     tracing::warn!(%user, id = %task.id, error = %e, "re-replicating");
@@ -141,7 +141,6 @@ async fn copy(
     key: MessageKey,
     holders: &[NodeId],
     count: usize,
-    live: &[NodeId],
 ) -> Result<u64, CopyError> {
     let mut data = None;
     for &h in holders {
@@ -153,20 +152,8 @@ async fn copy(
         }
     }
     let data = data.ok_or(CopyError::NoReadableHolder)?;
-    let candidates: Vec<NodeId> = live
-        .iter()
-        .copied()
-        .filter(|n| !holders.contains(n))
-        .collect();
     let load = |id: NodeId| node.cluster.load_of(id);
-    let targets = membership::pick_targets(
-        &[],
-        &candidates,
-        &load,
-        candidates.len().max(1),
-        count,
-        key.id.0[15] as u64,
-    );
+    let targets = node.manager.with(|s| s.place_copies(holders, count, &load));
     let epoch = node.cluster.view().view.epoch;
     let mut made = 0;
     for t in targets {

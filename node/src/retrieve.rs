@@ -11,6 +11,7 @@ use membership::NodeId;
 use pop::{AuthError, MailboxError, MessageEntry};
 use storage::{MessageId, MessageKey};
 
+use crate::release::Release;
 use crate::rpc::{Request, Response, SessionId};
 use crate::service::Node;
 
@@ -91,14 +92,10 @@ impl pop::Mailbox for RetrievalProxy {
                 // or installed from our report at a view change): release it. Close
                 // only releases a lock this very session holds.
                 if !matches!(e, MailboxError::InUse) {
-                    let node = node.clone();
-                    let req = Request::Close {
+                    node.releases.push(Release {
                         user: user.to_string(),
+                        bucket,
                         session,
-                    };
-                    tokio::spawn(async move {
-                        let manager = node.cluster.view().map.manager(bucket);
-                        let _ = node.call(manager, req).await;
                     });
                 }
                 return Err(e);
@@ -243,18 +240,10 @@ impl Drop for ProxySession {
             return;
         }
         self.node.end_session(self.session);
-        let node = self.node.clone();
-        let req = Request::Close {
-            user: self.user.clone(),
+        self.node.releases.push(Release {
+            user: std::mem::take(&mut self.user),
+            bucket: self.bucket,
             session: self.session,
-        };
-        let manager = self.node.cluster.view().map.manager(self.bucket);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = node.call(manager, req).await {
-                    tracing::warn!(error = %e, "releasing mailbox lock");
-                }
-            });
-        }
+        });
     }
 }

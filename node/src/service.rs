@@ -60,6 +60,8 @@ pub struct Node {
     pub repair_kick: tokio::sync::Notify,
     /// Wakes the soft-state driver: the machine may have output after an RPC input.
     pub soft_kick: tokio::sync::Notify,
+    /// Mailbox lock releases sent in the background.
+    pub releases: crate::release::Releases,
     message_seq: AtomicU32,
     inflight: AtomicU32,
 }
@@ -84,6 +86,7 @@ impl Node {
             repair: Default::default(),
             repair_kick: tokio::sync::Notify::new(),
             soft_kick: tokio::sync::Notify::new(),
+            releases: Default::default(),
             message_seq: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
         })

@@ -117,15 +117,17 @@ fn main() {
                     .push((user, holders));
             }
         }
-        for (id, node) in sim.nodes.iter_mut() {
-            node.install_settled(v1.clone(), maps.remove(id).unwrap_or_default());
+        for &(id, _) in &members {
+            if let Some(node) = sim.node_mut(id) {
+                node.install_settled(v1.clone(), maps.remove(&id).unwrap_or_default());
+            }
         }
         sim.view = Some(v1.clone());
         let check = |sim: &Sim| if sim.check().is_ok() { "yes" } else { "NO" };
         // Kill one.
         let dead = n / 2 + 1;
         members.retain(|m| m.0 != dead);
-        sim.nodes.remove(&dead);
+        sim.stop(dead);
         let v2 = view_of(2, &members);
         let (c, moved, cpu) = change(&mut sim, v2.clone(), &v1);
         let live = members.len() as u64;
@@ -175,7 +177,7 @@ fn main() {
 /// users (empty maps: both slots topped up by sampling).
 fn placement(n: u64, view: &Arc<ViewInfo>, sim: &mut Sim) -> String {
     let manager = view.ids[view.ids.len() / 3];
-    let Some(node) = sim.nodes.get_mut(&manager) else {
+    let Some(node) = sim.node_mut(manager) else {
         return format!("| {n} | - | - | - |");
     };
     let mut rng = Rng::new(n);

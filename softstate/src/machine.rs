@@ -46,7 +46,7 @@ use membership::{Epoch, Millis, NodeId, bucket_of};
 use crate::message::{
     Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit,
 };
-use crate::place::{Rng, choose};
+use crate::place::{Rng, choose, choose_extra};
 use crate::view::{Transition, ViewInfo};
 
 /// Timings and seeds of a [`SoftState`].
@@ -71,7 +71,7 @@ impl Default for SoftStateConfig {
 }
 
 /// Why the machine refused a request or a message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Refused {
     /// No view installed yet.
     #[error("no view installed yet")]
@@ -1195,6 +1195,30 @@ impl SoftState {
             targets: choice.targets,
             epoch: view.epoch,
         })
+    }
+
+    /// Choose `count` live nodes outside `holders` for extra copies of a message that
+    /// has too few (repair), least loaded first; cost independent of the view's size.
+    /// The caller records each copy that lands with [`SoftState::add`].
+    pub fn place_copies(
+        &mut self,
+        holders: &[NodeId],
+        count: usize,
+        load: &dyn Fn(NodeId) -> u32,
+    ) -> Vec<NodeId> {
+        let Some(view) = self.view.clone() else {
+            return Vec::new();
+        };
+        self.tie_break = self.tie_break.wrapping_add(1);
+        choose_extra(
+            holders,
+            &view.ids,
+            load,
+            count,
+            self.tie_break,
+            &mut self.rng,
+        )
+        .targets
     }
 
     /// Every user of a complete bucket with its mail map (for repair passes).

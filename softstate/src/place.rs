@@ -112,6 +112,63 @@ pub fn choose(
     }
 }
 
+/// Choose `count` distinct live nodes outside `exclude` for extra copies of a message
+/// (repair: `exclude` are its holders), least loaded first. Up to
+/// [`SMALL_CLUSTER_MAX`] live nodes the exact least-loaded choice; beyond, each slot
+/// takes the least loaded of [`SAMPLES_PER_SLOT`] random outside nodes, so the cost
+/// does not grow with `live`.
+pub fn choose_extra(
+    exclude: &[NodeId],
+    live: &[NodeId],
+    load: &dyn Fn(NodeId) -> u32,
+    count: usize,
+    tie_break: u64,
+    rng: &mut Rng,
+) -> Choice {
+    let key = |n: NodeId| (load(n), mix(n ^ mix(tie_break)), n);
+    if live.len() <= SMALL_CLUSTER_MAX {
+        let mut others: Vec<NodeId> = live
+            .iter()
+            .copied()
+            .filter(|n| !exclude.contains(n))
+            .collect();
+        others.sort_by_key(|n| key(*n));
+        others.truncate(count);
+        return Choice {
+            targets: others,
+            examined: live.len(),
+        };
+    }
+    let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
+    let mut examined = 0;
+    let taken = |n: &NodeId, chosen: &[NodeId]| exclude.contains(n) || chosen.contains(n);
+    while chosen.len() < count {
+        let mut best: Option<NodeId> = None;
+        for _ in 0..SAMPLES_PER_SLOT {
+            for _ in 0..8 {
+                let n = live[rng.below(live.len())];
+                examined += 1;
+                if taken(&n, &chosen) || best == Some(n) {
+                    continue;
+                }
+                if best.is_none_or(|b| key(n) < key(b)) {
+                    best = Some(n);
+                }
+                break;
+            }
+        }
+        match best {
+            Some(n) => chosen.push(n),
+            None => break,
+        }
+    }
+    chosen.sort_by_key(|n| key(*n));
+    Choice {
+        targets: chosen,
+        examined,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +222,32 @@ mod tests {
         let mean = picks.iter().sum::<u64>() as f64 / picks.len() as f64;
         // Uniform would average ~500; best of two averages ~333.
         assert!(mean < 400.0, "mean load of picks {mean}");
+    }
+
+    #[test]
+    fn extra_copies_avoid_the_holders_and_prefer_light_nodes() {
+        let small: Vec<NodeId> = (1..=5).collect();
+        let load = |n: NodeId| [0, 50, 60, 5, 1, 9][n as usize];
+        let mut rng = Rng::new(3);
+        let c = choose_extra(&[4], &small, &load, 2, 0, &mut rng);
+        assert_eq!(c.targets, vec![3, 5]);
+        assert_eq!(
+            choose_extra(&[1, 2, 3, 4], &small, &load, 3, 0, &mut rng).targets,
+            vec![5]
+        );
+        let large: Vec<NodeId> = (0..10_000).collect();
+        let by_id = |n: NodeId| n as u32;
+        let holders = [3, 9_000];
+        let mut sum = 0u64;
+        for tie in 0..500 {
+            let c = choose_extra(&holders, &large, &by_id, 2, tie, &mut rng);
+            let set: BTreeSet<NodeId> = c.targets.iter().copied().collect();
+            assert_eq!((c.targets.len(), set.len()), (2, 2));
+            assert!(c.targets.iter().all(|t| !holders.contains(t)));
+            assert!(c.examined <= 2 * SAMPLES_PER_SLOT * 8);
+            sum += c.targets[0];
+        }
+        // The lighter of each pair of draws: well below the uniform mean of 5,000.
+        assert!(sum / 500 < 4_000, "mean id {}", sum / 500);
     }
 }

@@ -1,6 +1,9 @@
 //! An in-process cluster of [`SoftState`] machines on an instant (or shuffled,
 //! lossy) network, with an in-memory fragment model and the ground-truth checker.
 //! The soft-state tests and `corebench` drive it; the cluster simulator can too.
+//!
+//! Cost per step is logarithmic in the number of nodes: only machines that got an
+//! input are drained, and deadlines wait in one ordered timer queue.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -23,8 +26,7 @@ pub struct Faults {
 
 /// The seeded in-process cluster.
 pub struct Sim {
-    /// The machines by node id (live or not).
-    pub nodes: BTreeMap<NodeId, SoftState>,
+    nodes: BTreeMap<NodeId, SoftState>,
     /// What each node holds on "disk": (bucket, user) with live mail or tombstones.
     pub fragments: BTreeMap<NodeId, BTreeSet<(u16, String)>>,
     /// The view the live nodes installed last.
@@ -36,6 +38,12 @@ pub struct Sim {
     config: SoftStateConfig,
     rng: Rng,
     queue: VecDeque<(NodeId, Transmit)>,
+    /// Machines that took an input since they were last drained.
+    dirty: BTreeSet<NodeId>,
+    /// (deadline, node) of every armed machine.
+    timers: BTreeSet<(Millis, NodeId)>,
+    /// The deadline each node has in `timers`.
+    armed: BTreeMap<NodeId, Millis>,
 }
 
 impl Sim {
@@ -50,7 +58,29 @@ impl Sim {
             config: SoftStateConfig { seed, ..config },
             rng: Rng::new(seed),
             queue: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            armed: BTreeMap::new(),
         }
+    }
+
+    /// The machines by node id (running or not).
+    pub fn nodes(&self) -> &BTreeMap<NodeId, SoftState> {
+        &self.nodes
+    }
+
+    /// One machine, to give it an input directly (a placement, a store); it is
+    /// drained at the next [`Sim::run`].
+    pub fn node_mut(&mut self, id: NodeId) -> Option<&mut SoftState> {
+        self.dirty.insert(id);
+        self.nodes.get_mut(&id)
+    }
+
+    /// Stop process `id` for good (its machine and timers go; fragments stay).
+    pub fn stop(&mut self, id: NodeId) {
+        self.nodes.remove(&id);
+        self.disarm(id);
+        self.dirty.remove(&id);
     }
 
     /// Start (or restart, with a new incarnation and empty soft state) process
@@ -59,6 +89,8 @@ impl Sim {
         self.nodes
             .insert(id, SoftState::new(id, incarnation, self.config.clone()));
         self.fragments.entry(id).or_default();
+        self.disarm(id);
+        self.dirty.insert(id);
     }
 
     /// Install `view` on the given members (default: all of them), sharing one
@@ -78,15 +110,23 @@ impl Sim {
                 .entry(from)
                 .or_insert_with(|| Transition::between(node.view().map(|v| &**v), &view));
             node.install_view_with(self.now, view.clone(), t);
+            self.dirty.insert(id);
         }
         self.view = Some(view);
     }
 
-    fn members(&self) -> Vec<NodeId> {
-        self.view
-            .as_ref()
-            .map(|v| v.ids.clone())
-            .unwrap_or_default()
+    fn disarm(&mut self, id: NodeId) {
+        if let Some(at) = self.armed.remove(&id) {
+            self.timers.remove(&(at, id));
+        }
+    }
+
+    fn rearm(&mut self, id: NodeId) {
+        self.disarm(id);
+        if let Some(at) = self.nodes.get(&id).and_then(|n| n.poll_timeout()) {
+            self.timers.insert((at, id));
+            self.armed.insert(id, at);
+        }
     }
 
     fn drain(&mut self, id: NodeId) {
@@ -102,6 +142,22 @@ impl Sim {
         while let Some(t) = node.poll_transmit() {
             self.queue.push_back((id, t));
         }
+        self.rearm(id);
+    }
+
+    /// Whether `id` is in the last installed view (others count as stopped).
+    fn is_member(&self, id: NodeId) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.members.contains_key(&id))
+    }
+
+    fn drain_dirty(&mut self) {
+        while let Some(id) = self.dirty.pop_first() {
+            if self.is_member(id) {
+                self.drain(id);
+            }
+        }
     }
 
     /// Run until nothing is in flight and no timer is due within `horizon_ms`; calls
@@ -110,24 +166,23 @@ impl Sim {
         let end = self.now.plus_ms(horizon_ms);
         let mut delivered = 0;
         loop {
-            for id in self.members() {
-                self.drain(id);
-            }
+            self.drain_dirty();
             if self.queue.is_empty() {
-                let next = self
-                    .members()
-                    .iter()
-                    .filter_map(|id| self.nodes.get(id).and_then(|n| n.poll_timeout()))
-                    .min();
-                match next {
-                    Some(t) if t <= end => {
-                        self.now = self.now.max(t);
-                        for id in self.members() {
-                            if let Some(n) = self.nodes.get_mut(&id)
-                                && n.poll_timeout().is_some_and(|d| d <= self.now)
-                            {
+                match self.timers.first().copied() {
+                    Some((at, _)) if at <= end => {
+                        self.now = self.now.max(at);
+                        while let Some((at, id)) = self.timers.first().copied() {
+                            if at > self.now {
+                                break;
+                            }
+                            self.disarm(id);
+                            if !self.is_member(id) {
+                                continue;
+                            }
+                            if let Some(n) = self.nodes.get_mut(&id) {
                                 n.handle_timeout(self.now);
                             }
+                            self.dirty.insert(id);
                         }
                         continue;
                     }
@@ -147,10 +202,7 @@ impl Sim {
                 delivered += 1;
                 let refused = self.faults.refuse_per_mille > 0
                     && (self.rng.below(1000) as u32) < self.faults.refuse_per_mille;
-                let live = self
-                    .view
-                    .as_ref()
-                    .is_some_and(|v| v.members.contains_key(&t.to));
+                let live = self.is_member(t.to);
                 let now = self.now;
                 let taken = !refused
                     && live
@@ -163,12 +215,14 @@ impl Sim {
                             Note::Ask(a) => n.handle_ask(a).is_ok(),
                             Note::Handoff(h) => n.handle_handoff(now, h).is_ok(),
                         });
+                self.dirty.insert(t.to);
                 if let Some(sender) = self.nodes.get_mut(&from) {
                     if taken {
                         sender.handle_delivered(t.token);
                     } else {
                         sender.handle_refused(self.now, t.token);
                     }
+                    self.dirty.insert(from);
                 }
                 if self.faults.shuffle {
                     // Let other nodes act between deliveries.

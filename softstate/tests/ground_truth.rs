@@ -28,7 +28,7 @@ fn trace(sim: &Sim) {
         let b = bucket_of(&user, B);
         let v = sim.view.as_ref().map(|v| v.map.manager(b));
         eprintln!("  {user} bucket {b} manager {v:?}");
-        for (id, n) in &sim.nodes {
+        for (id, n) in sim.nodes() {
             eprintln!("    node {id}: {}", n.describe_bucket(b));
         }
     }
@@ -43,8 +43,7 @@ fn deliver(sim: &mut Sim, rng: &mut Rng) {
     let manager = view.map.manager(b);
     let load = |_: NodeId| 0;
     let placed = sim
-        .nodes
-        .get_mut(&manager)
+        .node_mut(manager)
         .and_then(|m| m.place(&user, 1, 2, &load).ok());
     let Some(p) = placed else {
         return; // NotManager / no view: the sender would retry
@@ -55,7 +54,7 @@ fn deliver(sim: &mut Sim, rng: &mut Rng) {
             .or_default()
             .insert((b, user.clone()));
         let now = sim.now;
-        if let Some(node) = sim.nodes.get_mut(&h) {
+        if let Some(node) = sim.node_mut(h) {
             node.stored(now, p.epoch, [(b, user.clone())]);
         }
     }
@@ -144,10 +143,10 @@ fn run_seed(seed: u64) -> Result<(), String> {
     sim.run(60_000, |_| {});
     trace(&sim);
     if std::env::var("GT_TRACE").is_ok() {
-        for (id, n) in &sim.nodes {
+        for (id, n) in sim.nodes() {
             for b in n.rebuilding() {
                 eprintln!("node {id} rebuilding {b}");
-                for (j, m) in &sim.nodes {
+                for (j, m) in sim.nodes() {
                     eprintln!("    node {j}: {}", m.describe_bucket(b));
                 }
             }

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use proto::{Reply, Request, Response, SessionId};
+pub use proto::{Failure, Reply, Request, Response, SessionId, StorageOp, Unready};
 
 /// Largest RPC body accepted (a message of the largest size plus framing).
 pub const RPC_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;

@@ -117,7 +117,7 @@ pub enum Response {
     /// `Open` refused: another session holds the lock.
     InUse,
     /// The callee is not ready (reconstructing, or not the manager in its view): retry.
-    NotReady(String),
+    NotReady(Unready),
     /// Listing of `List`: live messages with sizes, and tombstoned ids.
     Listing {
         /// Live messages and their sizes.
@@ -129,8 +129,58 @@ pub enum Response {
     Message(Option<Bytes>),
     /// An opaque registry answer.
     Registry(Vec<u8>),
-    /// The callee failed.
-    Error(String),
+    /// The callee failed to carry out the request.
+    Error(Failure),
+}
+
+/// Why a callee cannot serve a request yet; the caller retries (elsewhere or later).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Unready {
+    /// A view is installed but the soft state has not caught up with it (or the node
+    /// is still joining the cluster).
+    #[error("soft state behind the view")]
+    Behind,
+    /// The soft-state machine refused the request.
+    #[error(transparent)]
+    Refused(#[from] softstate::Refused),
+}
+
+/// The local operation a callee's storage failed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageOp {
+    /// Appending messages (`Store`).
+    Store,
+    /// Listing a fragment (`List`).
+    List,
+    /// Reading a message (`Read`).
+    Read,
+    /// Dropping tombstones (`Purge`).
+    Purge,
+    /// Writing tombstones (`Delete`).
+    Delete,
+}
+
+/// A request the callee took but could not carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Failure {
+    /// Its storage failed; `detail` is the storage error as the callee logged it.
+    #[error("{op:?} failed: {detail}")]
+    Storage {
+        /// What was being done.
+        op: StorageOp,
+        /// The callee's error text.
+        detail: String,
+    },
+}
+
+impl Failure {
+    /// A storage failure in `op`.
+    pub fn storage(op: StorageOp, e: impl std::fmt::Display) -> Self {
+        Failure::Storage {
+            op,
+            detail: e.to_string(),
+        }
+    }
 }
 
 /// Every response travels with the responder's load, so callers learn loads for free.
