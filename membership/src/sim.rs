@@ -123,6 +123,8 @@ pub struct Cluster {
     debug: Option<(NodeId, u64, u64)>,
     /// Sees every message handed to the network (before drops).
     observer: Option<Observer>,
+    /// Views installed since the last [`Cluster::take_installs`], when recorded.
+    installs: Option<Vec<(Millis, NodeId, View)>>,
 }
 
 /// The RPC address of a node id in the simulation.
@@ -181,7 +183,22 @@ impl Cluster {
                 Some((parts.next()??, parts.next()??, parts.next()??))
             }),
             observer: None,
+            installs: None,
         }
+    }
+
+    /// Record every view install from now on (see [`Cluster::take_installs`]).
+    pub fn record_installs(&mut self) {
+        self.installs.get_or_insert_with(Vec::new);
+    }
+
+    /// The views installed (time, node, view) since the last call, oldest first;
+    /// empty unless [`Cluster::record_installs`] was called.
+    pub fn take_installs(&mut self) -> Vec<(Millis, NodeId, View)> {
+        self.installs
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Calls `observer` for every message any node sends from now on.
@@ -406,6 +423,9 @@ impl Cluster {
                 None => {
                     self.committed.insert(view.epoch, view.clone());
                 }
+            }
+            if let Some(log) = self.installs.as_mut() {
+                log.push((now, id, view.clone()));
             }
             instance.views.push(view);
         }

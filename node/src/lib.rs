@@ -34,6 +34,7 @@ pub mod retrieve;
 pub mod rpc;
 pub mod serve;
 pub mod service;
+pub mod simcli;
 pub mod soft;
 pub mod stats;
 pub mod up;

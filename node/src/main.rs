@@ -36,6 +36,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// The cluster simulator: the real cluster core in virtual time.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
     /// Show this node's view of the cluster.
     Status {
         #[command(flatten)]
@@ -81,6 +86,12 @@ enum UserCommand {
         #[command(flatten)]
         password: PasswordArgs,
     },
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// One experiment: a table on stdout, every figure with --json.
+    Run(node::simcli::SimRunArgs),
 }
 
 #[derive(Subcommand)]
@@ -308,6 +319,9 @@ async fn main() -> std::process::ExitCode {
             admin,
         } => cli::node_remove(&AdminClient::new(&admin.admin), id).await,
         Command::Status { admin, json } => cli::status(&AdminClient::new(&admin.admin), json).await,
+        Command::Sim {
+            command: SimCommand::Run(args),
+        } => tokio::task::block_in_place(|| node::simcli::run(&args)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

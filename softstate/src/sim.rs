@@ -44,6 +44,8 @@ pub struct Sim {
     timers: BTreeSet<(Millis, NodeId)>,
     /// The deadline each node has in `timers`.
     armed: BTreeMap<NodeId, Millis>,
+    /// Processes started and not stopped: only they act and take messages.
+    running: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -61,6 +63,7 @@ impl Sim {
             dirty: BTreeSet::new(),
             timers: BTreeSet::new(),
             armed: BTreeMap::new(),
+            running: BTreeSet::new(),
         }
     }
 
@@ -81,6 +84,7 @@ impl Sim {
         self.nodes.remove(&id);
         self.disarm(id);
         self.dirty.remove(&id);
+        self.running.remove(&id);
     }
 
     /// Start (or restart, with a new incarnation and empty soft state) process
@@ -91,6 +95,7 @@ impl Sim {
         self.fragments.entry(id).or_default();
         self.disarm(id);
         self.dirty.insert(id);
+        self.running.insert(id);
     }
 
     /// Install `view` on the given members (default: all of them), sharing one
@@ -145,16 +150,14 @@ impl Sim {
         self.rearm(id);
     }
 
-    /// Whether `id` is in the last installed view (others count as stopped).
-    fn is_member(&self, id: NodeId) -> bool {
-        self.view
-            .as_ref()
-            .is_some_and(|v| v.members.contains_key(&id))
+    /// Whether process `id` runs (started, not stopped).
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.running.contains(&id)
     }
 
     fn drain_dirty(&mut self) {
         while let Some(id) = self.dirty.pop_first() {
-            if self.is_member(id) {
+            if self.is_running(id) {
                 self.drain(id);
             }
         }
@@ -176,7 +179,7 @@ impl Sim {
                                 break;
                             }
                             self.disarm(id);
-                            if !self.is_member(id) {
+                            if !self.is_running(id) {
                                 continue;
                             }
                             if let Some(n) = self.nodes.get_mut(&id) {
@@ -202,7 +205,7 @@ impl Sim {
                 delivered += 1;
                 let refused = self.faults.refuse_per_mille > 0
                     && (self.rng.below(1000) as u32) < self.faults.refuse_per_mille;
-                let live = self.is_member(t.to);
+                let live = self.is_running(t.to);
                 let now = self.now;
                 let taken = !refused
                     && live

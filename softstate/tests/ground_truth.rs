@@ -88,7 +88,8 @@ fn run_seed(seed: u64) -> Result<(), String> {
         match rng.below(4) {
             0 if members.len() > 2 => {
                 let i = rng.below(members.len());
-                members.remove(i);
+                let (gone, _) = members.remove(i);
+                sim.stop(gone);
             }
             1 => {
                 sim.start(next_id, 1);

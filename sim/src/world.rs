@@ -1,0 +1,766 @@
+//! The event loop: one ordered queue of client arrivals, fault times, lock releases
+//! and samples in virtual time; the membership machines (when on) advanced in
+//! lockstep; every node's `SoftState` in one `softstate::Sim`.
+//!
+//! A delivery is computed when it arrives: its path through the queues of the client
+//! node, the manager and the targets gives its completion time (FIFO at every queue,
+//! in arrival order). It fails (4xx) if any node on the path is dead or cut off, or
+//! dies before the delivery completes (fault times are known in advance).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use membership::{Epoch, MembershipConfig, Millis, NodeId, UserMap, bucket_of};
+use softstate::place::Rng;
+use softstate::sim::Sim as SoftSim;
+use softstate::{SessionId, SoftStateConfig, ViewInfo};
+
+use crate::SimError;
+use crate::config::{Policy, SimConfig};
+use crate::fault::FaultKind;
+use crate::queue::{Cpu, Disk};
+use crate::report::{Latency, Report, Sample};
+use crate::workload::{Zipf, exp_gap, size};
+
+/// Buckets of the user map (the node's default).
+const BUCKETS: u32 = membership::DEFAULT_BUCKETS;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    Smtp,
+    Pop,
+    Fault(usize),
+    Close {
+        manager: NodeId,
+        user: u64,
+        session: SessionId,
+    },
+    Sample,
+}
+
+struct Hw {
+    cpu: Cpu,
+    disk: Disk,
+    cpu_factor: f64,
+    disk_factor: f64,
+    alive: bool,
+    /// Will run again (not killed for good).
+    returns: bool,
+    copies: u64,
+    copies_interval: u64,
+}
+
+#[derive(Default)]
+struct Mailbox {
+    /// (holder set id, messages).
+    sets: Vec<(u32, u32)>,
+    bytes: u64,
+    /// Nodes that hold fragments of this user (live mail or tombstones).
+    fragments_on: Vec<NodeId>,
+}
+
+struct World<'a> {
+    cfg: &'a SimConfig,
+    rng: Rng,
+    hw: Vec<Hw>,
+    soft: SoftSim,
+    members: Option<membership::sim::Cluster>,
+    maps: BTreeMap<Vec<NodeId>, Arc<UserMap>>,
+    /// Kill times per node (µs), ascending.
+    kills: Vec<Vec<f64>>,
+    partition: Option<(u64, u64)>,
+    mailboxes: Vec<Mailbox>,
+    sets: Vec<Vec<NodeId>>,
+    set_ids: HashMap<Vec<NodeId>, u32>,
+    zipf: Zipf,
+    queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
+    seq: u64,
+    smtp_lat: Histogram<u64>,
+    pop_lat: Histogram<u64>,
+    report: Report,
+    interval_acked: u64,
+    interval_temp: u64,
+}
+
+fn idx(id: NodeId) -> usize {
+    (id - 1) as usize
+}
+
+fn user_name(k: u64) -> String {
+    format!("u{k}")
+}
+
+/// Run one experiment; `progress` gets the simulated fraction done now and then.
+pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, SimError> {
+    if cfg.nodes == 0 || cfg.users == 0 || cfg.replicas == 0 {
+        return Err(SimError::Config(
+            "nodes, users and replicas must be at least 1".into(),
+        ));
+    }
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if !positive(cfg.rate_msgs_per_s) || !positive(cfg.duration_s) {
+        return Err(SimError::Config(
+            "rate and duration must be positive".into(),
+        ));
+    }
+    for f in &cfg.faults {
+        let id = match f.kind {
+            FaultKind::Kill(n) | FaultKind::Restart(n) | FaultKind::Unslow(n) => n,
+            FaultKind::Slow { node, .. } => node,
+            FaultKind::Partition(_, b) => b,
+            FaultKind::Heal => 1,
+        };
+        if id == 0 || id > cfg.nodes {
+            return Err(SimError::Config(format!(
+                "fault names node {id}; nodes are 1..={}",
+                cfg.nodes
+            )));
+        }
+    }
+    let started = Instant::now();
+    let mut w = World::new(cfg);
+    let end_us = (cfg.duration_s * 1e6) as u64;
+    let mut next_progress = 0.0;
+    while let Some(Reverse((t, _, ev))) = w.queue.pop() {
+        if t > end_us {
+            break;
+        }
+        w.report.events += 1;
+        w.advance(t);
+        w.handle(t, ev);
+        let done = t as f64 / end_us as f64;
+        if done >= next_progress {
+            progress(done);
+            next_progress = done + 0.01;
+        }
+    }
+    w.advance(end_us);
+    Ok(w.finish(started.elapsed().as_secs_f64()))
+}
+
+impl<'a> World<'a> {
+    fn new(cfg: &'a SimConfig) -> Self {
+        let n = cfg.nodes;
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let soft_config = SoftStateConfig {
+            seed: cfg.seed,
+            ..SoftStateConfig::default()
+        };
+        let mut soft = SoftSim::new(cfg.seed, soft_config);
+        let membership_on = cfg.membership || !cfg.faults.is_empty();
+        let (members, view) = if membership_on {
+            let mut c = membership::sim::Cluster::new(
+                cfg.seed,
+                membership::sim::NetConfig::default(),
+                MembershipConfig::default(),
+            );
+            let set: BTreeSet<NodeId> = ids.iter().copied().collect();
+            let seeds = vec![membership::sim::addr(1)];
+            c.start_in_view(&set, seeds);
+            c.record_installs();
+            let v = c
+                .machine(1)
+                .map(|m| m.view().clone())
+                .expect("node 1 was just started");
+            let map = Arc::new(UserMap::new(&ids, BUCKETS));
+            (Some(c), Arc::new(ViewInfo::from_view(&v, map)))
+        } else {
+            let map = Arc::new(UserMap::new(&ids, BUCKETS));
+            let epoch = Epoch {
+                counter: 2,
+                coordinator: 1,
+            };
+            (
+                None,
+                Arc::new(ViewInfo::new(epoch, ids.iter().map(|i| (*i, 1)), map)),
+            )
+        };
+        for &id in &ids {
+            let inc = view.members.get(&id).copied().unwrap_or(1);
+            soft.start(id, inc);
+            if let Some(node) = soft.node_mut(id) {
+                node.install_settled(view.clone(), []);
+            }
+        }
+        soft.view = Some(view.clone());
+        let mut maps = BTreeMap::new();
+        maps.insert(ids.clone(), view.map.clone());
+        let hw = ids
+            .iter()
+            .map(|_| Hw {
+                cpu: Cpu::new(cfg.model.cores),
+                disk: Disk::default(),
+                cpu_factor: 1.0,
+                disk_factor: 1.0,
+                alive: true,
+                returns: true,
+                copies: 0,
+                copies_interval: 0,
+            })
+            .collect();
+        let mut kills = vec![Vec::new(); n as usize];
+        for f in &cfg.faults {
+            if let FaultKind::Kill(id) = f.kind {
+                kills[idx(id)].push(f.at_ms as f64 * 1e3);
+            }
+        }
+        for k in &mut kills {
+            k.sort_by(f64::total_cmp);
+        }
+        let hist = || Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+        let mut w = World {
+            cfg,
+            rng: Rng::new(cfg.seed ^ 0x5eed),
+            hw,
+            soft,
+            members,
+            maps,
+            kills,
+            partition: None,
+            mailboxes: (0..cfg.users).map(|_| Mailbox::default()).collect(),
+            sets: Vec::new(),
+            set_ids: HashMap::new(),
+            zipf: Zipf::new(cfg.users, cfg.zipf),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            smtp_lat: hist(),
+            pop_lat: hist(),
+            report: Report {
+                nodes: n,
+                users: cfg.users,
+                seed: cfg.seed,
+                policy: format!("{:?}", cfg.policy).to_lowercase(),
+                ..Report::default()
+            },
+            interval_acked: 0,
+            interval_temp: 0,
+        };
+        w.push(0, Ev::Smtp);
+        if cfg.pop_per_msg > 0.0 {
+            w.push(0, Ev::Pop);
+        }
+        for (i, f) in cfg.faults.iter().enumerate() {
+            w.push(f.at_ms * 1000, Ev::Fault(i));
+        }
+        w.push(cfg.sample_ms.max(1) * 1000, Ev::Sample);
+        w
+    }
+
+    fn push(&mut self, t_us: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((t_us, self.seq, ev)));
+    }
+
+    /// Bring membership and the soft state up to `t_us`.
+    fn advance(&mut self, t_us: u64) {
+        let ms = t_us / 1000;
+        if let Some(c) = self.members.as_mut() {
+            if ms > c.now().0 {
+                c.run_for(ms - c.now().0);
+            }
+            for (at, id, view) in c.take_installs() {
+                self.report.view_installs += 1;
+                let ids = view.ids();
+                let map = self
+                    .maps
+                    .entry(ids.clone())
+                    .or_insert_with(|| Arc::new(UserMap::new(&ids, BUCKETS)))
+                    .clone();
+                let info = Arc::new(ViewInfo::from_view(&view, map));
+                if at > self.soft.now {
+                    let gap = at.0 - self.soft.now.0;
+                    self.soft.run(gap, |_| {});
+                    self.soft.now = self.soft.now.max(at);
+                }
+                if self.soft.is_running(id) {
+                    self.soft.install(info, Some(&[id]));
+                }
+            }
+        }
+        let target = Millis(ms);
+        if target > self.soft.now {
+            self.soft.run(target.0 - self.soft.now.0, |_| {});
+            self.soft.now = self.soft.now.max(target);
+        }
+    }
+
+    fn can_talk(&self, a: NodeId, b: NodeId) -> bool {
+        match self.partition {
+            Some((lo, hi)) => (lo..=hi).contains(&a) == (lo..=hi).contains(&b),
+            None => true,
+        }
+    }
+
+    /// Whether `id` runs at `from_us` and is not killed before `to_us`.
+    fn up_through(&self, id: NodeId, from_us: f64, to_us: f64) -> bool {
+        let Some(hw) = self.hw.get(idx(id)) else {
+            return false;
+        };
+        hw.alive
+            && !self.kills[idx(id)]
+                .iter()
+                .any(|k| *k > from_us && *k <= to_us)
+    }
+
+    fn load_of(hw: &[Hw], model: &crate::Model, id: NodeId, now_us: f64) -> u32 {
+        let Some(h) = hw.get(idx(id)) else {
+            return u32::MAX;
+        };
+        let cpu = h.cpu.backlog_us(now_us) / model.store_cpu_us.max(1.0);
+        (cpu as u32).saturating_add(h.disk.pending_at(now_us))
+    }
+
+    /// A running node a client reaches (round-robin DNS: a dead one refuses and the
+    /// client tries another).
+    fn client_node(&mut self) -> Option<NodeId> {
+        let n = self.cfg.nodes as usize;
+        for _ in 0..8 {
+            let id = self.rng.below(n) as NodeId + 1;
+            if self.hw[idx(id)].alive {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn handle(&mut self, t: u64, ev: Ev) {
+        match ev {
+            Ev::Smtp => {
+                let gap = exp_gap(&mut self.rng, 1e6 / self.cfg.rate_msgs_per_s);
+                self.push(t + gap.max(1.0) as u64, Ev::Smtp);
+                self.report.messages_offered += 1;
+                if !self.deliver(t as f64) {
+                    self.report.messages_4xx += 1;
+                    self.interval_temp += 1;
+                }
+            }
+            Ev::Pop => {
+                let rate = self.cfg.rate_msgs_per_s * self.cfg.pop_per_msg;
+                let gap = exp_gap(&mut self.rng, 1e6 / rate);
+                self.push(t + gap.max(1.0) as u64, Ev::Pop);
+                self.pop(t as f64);
+            }
+            Ev::Fault(i) => self.fault(i),
+            Ev::Close {
+                manager,
+                user,
+                session,
+            } => {
+                let name = user_name(user);
+                if let Some(m) = self.soft.node_mut(manager) {
+                    m.close(&name, session);
+                }
+                if let Some(a) = self.soft.node_mut(session.node) {
+                    a.end_session(session);
+                }
+            }
+            Ev::Sample => {
+                self.sample(t);
+                self.push(t + self.cfg.sample_ms.max(1) * 1000, Ev::Sample);
+            }
+        }
+    }
+
+    /// One SMTP delivery arriving at `t`; whether it was acknowledged.
+    fn deliver(&mut self, t: f64) -> bool {
+        let m = &self.cfg.model;
+        let Some(a) = self.client_node() else {
+            return false;
+        };
+        let k = self.zipf.draw(&mut self.rng);
+        let name = user_name(k);
+        let bucket = bucket_of(&name, BUCKETS);
+        let bytes = size(&self.cfg.size, &mut self.rng);
+        let ha = &mut self.hw[idx(a)];
+        if ha.cpu.backlog_us(t) > f64::from(self.cfg.smtp_backlog_max) * m.smtp_cpu_us {
+            return false; // 421: too busy
+        }
+        let t1 = ha.cpu.serve(t, m.smtp_cpu_us * ha.cpu_factor);
+        let Some(view) = self.soft.nodes().get(&a).and_then(|s| s.view().cloned()) else {
+            return false;
+        };
+        let manager = view.map.manager(bucket);
+        if !self.can_talk(a, manager) || !self.up_through(manager, t, t1) {
+            return false;
+        }
+        let t2 = t1 + m.net_latency_us;
+        let hm = &mut self.hw[idx(manager)];
+        let t3 = hm.cpu.serve(t2, m.place_cpu_us * hm.cpu_factor);
+        let targets = match self.place(manager, &name, &view, t3) {
+            Some(p) => p,
+            None => return false,
+        };
+        let epoch = view.epoch;
+        let t4 = t3 + m.net_latency_us;
+        let mut done = t4;
+        for &target in &targets.0 {
+            let arrive = t4 + m.net_latency_us + bytes as f64 / m.net_bytes_per_us;
+            if !self.can_talk(a, target) || !self.up_through(target, t, arrive) {
+                return false;
+            }
+            let h = &mut self.hw[idx(target)];
+            let c = h.cpu.serve(arrive, m.store_cpu_us * h.cpu_factor);
+            let d = h.disk.write(
+                c,
+                bytes,
+                m.disk_bytes_per_us / h.disk_factor,
+                m.fsync_us * h.disk_factor,
+            );
+            done = done.max(d + m.net_latency_us);
+        }
+        // Everyone on the path must live until the answer.
+        if !self.up_through(a, t, done) || !self.up_through(manager, t, t3) {
+            return false;
+        }
+        for &target in &targets.0 {
+            if !self.up_through(target, t, done) {
+                return false;
+            }
+        }
+        // Acknowledged: the copies exist.
+        let now = self.soft.now;
+        let placed_epoch = targets.1.unwrap_or(epoch);
+        for &target in &targets.0 {
+            let h = &mut self.hw[idx(target)];
+            h.copies += 1;
+            h.copies_interval += 1;
+            let mb = &mut self.mailboxes[k as usize];
+            if !mb.fragments_on.contains(&target) {
+                mb.fragments_on.push(target);
+                self.soft
+                    .fragments
+                    .entry(target)
+                    .or_default()
+                    .insert((bucket, name.clone()));
+            }
+            if let Some(s) = self.soft.node_mut(target)
+                && s.epoch() != Some(placed_epoch)
+            {
+                s.stored(now, placed_epoch, [(bucket, name.clone())]);
+            }
+        }
+        let mut set = targets.0.clone();
+        set.sort_unstable();
+        let next = self.sets.len() as u32;
+        let id = *self.set_ids.entry(set.clone()).or_insert(next);
+        if id == next {
+            self.sets.push(set);
+        }
+        let mb = &mut self.mailboxes[k as usize];
+        mb.bytes += bytes;
+        match mb.sets.iter_mut().find(|(s, _)| *s == id) {
+            Some((_, n)) => *n += 1,
+            None => mb.sets.push((id, 1)),
+        }
+        self.report.messages_acknowledged += 1;
+        self.report.copies_stored += targets.0.len() as u64;
+        self.interval_acked += 1;
+        let _ = self.smtp_lat.record(((done - t) as u64).max(1));
+        true
+    }
+
+    /// The targets of a new message of `name` as `manager` chooses them, with the
+    /// manager's epoch when the soft state placed it.
+    fn place(
+        &mut self,
+        manager: NodeId,
+        name: &str,
+        view: &ViewInfo,
+        at_us: f64,
+    ) -> Option<(Vec<NodeId>, Option<Epoch>)> {
+        let cfg = self.cfg;
+        let replicas = cfg.replicas.min(view.ids.len());
+        match cfg.policy {
+            Policy::Porcupine => {
+                let hw = &self.hw;
+                let model = &cfg.model;
+                let load = |id: NodeId| World::load_of(hw, model, id, at_us);
+                let node = self.soft.node_mut(manager)?;
+                let p = node.place(name, replicas, cfg.spread, &load).ok()?;
+                Some((p.targets, Some(p.epoch)))
+            }
+            Policy::Random => {
+                let mut picked: Vec<NodeId> = Vec::with_capacity(replicas);
+                while picked.len() < replicas {
+                    let n = view.ids[self.rng.below(view.ids.len())];
+                    if !picked.contains(&n) {
+                        picked.push(n);
+                    }
+                }
+                let node = self.soft.node_mut(manager)?;
+                node.mail_map(name).ok()?;
+                node.add(name, &picked);
+                Some((picked, None))
+            }
+            Policy::Static => {
+                let at = view.ids.binary_search(&manager).ok()?;
+                let picked: Vec<NodeId> = (0..replicas)
+                    .map(|i| view.ids[(at + i) % view.ids.len()])
+                    .collect();
+                let node = self.soft.node_mut(manager)?;
+                node.mail_map(name).ok()?;
+                node.add(name, &picked);
+                Some((picked, None))
+            }
+        }
+    }
+
+    /// One POP3 session draining one user's mailbox.
+    fn pop(&mut self, t: f64) {
+        let m = &self.cfg.model;
+        self.report.pop_sessions += 1;
+        let Some(a) = self.client_node() else {
+            self.report.pop_4xx += 1;
+            return;
+        };
+        let k = self.zipf.draw(&mut self.rng);
+        let name = user_name(k);
+        let bucket = bucket_of(&name, BUCKETS);
+        let ha = &mut self.hw[idx(a)];
+        let t1 = ha.cpu.serve(t, m.pop_cpu_us * ha.cpu_factor);
+        let Some(view) = self.soft.nodes().get(&a).and_then(|s| s.view().cloned()) else {
+            self.report.pop_4xx += 1;
+            return;
+        };
+        let manager = view.map.manager(bucket);
+        if !self.can_talk(a, manager) || !self.up_through(manager, t, t1) {
+            self.report.pop_4xx += 1;
+            return;
+        }
+        let Some(session) = self.soft.node_mut(a).map(|s| s.begin_session(&name)) else {
+            self.report.pop_4xx += 1;
+            return;
+        };
+        let opened = self.soft.node_mut(manager).map(|s| s.open(&name, session));
+        let map = match opened {
+            Some(Ok(map)) => map,
+            Some(Err(softstate::Refused::InUse)) => {
+                self.report.pop_in_use += 1;
+                self.end_session(a, session);
+                return;
+            }
+            _ => {
+                self.report.pop_4xx += 1;
+                self.end_session(a, session);
+                return;
+            }
+        };
+        let close = |w: &mut World, at: f64| {
+            w.push(
+                at as u64,
+                Ev::Close {
+                    manager,
+                    user: k,
+                    session,
+                },
+            );
+        };
+        // List every fragment: all holders must answer.
+        let t2 = t1 + m.net_latency_us;
+        let mut listed = t2;
+        for &h in &map {
+            if !self.can_talk(a, h) || !self.up_through(h, t, t2) {
+                self.report.pop_4xx += 1;
+                close(self, t2 + m.dead_call_us);
+                return;
+            }
+            let hh = &mut self.hw[idx(h)];
+            listed = listed.max(hh.cpu.serve(t2, m.list_cpu_us * hh.cpu_factor) + m.net_latency_us);
+        }
+        // Retrieve every message from a live holder, then delete it everywhere.
+        let mb = std::mem::take(&mut self.mailboxes[k as usize].sets);
+        let bytes = std::mem::take(&mut self.mailboxes[k as usize].bytes);
+        let count: u64 = mb.iter().map(|(_, n)| u64::from(*n)).sum();
+        let mean_bytes = bytes.checked_div(count).unwrap_or(0);
+        let mut end = listed;
+        let mut kept = Vec::new();
+        for (set, n) in mb {
+            let holders = &self.sets[set as usize];
+            let Some(&h) = holders
+                .iter()
+                .find(|h| self.can_talk(a, **h) && self.up_through(**h, t, listed))
+            else {
+                kept.push((set, n));
+                continue;
+            };
+            let hh = &mut self.hw[idx(h)];
+            let read = hh
+                .cpu
+                .serve(listed, m.read_cpu_us * f64::from(n) * hh.cpu_factor)
+                + m.net_latency_us
+                + (mean_bytes * u64::from(n)) as f64 / m.net_bytes_per_us;
+            end = end.max(read);
+            self.report.messages_retrieved += u64::from(n);
+        }
+        // Tombstones: one write per holder of the drained mail.
+        for &h in &map {
+            if self.up_through(h, t, end) {
+                let hh = &mut self.hw[idx(h)];
+                let d = hh.disk.write(
+                    end + m.net_latency_us,
+                    64,
+                    m.disk_bytes_per_us / hh.disk_factor,
+                    m.fsync_us * hh.disk_factor,
+                );
+                end = end.max(d + m.net_latency_us);
+            }
+        }
+        let mbx = &mut self.mailboxes[k as usize];
+        mbx.sets = kept;
+        let _ = self.pop_lat.record(((end - t) as u64).max(1));
+        close(self, end);
+    }
+
+    fn end_session(&mut self, a: NodeId, session: SessionId) {
+        if let Some(s) = self.soft.node_mut(a) {
+            s.end_session(session);
+        }
+    }
+
+    fn fault(&mut self, i: usize) {
+        let Some(f) = self.cfg.faults.get(i).cloned() else {
+            return;
+        };
+        match f.kind {
+            FaultKind::Kill(id) => {
+                let h = &mut self.hw[idx(id)];
+                h.alive = false;
+                h.returns = self
+                    .cfg
+                    .faults
+                    .iter()
+                    .any(|g| g.at_ms > f.at_ms && g.kind == FaultKind::Restart(id));
+                self.soft.stop(id);
+                if let Some(c) = self.members.as_mut() {
+                    c.kill(id);
+                }
+            }
+            FaultKind::Restart(id) => {
+                if self.hw[idx(id)].alive {
+                    return;
+                }
+                let h = &mut self.hw[idx(id)];
+                h.alive = true;
+                h.returns = true;
+                h.cpu = Cpu::new(self.cfg.model.cores);
+                h.disk = Disk::default();
+                let seed = (1..=self.cfg.nodes)
+                    .find(|n| *n != id && self.hw[idx(*n)].alive)
+                    .unwrap_or(1);
+                if let Some(c) = self.members.as_mut() {
+                    c.start(id, vec![membership::sim::addr(seed)]);
+                    let inc = c.machine(id).map_or(1, |m| m.me().incarnation);
+                    self.soft.start(id, inc);
+                }
+            }
+            FaultKind::Slow { node, what, factor } => {
+                let h = &mut self.hw[idx(node)];
+                if what == "cpu" {
+                    h.cpu_factor = factor;
+                } else {
+                    h.disk_factor = factor;
+                }
+            }
+            FaultKind::Unslow(node) => {
+                let h = &mut self.hw[idx(node)];
+                h.cpu_factor = 1.0;
+                h.disk_factor = 1.0;
+            }
+            FaultKind::Partition(lo, hi) => {
+                self.partition = Some((lo, hi));
+                if let Some(c) = self.members.as_mut() {
+                    c.partition(&(lo..=hi).collect());
+                }
+            }
+            FaultKind::Heal => {
+                self.partition = None;
+                if let Some(c) = self.members.as_mut() {
+                    c.heal();
+                }
+            }
+        }
+    }
+
+    fn sample(&mut self, t: u64) {
+        let interval_s = self.cfg.sample_ms.max(1) as f64 / 1e3;
+        let live = self.hw.iter().filter(|h| h.alive).count() as u64;
+        let rebuilding = self
+            .soft
+            .nodes()
+            .iter()
+            .filter(|(id, _)| self.soft.is_running(**id))
+            .map(|(_, s)| s.buckets_rebuilding() as u64)
+            .sum();
+        let copies: Vec<u64> = self
+            .hw
+            .iter()
+            .filter(|h| h.alive)
+            .map(|h| h.copies_interval)
+            .collect();
+        let mean = copies.iter().sum::<u64>() as f64 / copies.len().max(1) as f64;
+        let max = copies.iter().copied().max().unwrap_or(0) as f64;
+        self.report.timeline.push(Sample {
+            t_s: t as f64 / 1e6,
+            acked_per_s: self.interval_acked as f64 / interval_s,
+            temp_per_s: self.interval_temp as f64 / interval_s,
+            live_nodes: live,
+            buckets_rebuilding: rebuilding,
+            load_max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
+        });
+        for h in &mut self.hw {
+            h.copies_interval = 0;
+        }
+        self.interval_acked = 0;
+        self.interval_temp = 0;
+    }
+
+    fn finish(mut self, wall_s: f64) -> Report {
+        let r = &mut self.report;
+        r.simulated_s = self.cfg.duration_s;
+        r.wall_s = wall_s;
+        r.throughput_msgs_per_s = r.messages_acknowledged as f64 / r.simulated_s;
+        r.sim_messages_per_wall_s = r.messages_offered as f64 / wall_s.max(1e-9);
+        r.events_per_wall_s = r.events as f64 / wall_s.max(1e-9);
+        r.copies_per_node = self.hw.iter().map(|h| h.copies).collect();
+        let mean =
+            r.copies_per_node.iter().sum::<u64>() as f64 / r.copies_per_node.len().max(1) as f64;
+        let max = r.copies_per_node.iter().copied().max().unwrap_or(0) as f64;
+        r.node_load_max_over_mean = if mean > 0.0 { max / mean } else { 0.0 };
+        // Lost: every holder gone for good. Under-replicated: fewer live copies
+        // than replicas now.
+        let mut lost = 0;
+        let mut short = 0;
+        for mb in &self.mailboxes {
+            for (set, n) in &mb.sets {
+                let holders = &self.sets[*set as usize];
+                if !holders.iter().any(|h| self.hw[idx(*h)].returns) {
+                    lost += u64::from(*n);
+                }
+                let live = holders.iter().filter(|h| self.hw[idx(**h)].alive).count();
+                if live < self.cfg.replicas.min(self.cfg.nodes as usize) {
+                    short += u64::from(*n);
+                }
+            }
+        }
+        r.messages_lost = lost;
+        r.messages_under_replicated = short;
+        r.smtp = latency(&self.smtp_lat);
+        r.pop = latency(&self.pop_lat);
+        self.report
+    }
+}
+
+fn latency(h: &Histogram<u64>) -> Latency {
+    let ms = |us: u64| us as f64 / 1e3;
+    Latency {
+        count: h.len(),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+    }
+}

@@ -1,0 +1,121 @@
+//! Whole runs of the simulator: determinism, accounting, faults, policies.
+
+use sim::{Fault, Policy, SimConfig, SizeDist};
+
+fn small() -> SimConfig {
+    SimConfig {
+        nodes: 5,
+        users: 500,
+        rate_msgs_per_s: 500.0,
+        duration_s: 20.0,
+        seed: 7,
+        size: SizeDist::Fixed(2_000),
+        ..SimConfig::default()
+    }
+}
+
+fn run(cfg: &SimConfig) -> sim::Report {
+    sim::run(cfg, &mut |_| {}).expect("valid config")
+}
+
+/// The JSON without the wall-clock figures.
+fn figures(r: &sim::Report) -> String {
+    let mut v = serde_json::to_value(r).expect("serialisable");
+    for k in ["wall_s", "sim_messages_per_wall_s", "events_per_wall_s"] {
+        v.as_object_mut().expect("object").remove(k);
+    }
+    v.to_string()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_figures_and_another_seed_does_not() {
+    let a = run(&small());
+    let b = run(&small());
+    assert_eq!(figures(&a), figures(&b));
+    let c = run(&SimConfig { seed: 8, ..small() });
+    assert_ne!(figures(&a), figures(&c));
+}
+
+#[test]
+fn every_offered_message_is_acknowledged_or_4xxd_and_none_is_lost() {
+    let r = run(&small());
+    assert!(r.messages_offered > 9_000, "{}", r.messages_offered);
+    assert_eq!(r.messages_offered, r.messages_acknowledged + r.messages_4xx);
+    assert_eq!(r.messages_4xx, 0, "an idle healthy cluster refuses nothing");
+    assert_eq!(r.copies_stored, 2 * r.messages_acknowledged);
+    assert_eq!(r.messages_lost, 0);
+    assert!(r.pop_sessions > 0 && r.messages_retrieved > 0);
+    // Light load: a delivery is a few network hops plus one fsync.
+    assert!(r.smtp.p50_ms > 2.0 && r.smtp.p50_ms < 10.0, "{:?}", r.smtp);
+}
+
+#[test]
+fn a_killed_node_costs_some_4xx_but_no_acknowledged_message() {
+    let cfg = SimConfig {
+        faults: vec![
+            Fault::parse("kill 3 at 5s").expect("fault"),
+            Fault::parse("restart 3 at 12s").expect("fault"),
+        ],
+        ..small()
+    };
+    let r = run(&cfg);
+    assert_eq!(r.messages_offered, r.messages_acknowledged + r.messages_4xx);
+    assert!(
+        r.messages_4xx > 0,
+        "deliveries to the dead node must fail until the view changes"
+    );
+    assert!(
+        r.view_installs >= 8,
+        "survivors drop it, then take it back: {}",
+        r.view_installs
+    );
+    assert_eq!(r.messages_lost, 0);
+    // After the rejoin, mail flows at the offered rate again and maps are complete.
+    let last = r.timeline.last().expect("samples");
+    assert_eq!(last.live_nodes, 5);
+    assert_eq!(last.buckets_rebuilding, 0);
+    assert!(last.temp_per_s == 0.0, "{last:?}");
+}
+
+#[test]
+fn a_node_killed_for_good_leaves_copies_short_but_loses_nothing_with_two_replicas() {
+    let cfg = SimConfig {
+        faults: vec![Fault::parse("kill 2 at 10s").expect("fault")],
+        ..small()
+    };
+    let r = run(&cfg);
+    assert_eq!(r.messages_lost, 0);
+    assert!(r.messages_under_replicated > 0);
+    let one_copy = SimConfig { replicas: 1, ..cfg };
+    let r1 = run(&one_copy);
+    assert!(
+        r1.messages_lost > 0,
+        "with one copy, a node gone for good loses mail"
+    );
+}
+
+#[test]
+fn a_slow_node_gets_less_new_mail_under_porcupine_than_under_random() {
+    let base = SimConfig {
+        nodes: 6,
+        rate_msgs_per_s: 3_000.0,
+        pop_per_msg: 0.0,
+        spread: 4,
+        faults: vec![Fault::parse("slow 1 disk 8 at 0s").expect("fault")],
+        ..small()
+    };
+    let share = |policy: Policy| {
+        let r = run(&SimConfig {
+            policy,
+            ..base.clone()
+        });
+        let total: u64 = r.copies_per_node.iter().sum();
+        r.copies_per_node[0] as f64 / total as f64
+    };
+    let porcupine = share(Policy::Porcupine);
+    let random = share(Policy::Random);
+    assert!(
+        porcupine < random * 0.8,
+        "slow node's share: porcupine {porcupine:.3}, random {random:.3}"
+    );
+}
