@@ -83,6 +83,9 @@ struct World<'a> {
     report: Report,
     interval_acked: u64,
     interval_temp: u64,
+    /// Exact (fractional µs) arrival times of the next SMTP and POP3 clients.
+    smtp_at_us: f64,
+    pop_at_us: f64,
 }
 
 fn idx(id: NodeId) -> usize {
@@ -237,6 +240,8 @@ impl<'a> World<'a> {
             },
             interval_acked: 0,
             interval_temp: 0,
+            smtp_at_us: 0.0,
+            pop_at_us: 0.0,
         };
         w.push(0, Ev::Smtp);
         if cfg.pop_per_msg > 0.0 {
@@ -329,19 +334,21 @@ impl<'a> World<'a> {
     fn handle(&mut self, t: u64, ev: Ev) {
         match ev {
             Ev::Smtp => {
-                let gap = exp_gap(&mut self.rng, 1e6 / self.cfg.rate_msgs_per_s);
-                self.push(t + gap.max(1.0) as u64, Ev::Smtp);
+                let at = self.smtp_at_us;
+                self.smtp_at_us += exp_gap(&mut self.rng, 1e6 / self.cfg.rate_msgs_per_s);
+                self.push(self.smtp_at_us.ceil() as u64, Ev::Smtp);
                 self.report.messages_offered += 1;
-                if !self.deliver(t as f64) {
+                if !self.deliver(at) {
                     self.report.messages_4xx += 1;
                     self.interval_temp += 1;
                 }
             }
             Ev::Pop => {
                 let rate = self.cfg.rate_msgs_per_s * self.cfg.pop_per_msg;
-                let gap = exp_gap(&mut self.rng, 1e6 / rate);
-                self.push(t + gap.max(1.0) as u64, Ev::Pop);
-                self.pop(t as f64);
+                let at = self.pop_at_us;
+                self.pop_at_us += exp_gap(&mut self.rng, 1e6 / rate);
+                self.push(self.pop_at_us.ceil() as u64, Ev::Pop);
+                self.pop(at);
             }
             Ev::Fault(i) => self.fault(i),
             Ev::Close {
@@ -478,7 +485,7 @@ impl<'a> World<'a> {
                 let hw = &self.hw;
                 let model = &cfg.model;
                 let load = |id: NodeId| World::load_of(hw, model, id, at_us);
-                let node = self.soft.node_mut(manager)?;
+                let node = self.soft.node_mut_silent(manager)?;
                 let p = node.place(name, replicas, cfg.spread, &load).ok()?;
                 Some((p.targets, Some(p.epoch)))
             }

@@ -1150,13 +1150,17 @@ impl SoftState {
             return;
         };
         if let Some(bucket) = self.buckets.get_mut(&b) {
-            let entry = bucket.users.entry(user.to_string()).or_default();
-            entry.extend(
-                nodes
-                    .iter()
-                    .copied()
-                    .filter(|n| view.members.contains_key(n)),
-            );
+            let live = nodes
+                .iter()
+                .copied()
+                .filter(|n| view.members.contains_key(n));
+            // No allocation for a user already mapped (most placements).
+            match bucket.users.get_mut(user) {
+                Some(entry) => entry.extend(live),
+                None => {
+                    bucket.users.insert(user.to_string(), live.collect());
+                }
+            }
         }
     }
 

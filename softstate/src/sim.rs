@@ -79,6 +79,12 @@ impl Sim {
         self.nodes.get_mut(&id)
     }
 
+    /// One machine, for an input that never gives output (`place`, `mail_map`):
+    /// it is not queued for draining, which keeps a placement O(log N).
+    pub fn node_mut_silent(&mut self, id: NodeId) -> Option<&mut SoftState> {
+        self.nodes.get_mut(&id)
+    }
+
     /// Stop process `id` for good (its machine and timers go; fragments stay).
     pub fn stop(&mut self, id: NodeId) {
         self.nodes.remove(&id);
