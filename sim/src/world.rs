@@ -449,13 +449,17 @@ impl<'a> World<'a> {
                 s.stored(now, placed_epoch, [(bucket, name.clone())]);
             }
         }
-        let mut set = targets.0.clone();
+        let mut set = targets.0;
         set.sort_unstable();
-        let next = self.sets.len() as u32;
-        let id = *self.set_ids.entry(set.clone()).or_insert(next);
-        if id == next {
-            self.sets.push(set);
-        }
+        let id = match self.set_ids.get(&set) {
+            Some(id) => *id,
+            None => {
+                let id = self.sets.len() as u32;
+                self.set_ids.insert(set.clone(), id);
+                self.sets.push(set.clone());
+                id
+            }
+        };
         let mb = &mut self.mailboxes[k as usize];
         mb.bytes += bytes;
         match mb.sets.iter_mut().find(|(s, _)| *s == id) {
@@ -463,7 +467,7 @@ impl<'a> World<'a> {
             None => mb.sets.push((id, 1)),
         }
         self.report.messages_acknowledged += 1;
-        self.report.copies_stored += targets.0.len() as u64;
+        self.report.copies_stored += set.len() as u64;
         self.interval_acked += 1;
         let _ = self.smtp_lat.record(((done - t) as u64).max(1));
         true
