@@ -92,8 +92,25 @@ fn idx(id: NodeId) -> usize {
     (id - 1) as usize
 }
 
-fn user_name(k: u64) -> String {
-    format!("u{k}")
+/// A user's name (`u{k}`) formatted on the stack: no allocation per message.
+#[derive(Default)]
+struct NameBuf([u8; 24]);
+
+impl NameBuf {
+    fn name(&mut self, mut k: u64) -> &str {
+        let mut at = self.0.len();
+        loop {
+            at -= 1;
+            self.0[at] = b'0' + (k % 10) as u8;
+            k /= 10;
+            if k == 0 {
+                break;
+            }
+        }
+        at -= 1;
+        self.0[at] = b'u';
+        std::str::from_utf8(&self.0[at..]).unwrap_or("u?")
+    }
 }
 
 /// Run one experiment; `progress` gets the simulated fraction done now and then.
@@ -356,11 +373,13 @@ impl<'a> World<'a> {
                 user,
                 session,
             } => {
-                let name = user_name(user);
-                if let Some(m) = self.soft.node_mut(manager) {
-                    m.close(&name, session);
+                let mut buf = NameBuf::default();
+                let name = buf.name(user);
+                // Lock calls give the machines no output: no draining needed.
+                if let Some(m) = self.soft.node_mut_silent(manager) {
+                    m.close(name, session);
                 }
-                if let Some(a) = self.soft.node_mut(session.node) {
+                if let Some(a) = self.soft.node_mut_silent(session.node) {
                     a.end_session(session);
                 }
             }
@@ -378,8 +397,9 @@ impl<'a> World<'a> {
             return false;
         };
         let k = self.zipf.draw(&mut self.rng);
-        let name = user_name(k);
-        let bucket = bucket_of(&name, BUCKETS);
+        let mut buf = NameBuf::default();
+        let name = buf.name(k);
+        let bucket = bucket_of(name, BUCKETS);
         let bytes = size(&self.cfg.size, &mut self.rng);
         let ha = &mut self.hw[idx(a)];
         if ha.cpu.backlog_us(t) > f64::from(self.cfg.smtp_backlog_max) * m.smtp_cpu_us {
@@ -396,7 +416,7 @@ impl<'a> World<'a> {
         let t2 = t1 + m.net_latency_us;
         let hm = &mut self.hw[idx(manager)];
         let t3 = hm.cpu.serve(t2, m.place_cpu_us * hm.cpu_factor);
-        let targets = match self.place(manager, &name, &view, t3) {
+        let targets = match self.place(manager, name, &view, t3) {
             Some(p) => p,
             None => return false,
         };
@@ -441,31 +461,44 @@ impl<'a> World<'a> {
                     .fragments
                     .entry(target)
                     .or_default()
-                    .insert((bucket, name.clone()));
+                    .insert((bucket, name.to_string()));
             }
-            if let Some(s) = self.soft.node_mut(target)
-                && s.epoch() != Some(placed_epoch)
-            {
-                s.stored(now, placed_epoch, [(bucket, name.clone())]);
+            let behind = self
+                .soft
+                .nodes()
+                .get(&target)
+                .is_some_and(|s| s.epoch() != Some(placed_epoch));
+            if behind && let Some(s) = self.soft.node_mut(target) {
+                s.stored(now, placed_epoch, [(bucket, name.to_string())]);
             }
         }
         let mut set = targets.0;
         set.sort_unstable();
-        let id = match self.set_ids.get(&set) {
-            Some(id) => *id,
+        // Affinity: the user's mail mostly goes to holder sets it already has.
+        let known = self.mailboxes[k as usize]
+            .sets
+            .iter()
+            .position(|(id, _)| self.sets[*id as usize] == set);
+        let mb_slot = match known {
+            Some(i) => i,
             None => {
-                let id = self.sets.len() as u32;
-                self.set_ids.insert(set.clone(), id);
-                self.sets.push(set.clone());
-                id
+                let id = match self.set_ids.get(&set) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.sets.len() as u32;
+                        self.set_ids.insert(set.clone(), id);
+                        self.sets.push(set.clone());
+                        id
+                    }
+                };
+                let mb = &mut self.mailboxes[k as usize];
+                mb.sets.push((id, 0));
+                mb.sets.len() - 1
             }
         };
         let mb = &mut self.mailboxes[k as usize];
         mb.bytes += bytes;
-        match mb.sets.iter_mut().find(|(s, _)| *s == id) {
-            Some((_, n)) => *n += 1,
-            None => mb.sets.push((id, 1)),
-        }
+        mb.sets[mb_slot].1 += 1;
         self.report.messages_acknowledged += 1;
         self.report.copies_stored += set.len() as u64;
         self.interval_acked += 1;
@@ -501,7 +534,7 @@ impl<'a> World<'a> {
                         picked.push(n);
                     }
                 }
-                let node = self.soft.node_mut(manager)?;
+                let node = self.soft.node_mut_silent(manager)?;
                 node.mail_map(name).ok()?;
                 node.add(name, &picked);
                 Some((picked, None))
@@ -511,7 +544,7 @@ impl<'a> World<'a> {
                 let picked: Vec<NodeId> = (0..replicas)
                     .map(|i| view.ids[(at + i) % view.ids.len()])
                     .collect();
-                let node = self.soft.node_mut(manager)?;
+                let node = self.soft.node_mut_silent(manager)?;
                 node.mail_map(name).ok()?;
                 node.add(name, &picked);
                 Some((picked, None))
@@ -528,8 +561,9 @@ impl<'a> World<'a> {
             return;
         };
         let k = self.zipf.draw(&mut self.rng);
-        let name = user_name(k);
-        let bucket = bucket_of(&name, BUCKETS);
+        let mut buf = NameBuf::default();
+        let name = buf.name(k);
+        let bucket = bucket_of(name, BUCKETS);
         let ha = &mut self.hw[idx(a)];
         let t1 = ha.cpu.serve(t, m.pop_cpu_us * ha.cpu_factor);
         let Some(view) = self.soft.nodes().get(&a).and_then(|s| s.view().cloned()) else {
@@ -541,11 +575,14 @@ impl<'a> World<'a> {
             self.report.pop_4xx += 1;
             return;
         }
-        let Some(session) = self.soft.node_mut(a).map(|s| s.begin_session(&name)) else {
+        let Some(session) = self.soft.node_mut_silent(a).map(|s| s.begin_session(name)) else {
             self.report.pop_4xx += 1;
             return;
         };
-        let opened = self.soft.node_mut(manager).map(|s| s.open(&name, session));
+        let opened = self
+            .soft
+            .node_mut_silent(manager)
+            .map(|s| s.open(name, session));
         let map = match opened {
             Some(Ok(map)) => map,
             Some(Err(softstate::Refused::InUse)) => {
@@ -626,7 +663,7 @@ impl<'a> World<'a> {
     }
 
     fn end_session(&mut self, a: NodeId, session: SessionId) {
-        if let Some(s) = self.soft.node_mut(a) {
+        if let Some(s) = self.soft.node_mut_silent(a) {
             s.end_session(session);
         }
     }

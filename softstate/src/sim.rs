@@ -79,8 +79,9 @@ impl Sim {
         self.nodes.get_mut(&id)
     }
 
-    /// One machine, for an input that never gives output (`place`, `mail_map`):
-    /// it is not queued for draining, which keeps a placement O(log N).
+    /// One machine, for an input that never gives output (`place`, `add`,
+    /// `mail_map`, `open`, `close`, sessions): it is not queued for draining, which
+    /// keeps such a call O(log N).
     pub fn node_mut_silent(&mut self, id: NodeId) -> Option<&mut SoftState> {
         self.nodes.get_mut(&id)
     }
