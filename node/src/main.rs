@@ -92,6 +92,10 @@ enum UserCommand {
 enum SimCommand {
     /// One experiment: a table on stdout, every figure with --json.
     Run(node::simcli::SimRunArgs),
+    /// A named experiment: scaling, skew, hetero, failover, billion, ten-billion.
+    Scenario(node::simcli::ScenarioArgs),
+    /// Random fault schedules over the real core, checking invariants.
+    Vopr(node::simcli::VoprArgs),
 }
 
 #[derive(Subcommand)]
@@ -319,9 +323,11 @@ async fn main() -> std::process::ExitCode {
             admin,
         } => cli::node_remove(&AdminClient::new(&admin.admin), id).await,
         Command::Status { admin, json } => cli::status(&AdminClient::new(&admin.admin), json).await,
-        Command::Sim {
-            command: SimCommand::Run(args),
-        } => tokio::task::block_in_place(|| node::simcli::run(&args)),
+        Command::Sim { command } => tokio::task::block_in_place(|| match command {
+            SimCommand::Run(args) => node::simcli::run(&args),
+            SimCommand::Scenario(args) => node::simcli::scenario(&args),
+            SimCommand::Vopr(args) => node::simcli::vopr(&args),
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -64,6 +64,9 @@ pub struct SimRunArgs {
     /// Write every figure as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write SVG plots (throughput over time, load spread) into this directory.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
 }
 
 impl SimRunArgs {
@@ -110,26 +113,199 @@ impl SimRunArgs {
     }
 }
 
-/// Run one experiment: table on stdout, JSON to `--json`.
+/// Run one experiment: table on stdout, JSON to `--json`, plots to `--plots`.
 pub fn run(args: &SimRunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let mut last = -1i64;
-    let mut progress = |done: f64| {
-        let pct = (done * 100.0) as i64;
-        if tty && pct / 10 != last / 10 {
-            eprint!("\rsimulating: {pct:>3} %");
-            last = pct;
-        }
-    };
+    let pb = bar(1000, "simulating");
+    let mut progress = |done: f64| pb.set_position((done * 1000.0) as u64);
     let report = sim::run(&config, &mut progress)?;
-    if tty {
-        eprintln!("\rsimulating: done   ");
-    }
+    pb.finish_and_clear();
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(dir) = &args.plots {
+        use sim::plot::{Series, line_chart};
+        let t = |f: &dyn Fn(&sim::report::Sample) -> f64| {
+            report
+                .timeline
+                .iter()
+                .map(|s| (s.t_s, f(s)))
+                .collect::<Vec<_>>()
+        };
+        let plots = vec![
+            (
+                "throughput.svg".to_string(),
+                line_chart(
+                    "Messages per second",
+                    "time s",
+                    "msgs/s",
+                    &[
+                        Series {
+                            name: "acknowledged".into(),
+                            points: t(&|s| s.acked_per_s),
+                        },
+                        Series {
+                            name: "4xx".into(),
+                            points: t(&|s| s.temp_per_s),
+                        },
+                    ],
+                    false,
+                ),
+            ),
+            (
+                "load-spread.svg".to_string(),
+                line_chart(
+                    "Busiest node's new copies over the mean",
+                    "time s",
+                    "max/mean",
+                    &[Series {
+                        name: "load max/mean".into(),
+                        points: t(&|s| s.load_max_over_mean),
+                    }],
+                    false,
+                ),
+            ),
+        ];
+        write_plots(dir, &plots)?;
+    }
+    Ok(())
+}
+
+/// `porcupine sim scenario`: a named experiment.
+#[derive(Debug, Args)]
+pub struct ScenarioArgs {
+    /// scaling, skew, hetero, failover, billion or ten-billion.
+    pub name: String,
+    /// The short form (seconds, for CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// The seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write every figure as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the SVG plots into this directory.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+}
+
+/// `porcupine sim vopr`: random fault schedules with invariant checks.
+#[derive(Debug, Args)]
+pub struct VoprArgs {
+    /// How many seeds.
+    #[arg(long, default_value_t = 100)]
+    pub seeds: u64,
+    /// The first seed (seeds are first..first+seeds).
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// Replay exactly this seed (prints its schedule and every figure).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Largest cluster a seed may draw (at least 3).
+    #[arg(long, default_value_t = 50)]
+    pub nodes_max: u64,
+}
+
+fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>28} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn write_plots(dir: &std::path::Path, plots: &[(String, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, svg) in plots {
+        let path = dir.join(name);
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+        println!("plot: {}", path.display());
+    }
+    Ok(())
+}
+
+/// Run a named scenario: table on stdout, JSON and plots on request.
+pub fn scenario(args: &ScenarioArgs) -> anyhow::Result<()> {
+    let pb = bar(1000, &args.name);
+    let mut progress = |what: &str, done: f64| {
+        pb.set_message(what.to_string());
+        pb.set_position((done * 1000.0) as u64);
+    };
+    let out = sim::scenario::run(&args.name, args.quick, args.seed, &mut progress)?;
+    pb.finish_and_clear();
+    println!(
+        "scenario {}{}",
+        out.name,
+        if args.quick { " (quick)" } else { "" }
+    );
+    print!("{}", out.table);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&out.json)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(dir) = &args.plots {
+        write_plots(dir, &out.plots)?;
+    }
+    Ok(())
+}
+
+/// Run seeds of random fault schedules; fails listing every seed that broke an
+/// invariant (replay one with `--seed S`).
+pub fn vopr(args: &VoprArgs) -> anyhow::Result<()> {
+    if let Some(seed) = args.seed {
+        let o = sim::vopr::run_seed(seed, args.nodes_max)?;
+        println!("seed {seed}: {} nodes, faults:", o.config.nodes);
+        for f in &o.config.faults {
+            println!("  {:>7.1} s  {:?}", f.at_ms as f64 / 1e3, f.kind);
+        }
+        print!("{}", o.report.table());
+        for v in &o.report.violations {
+            println!("VIOLATION: {v}");
+        }
+        anyhow::ensure!(
+            o.report.violations.is_empty(),
+            "seed {seed} broke {} invariants",
+            o.report.violations.len()
+        );
+        return Ok(());
+    }
+    let pb = bar(args.seeds, "vopr");
+    let mut failed = Vec::new();
+    let started = std::time::Instant::now();
+    for seed in args.first..args.first + args.seeds {
+        let o = sim::vopr::run_seed(seed, args.nodes_max)?;
+        if let Some(first) = o.report.violations.first() {
+            pb.println(format!("seed {seed} ({} nodes): {first}", o.config.nodes));
+            failed.push(seed);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    println!(
+        "vopr: {} seeds from {} in {:.1} s, {} failed{}",
+        args.seeds,
+        args.first,
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(": {failed:?} (replay: porcupine sim vopr --seed S)")
+        }
+    );
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} seeds broke an invariant",
+        failed.len()
+    );
     Ok(())
 }

@@ -144,6 +144,16 @@ pub struct SimConfig {
     pub sample_ms: u64,
     /// Most in-flight deliveries a node's SMTP front end takes; beyond, 4xx.
     pub smtp_backlog_max: u32,
+    /// Membership messages lost, per thousand.
+    pub net_drop_per_mille: u32,
+    /// Longest one-way delay of a membership message, milliseconds.
+    pub net_delay_ms_max: u64,
+    /// Soft-state messages refused (the sender retries), per thousand.
+    pub soft_refuse_per_mille: u32,
+    /// Deliver soft-state messages in a random order.
+    pub soft_shuffle: bool,
+    /// Check the invariants while running and after the faults (see `vopr`).
+    pub check_invariants: bool,
 }
 
 impl Default for SimConfig {
@@ -165,6 +175,11 @@ impl Default for SimConfig {
             membership: false,
             sample_ms: 1_000,
             smtp_backlog_max: 512,
+            net_drop_per_mille: 10,
+            net_delay_ms_max: 20,
+            soft_refuse_per_mille: 0,
+            soft_shuffle: false,
+            check_invariants: false,
         }
     }
 }

@@ -1,4 +1,5 @@
 //! Faults at given virtual times: `kill 17 at 10m`, `restart 17 at 20m`,
+//! `pause 4 at 1m`, `resume 4 at 2m` (SIGSTOP / SIGCONT),
 //! `slow 3 cpu 4 at 5m` (CPU ×4 slower), `slow 3 disk 2 at 5m`, `unslow 3 at 9m`,
 //! `partition 1-5 at 10m` (nodes 1..=5 on one side), `heal at 12m`.
 
@@ -25,6 +26,10 @@ pub enum FaultKind {
     },
     /// Back to normal speed.
     Unslow(u64),
+    /// The process stops (SIGSTOP): it neither serves nor answers.
+    Pause(u64),
+    /// A paused process goes on.
+    Resume(u64),
     /// Nodes `from..=to` can talk only among themselves.
     Partition(u64, u64),
     /// Every partition ends.
@@ -87,6 +92,8 @@ impl Fault {
             Some("kill") if args.len() == 2 => FaultKind::Kill(node(1)?),
             Some("restart") if args.len() == 2 => FaultKind::Restart(node(1)?),
             Some("unslow") if args.len() == 2 => FaultKind::Unslow(node(1)?),
+            Some("pause") if args.len() == 2 => FaultKind::Pause(node(1)?),
+            Some("resume") if args.len() == 2 => FaultKind::Resume(node(1)?),
             Some("slow") if args.len() == 4 => {
                 let what = args[2].to_string();
                 if what != "cpu" && what != "disk" {
@@ -121,7 +128,7 @@ impl Fault {
             Some("heal") if args.len() == 1 => FaultKind::Heal,
             _ => {
                 return Err(err(
-                    "want kill N | restart N | slow N cpu|disk K | unslow N | partition A-B | heal, then `at TIME`",
+                    "want kill N | restart N | pause N | resume N | slow N cpu|disk K | unslow N | partition A-B | heal, then `at TIME`",
                 ));
             }
         };

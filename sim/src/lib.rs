@@ -12,8 +12,11 @@
 
 pub mod config;
 pub mod fault;
+pub mod plot;
 pub mod queue;
 pub mod report;
+pub mod scenario;
+pub mod vopr;
 pub mod workload;
 pub mod world;
 

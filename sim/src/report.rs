@@ -92,6 +92,14 @@ pub struct Report {
     pub copies_per_node: Vec<u64>,
     /// One sample per `sample_ms`.
     pub timeline: Vec<Sample>,
+    /// Broken invariants, when checked (empty is good).
+    pub violations: Vec<String>,
+    /// Placements the simulator asked of the managers' `SoftState`.
+    pub placement_calls: u64,
+    /// Placements the `SoftState` machines counted themselves (running ones).
+    pub core_placements: u64,
+    /// Messages the membership machines sent (when run).
+    pub membership_messages: u64,
 }
 
 impl Report {

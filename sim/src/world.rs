@@ -42,6 +42,8 @@ enum Ev {
 }
 
 struct Hw {
+    /// Paused (SIGSTOP).
+    frozen: bool,
     cpu: Cpu,
     disk: Disk,
     cpu_factor: f64,
@@ -51,6 +53,27 @@ struct Hw {
     returns: bool,
     copies: u64,
     copies_interval: u64,
+}
+
+impl Hw {
+    /// CPU work of `service_us` (before slowness) for a request that reaches this
+    /// node at `arrive_us`, queued now (`now_us`: queues only ever take work in
+    /// time order, so a request is never queued behind one that has not arrived
+    /// yet): done at the later of its turn in the queue and its arrival plus its
+    /// service.
+    fn work(&mut self, now_us: f64, arrive_us: f64, service_us: f64) -> f64 {
+        let s = service_us * self.cpu_factor;
+        self.cpu.serve(now_us, s).max(arrive_us + s)
+    }
+
+    /// A disk write of `bytes` reaching the disk at `arrive_us`, queued now; when it
+    /// is durable.
+    fn write(&mut self, now_us: f64, arrive_us: f64, bytes: u64, m: &crate::Model) -> f64 {
+        let bw = m.disk_bytes_per_us / self.disk_factor;
+        let fsync = m.fsync_us * self.disk_factor;
+        let queued = self.disk.write(now_us, bytes, bw, fsync);
+        queued.max(arrive_us + bytes as f64 / bw.max(1e-9) + fsync)
+    }
 }
 
 #[derive(Default)]
@@ -81,11 +104,16 @@ struct World<'a> {
     smtp_lat: Histogram<u64>,
     pop_lat: Histogram<u64>,
     report: Report,
-    interval_acked: u64,
+    /// Acknowledgements by the sample interval their answer falls in.
+    acked_by_interval: Vec<u64>,
     interval_temp: u64,
     /// Exact (fractional µs) arrival times of the next SMTP and POP3 clients.
     smtp_at_us: f64,
     pop_at_us: f64,
+    /// Open POP3 sessions' locks by user (for the one-holder invariant).
+    open_locks: BTreeMap<u64, SessionId>,
+    /// Membership violations already copied into the report.
+    membership_violations_seen: usize,
 }
 
 fn idx(id: NodeId) -> usize {
@@ -128,7 +156,11 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, Sim
     }
     for f in &cfg.faults {
         let id = match f.kind {
-            FaultKind::Kill(n) | FaultKind::Restart(n) | FaultKind::Unslow(n) => n,
+            FaultKind::Kill(n)
+            | FaultKind::Restart(n)
+            | FaultKind::Unslow(n)
+            | FaultKind::Pause(n)
+            | FaultKind::Resume(n) => n,
             FaultKind::Slow { node, .. } => node,
             FaultKind::Partition(_, b) => b,
             FaultKind::Heal => 1,
@@ -170,13 +202,23 @@ impl<'a> World<'a> {
             ..SoftStateConfig::default()
         };
         let mut soft = SoftSim::new(cfg.seed, soft_config);
-        let membership_on = cfg.membership || !cfg.faults.is_empty();
+        soft.faults = softstate::sim::Faults {
+            refuse_per_mille: cfg.soft_refuse_per_mille,
+            shuffle: cfg.soft_shuffle,
+        };
+        // Slowness needs no failure detector; deaths, pauses and partitions do.
+        let membership_on = cfg.membership
+            || cfg
+                .faults
+                .iter()
+                .any(|f| !matches!(f.kind, FaultKind::Slow { .. } | FaultKind::Unslow(_)));
         let (members, view) = if membership_on {
-            let mut c = membership::sim::Cluster::new(
-                cfg.seed,
-                membership::sim::NetConfig::default(),
-                MembershipConfig::default(),
-            );
+            let net = membership::sim::NetConfig {
+                drop_per_mille: cfg.net_drop_per_mille,
+                delay_ms_max: cfg.net_delay_ms_max.max(1),
+                ..membership::sim::NetConfig::default()
+            };
+            let mut c = membership::sim::Cluster::new(cfg.seed, net, MembershipConfig::default());
             let set: BTreeSet<NodeId> = ids.iter().copied().collect();
             let seeds = vec![membership::sim::addr(1)];
             c.start_in_view(&set, seeds);
@@ -211,6 +253,7 @@ impl<'a> World<'a> {
         let hw = ids
             .iter()
             .map(|_| Hw {
+                frozen: false,
                 cpu: Cpu::new(cfg.model.cores),
                 disk: Disk::default(),
                 cpu_factor: 1.0,
@@ -255,10 +298,12 @@ impl<'a> World<'a> {
                 policy: format!("{:?}", cfg.policy).to_lowercase(),
                 ..Report::default()
             },
-            interval_acked: 0,
+            acked_by_interval: Vec::new(),
             interval_temp: 0,
             smtp_at_us: 0.0,
             pop_at_us: 0.0,
+            open_locks: BTreeMap::new(),
+            membership_violations_seen: 0,
         };
         w.push(0, Ev::Smtp);
         if cfg.pop_per_msg > 0.0 {
@@ -322,6 +367,7 @@ impl<'a> World<'a> {
             return false;
         };
         hw.alive
+            && !hw.frozen
             && !self.kills[idx(id)]
                 .iter()
                 .any(|k| *k > from_us && *k <= to_us)
@@ -341,7 +387,7 @@ impl<'a> World<'a> {
         let n = self.cfg.nodes as usize;
         for _ in 0..8 {
             let id = self.rng.below(n) as NodeId + 1;
-            if self.hw[idx(id)].alive {
+            if self.hw[idx(id)].alive && !self.hw[idx(id)].frozen {
                 return Some(id);
             }
         }
@@ -382,6 +428,9 @@ impl<'a> World<'a> {
                 if let Some(a) = self.soft.node_mut_silent(session.node) {
                     a.end_session(session);
                 }
+                if self.open_locks.get(&user) == Some(&session) {
+                    self.open_locks.remove(&user);
+                }
             }
             Ev::Sample => {
                 self.sample(t);
@@ -415,7 +464,7 @@ impl<'a> World<'a> {
         }
         let t2 = t1 + m.net_latency_us;
         let hm = &mut self.hw[idx(manager)];
-        let t3 = hm.cpu.serve(t2, m.place_cpu_us * hm.cpu_factor);
+        let t3 = hm.work(t, t2, m.place_cpu_us);
         let targets = match self.place(manager, name, &view, t3) {
             Some(p) => p,
             None => return false,
@@ -429,13 +478,8 @@ impl<'a> World<'a> {
                 return false;
             }
             let h = &mut self.hw[idx(target)];
-            let c = h.cpu.serve(arrive, m.store_cpu_us * h.cpu_factor);
-            let d = h.disk.write(
-                c,
-                bytes,
-                m.disk_bytes_per_us / h.disk_factor,
-                m.fsync_us * h.disk_factor,
-            );
+            let c = h.work(t, arrive, m.store_cpu_us);
+            let d = h.write(t, c, bytes, m);
             done = done.max(d + m.net_latency_us);
         }
         // Everyone on the path must live until the answer.
@@ -501,7 +545,11 @@ impl<'a> World<'a> {
         mb.sets[mb_slot].1 += 1;
         self.report.messages_acknowledged += 1;
         self.report.copies_stored += set.len() as u64;
-        self.interval_acked += 1;
+        let slot = (done / (self.cfg.sample_ms.max(1) as f64 * 1e3)) as usize;
+        if self.acked_by_interval.len() <= slot {
+            self.acked_by_interval.resize(slot + 1, 0);
+        }
+        self.acked_by_interval[slot] += 1;
         let _ = self.smtp_lat.record(((done - t) as u64).max(1));
         true
     }
@@ -519,6 +567,7 @@ impl<'a> World<'a> {
         let replicas = cfg.replicas.min(view.ids.len());
         match cfg.policy {
             Policy::Porcupine => {
+                self.report.placement_calls += 1;
                 let hw = &self.hw;
                 let model = &cfg.model;
                 let load = |id: NodeId| World::load_of(hw, model, id, at_us);
@@ -584,7 +633,12 @@ impl<'a> World<'a> {
             .node_mut_silent(manager)
             .map(|s| s.open(name, session));
         let map = match opened {
-            Some(Ok(map)) => map,
+            Some(Ok(map)) => {
+                if self.cfg.check_invariants {
+                    self.check_one_lock_holder(k, manager, session, t);
+                }
+                map
+            }
             Some(Err(softstate::Refused::InUse)) => {
                 self.report.pop_in_use += 1;
                 self.end_session(a, session);
@@ -616,7 +670,7 @@ impl<'a> World<'a> {
                 return;
             }
             let hh = &mut self.hw[idx(h)];
-            listed = listed.max(hh.cpu.serve(t2, m.list_cpu_us * hh.cpu_factor) + m.net_latency_us);
+            listed = listed.max(hh.work(t, t2, m.list_cpu_us) + m.net_latency_us);
         }
         // Retrieve every message from a live holder, then delete it everywhere.
         let mb = std::mem::take(&mut self.mailboxes[k as usize].sets);
@@ -635,9 +689,7 @@ impl<'a> World<'a> {
                 continue;
             };
             let hh = &mut self.hw[idx(h)];
-            let read = hh
-                .cpu
-                .serve(listed, m.read_cpu_us * f64::from(n) * hh.cpu_factor)
+            let read = hh.work(t, listed, m.read_cpu_us * f64::from(n))
                 + m.net_latency_us
                 + (mean_bytes * u64::from(n)) as f64 / m.net_bytes_per_us;
             end = end.max(read);
@@ -647,12 +699,7 @@ impl<'a> World<'a> {
         for &h in &map {
             if self.up_through(h, t, end) {
                 let hh = &mut self.hw[idx(h)];
-                let d = hh.disk.write(
-                    end + m.net_latency_us,
-                    64,
-                    m.disk_bytes_per_us / hh.disk_factor,
-                    m.fsync_us * hh.disk_factor,
-                );
+                let d = hh.write(t, end + m.net_latency_us, 64, m);
                 end = end.max(d + m.net_latency_us);
             }
         }
@@ -660,6 +707,28 @@ impl<'a> World<'a> {
         mbx.sets = kept;
         let _ = self.pop_lat.record(((end - t) as u64).max(1));
         close(self, end);
+    }
+
+    /// A second POP3 session of the same mailbox opened at a manager whose view
+    /// still holds the first session's process breaks the one-lock-holder rule. (A
+    /// holder outside that view — dead, paused past detection, across a partition —
+    /// has lost its lock with its membership, by design.)
+    fn check_one_lock_holder(&mut self, user: u64, manager: NodeId, session: SessionId, t: f64) {
+        if let Some(held) = self.open_locks.get(&user).copied() {
+            let in_view = self
+                .soft
+                .nodes()
+                .get(&manager)
+                .and_then(|m| m.view())
+                .is_some_and(|v| v.has_process(held.node, held.incarnation));
+            if in_view {
+                self.report.violations.push(format!(
+                    "t={:.3}s: mailbox u{user} locked by {held:?} and {session:?} (manager {manager})",
+                    t / 1e6
+                ));
+            }
+        }
+        self.open_locks.insert(user, session);
     }
 
     fn end_session(&mut self, a: NodeId, session: SessionId) {
@@ -712,6 +781,20 @@ impl<'a> World<'a> {
                     h.disk_factor = factor;
                 }
             }
+            FaultKind::Pause(id) => {
+                self.hw[idx(id)].frozen = true;
+                self.soft.freeze(id);
+                if let Some(c) = self.members.as_mut() {
+                    c.freeze(id);
+                }
+            }
+            FaultKind::Resume(id) => {
+                self.hw[idx(id)].frozen = false;
+                self.soft.thaw(id);
+                if let Some(c) = self.members.as_mut() {
+                    c.thaw(id);
+                }
+            }
             FaultKind::Unslow(node) => {
                 let h = &mut self.hw[idx(node)];
                 h.cpu_factor = 1.0;
@@ -719,12 +802,14 @@ impl<'a> World<'a> {
             }
             FaultKind::Partition(lo, hi) => {
                 self.partition = Some((lo, hi));
+                self.soft.cut = Some((lo..=hi).collect());
                 if let Some(c) = self.members.as_mut() {
                     c.partition(&(lo..=hi).collect());
                 }
             }
             FaultKind::Heal => {
                 self.partition = None;
+                self.soft.cut = None;
                 if let Some(c) = self.members.as_mut() {
                     c.heal();
                 }
@@ -733,6 +818,15 @@ impl<'a> World<'a> {
     }
 
     fn sample(&mut self, t: u64) {
+        if self.cfg.check_invariants
+            && let Some(c) = self.members.as_ref()
+        {
+            let v = c.violations();
+            for line in &v[self.membership_violations_seen.min(v.len())..] {
+                self.report.violations.push(format!("membership: {line}"));
+            }
+            self.membership_violations_seen = v.len();
+        }
         let interval_s = self.cfg.sample_ms.max(1) as f64 / 1e3;
         let live = self.hw.iter().filter(|h| h.alive).count() as u64;
         let rebuilding = self
@@ -752,7 +846,12 @@ impl<'a> World<'a> {
         let max = copies.iter().copied().max().unwrap_or(0) as f64;
         self.report.timeline.push(Sample {
             t_s: t as f64 / 1e6,
-            acked_per_s: self.interval_acked as f64 / interval_s,
+            acked_per_s: self
+                .acked_by_interval
+                .get(self.report.timeline.len())
+                .copied()
+                .unwrap_or(0) as f64
+                / interval_s,
             temp_per_s: self.interval_temp as f64 / interval_s,
             live_nodes: live,
             buckets_rebuilding: rebuilding,
@@ -761,11 +860,84 @@ impl<'a> World<'a> {
         for h in &mut self.hw {
             h.copies_interval = 0;
         }
-        self.interval_acked = 0;
         self.interval_temp = 0;
     }
 
+    /// After the last fault: every running node on one view, every manager's maps
+    /// equal to the fragments the nodes hold, nothing acknowledged lost.
+    fn check_settled(&mut self) {
+        let running: BTreeSet<NodeId> = (1..=self.cfg.nodes)
+            .filter(|id| self.hw[idx(*id)].alive && !self.hw[idx(*id)].frozen)
+            .collect();
+        let Some(c) = self.members.as_ref() else {
+            return;
+        };
+        if let Err(e) = c.agreement(&running) {
+            self.report
+                .violations
+                .push(format!("no agreed view at the end: {e}"));
+            return;
+        }
+        let Some(first) = running.first() else {
+            return;
+        };
+        let Some(view) = self.soft.nodes().get(first).and_then(|s| s.view().cloned()) else {
+            self.report
+                .violations
+                .push("no soft-state view at the end".into());
+            return;
+        };
+        // Every live holder of a user's fragments is in the user's map at its
+        // manager (a map may name more: a placement whose delivery failed).
+        let mut truth: BTreeMap<&str, (u16, BTreeSet<NodeId>)> = BTreeMap::new();
+        for id in &running {
+            for (b, user) in self.soft.fragments.get(id).into_iter().flatten() {
+                truth
+                    .entry(user.as_str())
+                    .or_insert((*b, BTreeSet::new()))
+                    .1
+                    .insert(*id);
+            }
+        }
+        for (user, (b, holders)) in truth {
+            let manager = view.map.manager(b);
+            let map = match self.soft.nodes().get(&manager).map(|m| m.mail_map(user)) {
+                Some(Ok(map)) => map,
+                Some(Err(e)) => {
+                    self.report
+                        .violations
+                        .push(format!("at the end, {user}'s manager {manager}: {e}"));
+                    return;
+                }
+                None => {
+                    self.report
+                        .violations
+                        .push(format!("at the end, {user}'s manager {manager} is missing"));
+                    return;
+                }
+            };
+            if let Some(h) = holders.iter().find(|h| !map.contains(h)) {
+                self.report.violations.push(format!(
+                    "at the end, {user}'s map at {manager} is {map:?}: holder {h} missing (holders {holders:?})"
+                ));
+                return;
+            }
+        }
+    }
+
     fn finish(mut self, wall_s: f64) -> Report {
+        self.report.core_placements = self
+            .soft
+            .nodes()
+            .values()
+            .map(|s| s.stats().placements)
+            .sum();
+        if let Some(c) = self.members.as_ref() {
+            self.report.membership_messages = c.sent.values().sum();
+        }
+        if self.cfg.check_invariants {
+            self.check_settled();
+        }
         let r = &mut self.report;
         r.simulated_s = self.cfg.duration_s;
         r.wall_s = wall_s;
@@ -794,6 +966,10 @@ impl<'a> World<'a> {
             }
         }
         r.messages_lost = lost;
+        if self.cfg.check_invariants && lost > 0 {
+            r.violations
+                .push(format!("{lost} acknowledged messages lost"));
+        }
         r.messages_under_replicated = short;
         r.smtp = latency(&self.smtp_lat);
         r.pop = latency(&self.pop_lat);

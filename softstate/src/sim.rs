@@ -46,6 +46,11 @@ pub struct Sim {
     armed: BTreeMap<NodeId, Millis>,
     /// Processes started and not stopped: only they act and take messages.
     running: BTreeSet<NodeId>,
+    /// Running processes that are paused (SIGSTOP): they neither act nor answer.
+    frozen: BTreeSet<NodeId>,
+    /// One side of a network partition: messages between it and the rest are
+    /// refused.
+    pub cut: Option<BTreeSet<NodeId>>,
 }
 
 impl Sim {
@@ -64,6 +69,8 @@ impl Sim {
             timers: BTreeSet::new(),
             armed: BTreeMap::new(),
             running: BTreeSet::new(),
+            frozen: BTreeSet::new(),
+            cut: None,
         }
     }
 
@@ -162,12 +169,40 @@ impl Sim {
         self.running.contains(&id)
     }
 
+    /// Whether process `id` runs and is not paused.
+    fn is_active(&self, id: NodeId) -> bool {
+        self.running.contains(&id) && !self.frozen.contains(&id)
+    }
+
+    /// Pause process `id`: no timers, no input, messages to it refused.
+    pub fn freeze(&mut self, id: NodeId) {
+        self.frozen.insert(id);
+    }
+
+    /// Resume a paused process; overdue timers fire at once.
+    pub fn thaw(&mut self, id: NodeId) {
+        if self.frozen.remove(&id) {
+            self.dirty.insert(id);
+        }
+    }
+
+    fn can_talk(&self, a: NodeId, b: NodeId) -> bool {
+        self.cut
+            .as_ref()
+            .is_none_or(|side| side.contains(&a) == side.contains(&b))
+    }
+
     fn drain_dirty(&mut self) {
+        let mut parked = Vec::new();
         while let Some(id) = self.dirty.pop_first() {
-            if self.is_running(id) {
+            if self.frozen.contains(&id) {
+                parked.push(id);
+            } else if self.is_running(id) {
                 self.drain(id);
             }
         }
+        // A paused machine keeps its input for when it resumes.
+        self.dirty.extend(parked);
     }
 
     /// Run until nothing is in flight and no timer is due within `horizon_ms`; calls
@@ -187,6 +222,10 @@ impl Sim {
                             }
                             self.disarm(id);
                             if !self.is_running(id) {
+                                continue;
+                            }
+                            if self.frozen.contains(&id) {
+                                // Fires when it resumes (thaw marks it dirty).
                                 continue;
                             }
                             if let Some(n) = self.nodes.get_mut(&id) {
@@ -212,7 +251,7 @@ impl Sim {
                 delivered += 1;
                 let refused = self.faults.refuse_per_mille > 0
                     && (self.rng.below(1000) as u32) < self.faults.refuse_per_mille;
-                let live = self.is_running(t.to);
+                let live = self.is_active(t.to) && self.can_talk(from, t.to);
                 let now = self.now;
                 let taken = !refused
                     && live

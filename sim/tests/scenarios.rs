@@ -1,0 +1,149 @@
+//! Every named scenario in its quick form, with the claim each one exists to show;
+//! and a few hundred `vopr` seeds.
+
+use serde_json::Value;
+
+fn scenario(name: &str) -> Value {
+    let out = sim::scenario::run(name, true, 1, &mut |_, _| {}).expect("scenario runs");
+    assert!(out.table.starts_with('|'), "{name}: a markdown table");
+    for (file, svg) in &out.plots {
+        assert!(
+            file.ends_with(".svg") && svg.starts_with("<svg"),
+            "{name}: {file}"
+        );
+    }
+    out.json
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut at = v;
+    for p in path {
+        at = &at[*p];
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+}
+
+#[test]
+fn scaling_keeps_per_node_throughput_from_10_nodes_up() {
+    let j = scenario("scaling");
+    let rows = j["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let e = f(r, &["efficiency"]);
+        assert!((0.9..1.1).contains(&e), "efficiency {e} at {}", r["nodes"]);
+        // Saturated: more was offered than acknowledged.
+        assert!(f(r, &["offered_msgs_per_s"]) > f(r, &["throughput_msgs_per_s"]) * 1.1);
+    }
+}
+
+#[test]
+fn skewed_popularity_overloads_the_static_design_more_than_porcupine() {
+    let j = scenario("skew");
+    let spread = |policy: &str, zipf: f64| {
+        j["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["policy"] == policy && f(r, &["zipf"]) == zipf)
+            .map(|r| f(r, &["report", "node_load_max_over_mean"]))
+            .expect("row")
+    };
+    assert!(spread("static", 1.2) > spread("porcupine", 1.2) * 1.2);
+    assert!(spread("static", 1.2) > spread("static", 0.0) * 1.2);
+}
+
+#[test]
+fn slow_nodes_get_less_new_mail_under_porcupine_only() {
+    let j = scenario("hetero");
+    let ratio = |policy: &str| {
+        j["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["policy"] == policy)
+            .map(|r| f(r, &["slow_over_fast"]))
+            .expect("row")
+    };
+    assert!(ratio("porcupine") < 0.6, "porcupine {}", ratio("porcupine"));
+    assert!(
+        (0.85..1.15).contains(&ratio("random")),
+        "random {}",
+        ratio("random")
+    );
+}
+
+#[test]
+fn failover_loses_nothing_and_recovers() {
+    let j = scenario("failover");
+    assert_eq!(f(&j, &["report", "messages_lost"]), 0.0);
+    assert!(
+        f(&j, &["report", "messages_4xx"]) > 0.0,
+        "the kill must cost something"
+    );
+    assert!(f(&j, &["recovered_after_kill_s"]) < 10.0);
+    assert!(f(&j, &["recovered_after_restart_s"]) < 10.0);
+    let r = &j["report"];
+    assert_eq!(
+        f(r, &["messages_offered"]),
+        f(r, &["messages_acknowledged"]) + f(r, &["messages_4xx"])
+    );
+}
+
+#[test]
+fn the_volume_scenarios_carry_their_rate() {
+    for (name, rate) in [("billion", 11_574.0), ("ten-billion", 115_741.0)] {
+        let j = scenario(name);
+        let t = f(&j, &["report", "throughput_msgs_per_s"]);
+        assert!((t / rate - 1.0).abs() < 0.05, "{name}: {t} msgs/s");
+        assert_eq!(f(&j, &["report", "messages_4xx"]), 0.0, "{name}");
+        assert_eq!(f(&j, &["report", "messages_lost"]), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn the_simulator_places_through_the_real_soft_state() {
+    let cfg = sim::SimConfig {
+        nodes: 8,
+        users: 1_000,
+        rate_msgs_per_s: 400.0,
+        duration_s: 10.0,
+        ..sim::SimConfig::default()
+    };
+    let r = sim::run(&cfg, &mut |_| {}).expect("runs");
+    assert!(r.placement_calls >= r.messages_acknowledged && r.messages_acknowledged > 0);
+    assert_eq!(
+        r.core_placements, r.placement_calls,
+        "every placement is SoftState::place"
+    );
+    let faulty = sim::SimConfig {
+        faults: vec![sim::Fault::parse("kill 2 at 3s").expect("fault")],
+        ..cfg
+    };
+    let r = sim::run(&faulty, &mut |_| {}).expect("runs");
+    assert!(
+        r.membership_messages > 0,
+        "faults run the membership machines"
+    );
+    assert!(r.view_installs >= 7);
+}
+
+#[test]
+fn vopr_seeds_keep_every_invariant() {
+    let seeds: u64 = std::env::var("VOPR_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut failed = Vec::new();
+    for seed in 0..seeds {
+        let o = sim::vopr::run_seed(seed, 12).expect("runs");
+        if let Some(v) = o.report.violations.first() {
+            failed.push(format!("seed {seed}: {v}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "replay with `porcupine sim vopr --nodes-max 12 --seed S`:\n{}",
+        failed.join("\n")
+    );
+}
