@@ -116,7 +116,7 @@ fn scaling(
         };
         let offered = 1.3 * capacity_per_node(&cfg) * n as f64;
         cfg.rate_msgs_per_s = offered;
-        cfg.duration_s = (budget_msgs / offered).clamp(0.4, 20.0);
+        cfg.duration_s = (budget_msgs / offered).clamp(1.0, 20.0);
         let r = one(&format!("scaling {n} nodes"), &cfg, progress)?;
         let t = steady_throughput(&r);
         let per_node = t / n as f64;

@@ -112,6 +112,9 @@ struct World<'a> {
     pop_at_us: f64,
     /// Open POP3 sessions' locks by user (for the one-holder invariant).
     open_locks: BTreeMap<u64, SessionId>,
+    /// The view each node's soft state has installed (by node index), kept beside
+    /// the machines so a delivery needs no lookup of them.
+    views: Vec<Option<Arc<ViewInfo>>>,
     /// Membership violations already copied into the report.
     membership_violations_seen: usize,
 }
@@ -303,6 +306,7 @@ impl<'a> World<'a> {
             smtp_at_us: 0.0,
             pop_at_us: 0.0,
             open_locks: BTreeMap::new(),
+            views: vec![Some(view.clone()); n as usize],
             membership_violations_seen: 0,
         };
         w.push(0, Ev::Smtp);
@@ -343,6 +347,7 @@ impl<'a> World<'a> {
                     self.soft.now = self.soft.now.max(at);
                 }
                 if self.soft.is_running(id) {
+                    self.views[idx(id)] = Some(info.clone());
                     self.soft.install(info, Some(&[id]));
                 }
             }
@@ -455,7 +460,7 @@ impl<'a> World<'a> {
             return false; // 421: too busy
         }
         let t1 = ha.cpu.serve(t, m.smtp_cpu_us * ha.cpu_factor);
-        let Some(view) = self.soft.nodes().get(&a).and_then(|s| s.view().cloned()) else {
+        let Some(view) = self.views[idx(a)].clone() else {
             return false;
         };
         let manager = view.map.manager(bucket);
@@ -507,11 +512,9 @@ impl<'a> World<'a> {
                     .or_default()
                     .insert((bucket, name.to_string()));
             }
-            let behind = self
-                .soft
-                .nodes()
-                .get(&target)
-                .is_some_and(|s| s.epoch() != Some(placed_epoch));
+            let behind = self.views[idx(target)]
+                .as_ref()
+                .is_some_and(|v| v.epoch != placed_epoch);
             if behind && let Some(s) = self.soft.node_mut(target) {
                 s.stored(now, placed_epoch, [(bucket, name.to_string())]);
             }
@@ -615,7 +618,7 @@ impl<'a> World<'a> {
         let bucket = bucket_of(name, BUCKETS);
         let ha = &mut self.hw[idx(a)];
         let t1 = ha.cpu.serve(t, m.pop_cpu_us * ha.cpu_factor);
-        let Some(view) = self.soft.nodes().get(&a).and_then(|s| s.view().cloned()) else {
+        let Some(view) = self.views[idx(a)].clone() else {
             self.report.pop_4xx += 1;
             return;
         };
@@ -751,6 +754,7 @@ impl<'a> World<'a> {
                     .iter()
                     .any(|g| g.at_ms > f.at_ms && g.kind == FaultKind::Restart(id));
                 self.soft.stop(id);
+                self.views[idx(id)] = None;
                 if let Some(c) = self.members.as_mut() {
                     c.kill(id);
                 }

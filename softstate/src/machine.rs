@@ -1175,16 +1175,31 @@ impl SoftState {
         load: &dyn Fn(NodeId) -> u32,
     ) -> Result<Placement, Refused> {
         let (b, view) = self.managed(user)?;
-        let map: Vec<NodeId> = self
-            .buckets
-            .get(&b)
-            .and_then(|x| x.users.get(user))
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
+        let bucket = self.buckets.get_mut(&b).ok_or(Refused::NotManager(b))?;
+        // One lookup of the user's map serves the choice and the record.
+        let entry = bucket.users.get_mut(user);
+        let mut map_buf = [0 as NodeId; 8];
+        let map: &[NodeId] = match &entry {
+            Some(set) if set.len() <= map_buf.len() => {
+                for (slot, n) in map_buf.iter_mut().zip(set.iter()) {
+                    *slot = *n;
+                }
+                &map_buf[..set.len()]
+            }
+            _ => &[],
+        };
+        let long_map: Vec<NodeId>;
+        let map = match &entry {
+            Some(set) if set.len() > map_buf.len() => {
+                long_map = set.iter().copied().collect();
+                &long_map[..]
+            }
+            _ => map,
+        };
         self.tie_break = self.tie_break.wrapping_add(1);
         let replicas = replicas.clamp(1, view.ids.len().max(1));
         let choice = choose(
-            &map,
+            map,
             &view.ids,
             load,
             spread.max(1),
@@ -1194,7 +1209,17 @@ impl SoftState {
         );
         self.stats.placements += 1;
         self.stats.candidates_examined += choice.examined as u64;
-        self.add(user, &choice.targets);
+        let live = choice
+            .targets
+            .iter()
+            .copied()
+            .filter(|n| view.members.contains_key(n));
+        match entry {
+            Some(set) => set.extend(live),
+            None => {
+                bucket.users.insert(user.to_string(), live.collect());
+            }
+        }
         Ok(Placement {
             targets: choice.targets,
             epoch: view.epoch,
