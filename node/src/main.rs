@@ -41,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+    /// Load generator: drive any SMTP + POP3 server, check every message end to end.
+    Load(load::LoadArgs),
     /// Show this node's view of the cluster.
     Status {
         #[command(flatten)]
@@ -322,6 +324,7 @@ async fn main() -> std::process::ExitCode {
         Command::Sim {
             command: SimCommand::Run(args),
         } => tokio::task::block_in_place(|| node::simcli::run(&args)),
+        Command::Load(args) => load::run(args).await.map(drop).map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
