@@ -23,6 +23,13 @@ pub enum Mode {
     Mixed,
 }
 
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(v.get_name())
+    }
+}
+
 impl Mode {
     /// True when the run sends over SMTP.
     pub fn sends(self) -> bool {

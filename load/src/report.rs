@@ -203,12 +203,12 @@ impl Report {
         });
         let _ = writeln!(
             s,
-            "porcupine load: mode {:?}, run {}, {} SMTP / {} POP3 sessions, size {}, {rate}",
+            "porcupine load: mode {}, run {}, {} SMTP / {} POP3 sessions, size {}, {rate}",
             self.mode, self.run_id, self.sessions, self.pop_sessions, self.size
         );
         let _ = writeln!(
             s,
-            "{:<8} {:<5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            "{:<10} {:<5} {:>9} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9}",
             "phase",
             "proto",
             "msgs",
@@ -224,7 +224,7 @@ impl Report {
             let l = &p.latency_ms;
             let _ = writeln!(
                 s,
-                "{phase:<8} {proto:<5} {:>9} {:>8.2} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2}",
+                "{phase:<10} {proto:<5} {:>9} {:>8.2} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2}",
                 p.messages, p.elapsed_s, p.msgs_per_s, l.p50, l.p90, l.p99, l.p999, l.max
             );
         };

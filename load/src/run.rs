@@ -179,6 +179,7 @@ fn start_send(
     first_id: u64,
     messages_max: Option<u64>,
     duration: Option<Duration>,
+    rate_msgs_per_s: Option<f64>,
 ) -> (Arc<SendJob>, Vec<JoinHandle<SendOutcome>>) {
     let p = shared.plan;
     let job = Arc::new(SendJob {
@@ -192,7 +193,7 @@ fn start_send(
         text: shared.text.clone(),
         run_id: shared.run_id,
         seed: p.seed ^ first_id,
-        schedule: Schedule::new(first_id, messages_max, duration, p.rate_msgs_per_s),
+        schedule: Schedule::new(first_id, messages_max, duration, rate_msgs_per_s),
         live: shared.live.clone(),
     });
     let tasks = (0..sessions)
@@ -327,7 +328,8 @@ pub async fn execute(plan: &Plan) -> Outcome {
         if calibrating {
             let probe_max =
                 messages_left.map_or(PROBE_MESSAGES_MAX, |m| (m / 5).clamp(1, PROBE_MESSAGES_MAX));
-            let (job, tasks) = start_send(&shared, 1, 0, Some(probe_max), Some(PROBE_DURATION));
+            let (job, tasks) =
+                start_send(&shared, 1, 0, Some(probe_max), Some(PROBE_DURATION), None);
             let acc = finish_send(job, tasks, &mut tally).await;
             if !acc.latency_us.is_empty() {
                 measured.probe_smtp_p50_us = Some(acc.latency_us.value_at_quantile(0.5) as f64);
@@ -350,6 +352,7 @@ pub async fn execute(plan: &Plan) -> Outcome {
                 first_id,
                 messages_left,
                 plan.duration,
+                plan.rate_msgs_per_s,
             );
             let smtp = finish_send(job, tasks, &mut tally).await;
             stop.store(true, Ordering::Relaxed);
@@ -365,6 +368,7 @@ pub async fn execute(plan: &Plan) -> Outcome {
                 first_id,
                 messages_left,
                 plan.duration,
+                plan.rate_msgs_per_s,
             );
             let smtp = finish_send(job, tasks, &mut tally).await;
             if let (Some(a), Some(b)) = (cpu0, CpuSample::now()) {
@@ -460,8 +464,12 @@ fn judge(plan: &Plan, shared: &Shared<'_>, t: Tally) -> Report {
     Report {
         mode: plan.mode,
         run_id: format!("{:016x}", shared.run_id),
-        sessions: plan.sessions,
-        pop_sessions: plan.pop_sessions,
+        sessions: if plan.mode.sends() { plan.sessions } else { 0 },
+        pop_sessions: if plan.mode.drains() {
+            plan.pop_sessions
+        } else {
+            0
+        },
         size: plan.size.to_string(),
         rate_msgs_per_s: plan.rate_msgs_per_s,
         smtp: t.smtp_all.stats(),

@@ -80,6 +80,11 @@ impl Schedule {
         self.messages_max.map_or(n, |m| n.min(m))
     }
 
+    /// True without `--rate`: each session sends its next message as soon as it can.
+    pub fn is_closed_loop(&self) -> bool {
+        self.rate_msgs_per_s.is_none()
+    }
+
     /// When the phase started.
     pub fn start(&self) -> Instant {
         self.start

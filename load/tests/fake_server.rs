@@ -26,6 +26,8 @@ enum Fault {
     DropFirstMessage,
     /// Accept connections and never answer.
     Mute,
+    /// `450` to every RCPT for u0 (and `503` to the DATA that follows).
+    TempFailU0,
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ async fn smtp_session(sock: TcpStream, store: Arc<Store>, fault: Fault) {
     }
     let _ = w.write_all(b"220 fake ESMTP\r\n").await;
     let mut rcpt = String::new();
+    let mut rcpt_ok = false;
     let mut line = Vec::new();
     for _ in 0..COMMANDS_MAX {
         line.clear();
@@ -87,11 +90,19 @@ async fn smtp_session(sock: TcpStream, store: Arc<Store>, fault: Fault) {
         let reply: &[u8] = if cmd.starts_with("EHLO") {
             b"250-fake\r\n250-PIPELINING\r\n250 SIZE 100000000\r\n"
         } else if cmd.starts_with("MAIL FROM:") || cmd.starts_with("RSET") {
+            rcpt_ok = false;
             b"250 ok\r\n"
         } else if cmd.starts_with("RCPT TO:<") {
             let text = String::from_utf8_lossy(&line);
             rcpt = text[9..].split('>').next().unwrap_or("").to_string();
-            b"250 ok\r\n"
+            rcpt_ok = !(fault == Fault::TempFailU0 && rcpt.starts_with("u0@"));
+            if rcpt_ok {
+                b"250 ok\r\n"
+            } else {
+                b"450 try later\r\n"
+            }
+        } else if cmd.starts_with("DATA") && !rcpt_ok {
+            b"503 no valid recipients\r\n"
         } else if cmd.starts_with("DATA") {
             let _ = w.write_all(b"354 go\r\n").await;
             let mut msg = Vec::new();
@@ -116,6 +127,7 @@ async fn smtp_session(sock: TcpStream, store: Arc<Store>, fault: Fault) {
                     .or_default()
                     .push(msg);
             }
+            rcpt_ok = false;
             b"250 queued\r\n"
         } else if cmd.starts_with("QUIT") {
             let _ = w.write_all(b"221 bye\r\n").await;
@@ -416,4 +428,30 @@ async fn a_mute_server_times_out_instead_of_hanging() {
     assert!(matches!(r, Err(LoadError::NothingAcknowledged(_))), "{r:?}");
     // 10 failed connections per session with backoff, each bounded by the deadline.
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_failures_are_counted_not_missing() {
+    for pipelining in [false, true] {
+        let fake = start(Fault::TempFailU0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let mut extra = vec!["--messages", "40", "--mode", "send-then-drain"];
+        if pipelining {
+            extra.push("--pipelining");
+        }
+        let report = run(args(&fake, &path, &extra))
+            .await
+            .expect("4xx is not an integrity failure");
+        // Ids 0, 5, 10, ... go to u0: 8 of 40.
+        assert_eq!(
+            (report.sent, report.acknowledged, report.temp_failed),
+            (40, 32, 8),
+            "pipelining {pipelining}"
+        );
+        assert_eq!(
+            (report.retrieved, report.missing, report.smtp_errors),
+            (32, 0, 0)
+        );
+    }
 }
