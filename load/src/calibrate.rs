@@ -12,6 +12,10 @@ use serde_json::{Map, Value, json};
 /// The simulator's default CPU split of one message on its path (µs): SMTP session,
 /// placement, one stored copy. The estimate keeps these proportions.
 const SIM_SPLIT_US: (f64, f64, f64) = (250.0, 20.0, 60.0);
+/// `Measured::cpu_source` when the server processes were found.
+pub const CPU_SOURCE_SERVER: &str = "server processes";
+/// `Measured::cpu_source` when only the machine's total could be read.
+pub const CPU_SOURCE_MACHINE: &str = "rest of the machine";
 
 /// CPU time of the whole machine and of this process, in clock ticks.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +59,104 @@ impl CpuSample {
     }
 }
 
+/// Processes listening on these TCP ports of this machine (from `/proc/net/tcp{,6}`
+/// and each process's fds); empty where that cannot be read.
+pub fn listening_pids(ports: &[u16]) -> Vec<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && port.is_some_and(|p| ports.contains(&p)) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    if inodes.is_empty() {
+        return pids;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let listens = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|t| t.to_str().map(|t| inodes.iter().any(|i| i == t)))
+                .unwrap_or(false)
+        });
+        if listens && pid != std::process::id() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// CPU time (user + system) of these processes, microseconds; `None` if one is gone.
+pub fn process_cpu_us(pids: &[u32]) -> Option<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tck = if tck > 0 { tck as f64 } else { 100.0 };
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        ticks += rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 * 1e6 / tck)
+}
+
+/// Measures the server's CPU over a phase: its processes' when known, else the rest
+/// of the machine's.
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    server_us: Option<f64>,
+    machine: Option<CpuSample>,
+}
+
+impl CpuMeter {
+    /// Start measuring (`pids` empty: the machine minus this process).
+    pub fn start(pids: &[u32]) -> CpuMeter {
+        CpuMeter {
+            pids: pids.to_vec(),
+            server_us: if pids.is_empty() {
+                None
+            } else {
+                process_cpu_us(pids)
+            },
+            machine: CpuSample::now(),
+        }
+    }
+
+    /// CPU microseconds since `start`.
+    pub fn stop(&self) -> Option<f64> {
+        match self.server_us {
+            Some(a) => process_cpu_us(&self.pids).map(|b| (b - a).max(0.0)),
+            None => Some(self.machine?.others_us(&CpuSample::now()?)),
+        }
+    }
+}
+
 /// What the run measured that the estimates use.
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
@@ -68,18 +170,21 @@ pub struct Measured {
     pub send_msgs_per_s: Option<f64>,
     /// Main send phase: acknowledged messages.
     pub send_messages: u64,
-    /// CPU of the rest of the machine during the main send phase, µs.
-    pub send_others_cpu_us: Option<f64>,
+    /// CPU of the server processes (found by their listening ports) during the main
+    /// send phase, µs; else of the rest of the machine.
+    pub send_server_cpu_us: Option<f64>,
+    /// Where the CPU figures come from (`server processes` or `rest of the machine`).
+    pub cpu_source: &'static str,
     /// Drain phases: messages retrieved per second.
     pub drain_msgs_per_s: Option<f64>,
     /// Drain phases: messages retrieved.
     pub drain_messages: u64,
     /// Drain phases: logins.
     pub drain_logins: u64,
-    /// Drain phases: median per-session cost (connect → LIST answered, plus QUIT), µs.
-    pub drain_session_p50_us: Option<f64>,
-    /// CPU of the rest of the machine during the drain phases, µs.
-    pub drain_others_cpu_us: Option<f64>,
+    /// Drain phases: median login time (USER written → `+OK` to PASS), µs.
+    pub drain_login_p50_us: Option<f64>,
+    /// CPU of the server (as for sending) during the drain phases, µs.
+    pub drain_server_cpu_us: Option<f64>,
 }
 
 /// The calibration object: estimated `sim::Model` keys, `notes`, `measured`.
@@ -93,11 +198,16 @@ pub fn estimate(m: &Measured) -> Value {
     );
 
     // Per-message CPU on the SMTP path.
-    let cpu_msg = match (m.server_local, m.send_others_cpu_us, m.send_msgs_per_s) {
+    let cpu_msg = match (m.server_local, m.send_server_cpu_us, m.send_msgs_per_s) {
         (true, Some(cpu), _) if m.send_messages > 0 => Some((
             cpu / m.send_messages as f64,
-            "CPU the rest of this machine used during the send phase (/proc/stat minus this \
-             process) per acknowledged message; counts any other load on the machine too",
+            if m.cpu_source == CPU_SOURCE_SERVER {
+                "CPU of the server processes (found by their listening ports, /proc/PID/stat) \
+                 during the send phase per acknowledged message"
+            } else {
+                "CPU the rest of this machine used during the send phase (/proc/stat minus \
+                 this process) per acknowledged message; counts any other load on the machine"
+            },
         )),
         (_, _, Some(x)) if x > 0.0 => Some((
             m.cores as f64 * 1e6 / x,
@@ -132,31 +242,31 @@ pub fn estimate(m: &Measured) -> Value {
             );
         }
     }
-    if let Some(p50) = m.drain_session_p50_us {
+    if let Some(p50) = m.drain_login_p50_us {
         out.insert("pop_cpu_us".into(), json!(round1(p50)));
         notes.insert(
             "pop_cpu_us".into(),
             json!(
-                "median per-session time (connect, login, STAT, UIDL, LIST, QUIT) under the \
-                   drain's concurrency: an upper bound of the session's CPU"
+                "median login time (USER written → +OK to PASS: password check, mailbox lock, \
+                 listing) under the drain's concurrency: an upper bound of a session's CPU"
             ),
         );
-        let read = match (m.server_local, m.drain_others_cpu_us, m.drain_msgs_per_s) {
-            (true, Some(cpu), _) if m.drain_messages > 0 => Some((
-                ((cpu - m.drain_logins as f64 * p50) / m.drain_messages as f64).max(0.0),
-                "drain-phase CPU of the rest of this machine, minus logins x pop_cpu_us, per \
-                 message retrieved",
-            )),
-            (_, _, Some(x)) if x > 0.0 => Some((
-                m.cores as f64 * 1e6 / x,
-                "cores x 1e6 / drain msgs/s: an upper bound (session costs included)",
-            )),
-            _ => None,
-        };
-        if let Some((r, how)) = read {
-            out.insert("read_cpu_us".into(), json!(round1(r)));
-            notes.insert("read_cpu_us".into(), json!(how));
-        }
+    }
+    let read = match (m.server_local, m.drain_server_cpu_us, m.drain_msgs_per_s) {
+        (true, Some(cpu), _) if m.drain_messages > 0 => Some((
+            cpu / m.drain_messages as f64,
+            "server CPU during the drain phase (measured as for smtp_cpu_us) per message \
+             retrieved: an upper bound (logins, listings and deletes are included)",
+        )),
+        (_, _, Some(x)) if x > 0.0 => Some((
+            m.cores as f64 * 1e6 / x,
+            "cores x 1e6 / drain msgs/s: an upper bound (session costs included)",
+        )),
+        _ => None,
+    };
+    if let Some((r, how)) = read {
+        out.insert("read_cpu_us".into(), json!(round1(r)));
+        notes.insert("read_cpu_us".into(), json!(how));
     }
     notes.insert(
         "not_estimated".into(),
@@ -173,12 +283,13 @@ pub fn estimate(m: &Measured) -> Value {
             "probe_smtp_p50_us": m.probe_smtp_p50_us,
             "send_msgs_per_s": m.send_msgs_per_s,
             "send_messages": m.send_messages,
-            "send_others_cpu_us": m.send_others_cpu_us,
+            "cpu_source": m.cpu_source,
+            "send_server_cpu_us": m.send_server_cpu_us,
             "drain_msgs_per_s": m.drain_msgs_per_s,
             "drain_messages": m.drain_messages,
             "drain_logins": m.drain_logins,
-            "drain_session_p50_us": m.drain_session_p50_us,
-            "drain_others_cpu_us": m.drain_others_cpu_us,
+            "drain_login_p50_us": m.drain_login_p50_us,
+            "drain_server_cpu_us": m.drain_server_cpu_us,
         }),
     );
     Value::Object(out)
@@ -219,11 +330,12 @@ mod tests {
             server_local: true,
             send_msgs_per_s: Some(2000.0),
             send_messages: 1000,
-            send_others_cpu_us: Some(330_000.0),
-            drain_session_p50_us: Some(500.0),
+            send_server_cpu_us: Some(330_000.0),
+            cpu_source: CPU_SOURCE_SERVER,
+            drain_login_p50_us: Some(500.0),
             drain_messages: 1000,
             drain_logins: 10,
-            drain_others_cpu_us: Some(105_000.0),
+            drain_server_cpu_us: Some(100_000.0),
             drain_msgs_per_s: Some(5000.0),
             ..Measured::default()
         };
@@ -232,6 +344,15 @@ mod tests {
         assert_eq!(v["store_cpu_us"].as_f64(), Some(60.0));
         assert_eq!(v["read_cpu_us"].as_f64(), Some(100.0));
         assert_eq!(v["pop_cpu_us"].as_f64(), Some(500.0));
+    }
+
+    #[test]
+    fn finds_the_process_listening_on_a_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        // This process itself is excluded: a server is never the generator.
+        assert!(listening_pids(&[port]).is_empty());
+        assert!(process_cpu_us(&[std::process::id()]).is_some());
     }
 
     #[test]

@@ -77,8 +77,8 @@ pub struct DrainOutcome {
     pub corrupt_ids: Vec<LoadId>,
     /// RETR written → last line read, microseconds.
     pub latency_us: Histogram<u64>,
-    /// Connect → LIST answered, plus QUIT: the per-session cost, microseconds.
-    pub session_us: Histogram<u64>,
+    /// USER written → `+OK` to PASS, microseconds.
+    pub login_us: Histogram<u64>,
     /// The first few distinct failure texts.
     pub error_samples: Vec<String>,
 }
@@ -96,7 +96,7 @@ impl DrainOutcome {
             intact: Vec::new(),
             corrupt_ids: Vec::new(),
             latency_us: new_histogram(),
-            session_us: new_histogram(),
+            login_us: new_histogram(),
             error_samples: Vec::new(),
         }
     }
@@ -174,7 +174,6 @@ async fn drain_one(
     msg: &mut Vec<u8>,
     sizes: &mut Vec<u64>,
 ) -> Result<Login, ConnError> {
-    let t_session = Instant::now();
     let mut conn = Conn::connect(addr, job.timeout).await?;
     let dl = conn.deadline();
     if let Err(text) = status(&mut conn, dl, "read greeting").await? {
@@ -183,6 +182,7 @@ async fn drain_one(
             line: text,
         });
     }
+    let t_login = Instant::now();
     ok(
         &mut conn,
         format!("USER {}\r\n", user.address).as_bytes(),
@@ -202,6 +202,8 @@ async fn drain_one(
         });
     }
     out.logins += 1;
+    out.login_us
+        .saturating_record((t_login.elapsed().as_micros() as u64).max(1));
     let dl = conn.deadline();
     conn.write_all(b"STAT\r\n", dl, "STAT").await?;
     let stat = match status(&mut conn, dl, "STAT").await? {
@@ -252,7 +254,6 @@ async fn drain_one(
             line: format!("STAT {count}, UIDL {uidls}, LIST {} lines", sizes.len()),
         });
     }
-    let mut session_us = t_session.elapsed().as_micros() as u64;
     let mut cmd = Vec::with_capacity(32);
     for n in 1..=count {
         cmd.clear();
@@ -299,10 +300,7 @@ async fn drain_one(
         let _ = write!(cmd, "DELE {n}\r\n");
         ok(&mut conn, &cmd, "DELE").await?;
     }
-    let t_quit = Instant::now();
     ok(&mut conn, b"QUIT\r\n", "QUIT").await?;
-    session_us += t_quit.elapsed().as_micros() as u64;
-    out.session_us.saturating_record(session_us.max(1));
     Ok(Login::Done)
 }
 

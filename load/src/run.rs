@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::args::{LoadArgs, Mode, Plan, User};
-use crate::calibrate::{self, CpuSample, Measured};
+use crate::calibrate::{self, CpuMeter, Measured};
 use crate::error::LoadError;
 use crate::message::{LoadId, TextBlock};
 use crate::pop_client::{self, DrainJob, DrainOutcome, UserOrder};
@@ -95,7 +95,7 @@ struct Tally {
     intact: Vec<LoadId>,
     corrupt_ids: Vec<LoadId>,
     errors: Vec<String>,
-    drain_session_us: Option<hdrhistogram::Histogram<u64>>,
+    drain_login_us: Option<hdrhistogram::Histogram<u64>>,
 }
 
 impl Tally {
@@ -134,11 +134,11 @@ impl Tally {
         acc.messages += o.retrieved;
         acc.bytes += o.retrieved_bytes;
         let _ = acc.latency_us.add(&o.latency_us);
-        match &mut self.drain_session_us {
+        match &mut self.drain_login_us {
             Some(h) => {
-                let _ = h.add(&o.session_us);
+                let _ = h.add(&o.login_us);
             }
-            None => self.drain_session_us = Some(o.session_us),
+            None => self.drain_login_us = Some(o.login_us),
         }
         self.note(o.error_samples);
     }
@@ -322,6 +322,23 @@ pub async fn execute(plan: &Plan) -> Outcome {
         ..Measured::default()
     };
     let calibrating = plan.calibrate_out.is_some();
+    let server_pids = if calibrating && measured.server_local {
+        let mut ports: Vec<u16> = plan
+            .smtp
+            .iter()
+            .chain(&plan.pop)
+            .map(|a| a.port())
+            .collect();
+        ports.dedup();
+        calibrate::listening_pids(&ports)
+    } else {
+        Vec::new()
+    };
+    measured.cpu_source = if server_pids.is_empty() {
+        calibrate::CPU_SOURCE_MACHINE
+    } else {
+        calibrate::CPU_SOURCE_SERVER
+    };
 
     if plan.mode.sends() {
         let mut messages_left = plan.messages_max;
@@ -361,7 +378,7 @@ pub async fn execute(plan: &Plan) -> Outcome {
             measured.send_messages = smtp.messages;
             tally.phase("mixed", Some(smtp), Some(pop));
         } else {
-            let cpu0 = CpuSample::now();
+            let cpu = CpuMeter::start(&server_pids);
             let (job, tasks) = start_send(
                 &shared,
                 plan.sessions,
@@ -371,24 +388,20 @@ pub async fn execute(plan: &Plan) -> Outcome {
                 plan.rate_msgs_per_s,
             );
             let smtp = finish_send(job, tasks, &mut tally).await;
-            if let (Some(a), Some(b)) = (cpu0, CpuSample::now()) {
-                measured.send_others_cpu_us = Some(a.others_us(&b));
-            }
+            measured.send_server_cpu_us = cpu.stop();
             measured.send_msgs_per_s = Some(smtp.stats().msgs_per_s);
             measured.send_messages = smtp.messages;
             tally.phase("send", Some(smtp), None);
         }
     }
     if plan.mode.drains() {
-        let cpu0 = CpuSample::now();
+        let cpu = CpuMeter::start(&server_pids);
         let started = Instant::now();
         let order = Arc::new(UserOrder::Shared(AtomicUsize::new(0)));
         let drains = start_drain(&shared, order);
         let logins_before = tally.logins;
         let pop = finish_drain(drains, started, &mut tally).await;
-        if let (Some(a), Some(b)) = (cpu0, CpuSample::now()) {
-            measured.drain_others_cpu_us = Some(a.others_us(&b));
-        }
+        measured.drain_server_cpu_us = cpu.stop();
         measured.drain_msgs_per_s = Some(pop.stats().msgs_per_s);
         measured.drain_messages = pop.messages;
         measured.drain_logins = tally.logins - logins_before;
@@ -403,10 +416,10 @@ pub async fn execute(plan: &Plan) -> Outcome {
         ticker.abort();
         bar.finish_and_clear();
     }
-    if let Some(h) = &tally.drain_session_us
+    if let Some(h) = &tally.drain_login_us
         && !h.is_empty()
     {
-        measured.drain_session_p50_us = Some(h.value_at_quantile(0.5) as f64);
+        measured.drain_login_p50_us = Some(h.value_at_quantile(0.5) as f64);
     }
     let calibration = calibrating.then(|| calibrate::estimate(&measured));
     Outcome {
