@@ -183,6 +183,9 @@ pub struct Measured {
     pub drain_logins: u64,
     /// Drain phases: median login time (USER written → `+OK` to PASS), µs.
     pub drain_login_p50_us: Option<f64>,
+    /// Single-session POP3 probe before any sending: median time of a session that
+    /// logs in, STATs and QUITs, µs.
+    pub probe_pop_p50_us: Option<f64>,
     /// CPU of the server (as for sending) during the drain phases, µs.
     pub drain_server_cpu_us: Option<f64>,
 }
@@ -242,13 +245,15 @@ pub fn estimate(m: &Measured) -> Value {
             );
         }
     }
-    if let Some(p50) = m.drain_login_p50_us {
+    if let Some(p50) = m.probe_pop_p50_us {
         out.insert("pop_cpu_us".into(), json!(round1(p50)));
         notes.insert(
             "pop_cpu_us".into(),
             json!(
-                "median login time (USER written → +OK to PASS: password check, mailbox lock, \
-                 listing) under the drain's concurrency: an upper bound of a session's CPU"
+                "median time of a single-session POP3 probe before any sending (connect, USER, \
+                 PASS, STAT, QUIT; up to 10 users, nothing deleted): an upper bound of one \
+                 session's CPU (loopback round trips and the listing of whatever mail was \
+                 there are included)"
             ),
         );
     }
@@ -289,6 +294,7 @@ pub fn estimate(m: &Measured) -> Value {
             "drain_messages": m.drain_messages,
             "drain_logins": m.drain_logins,
             "drain_login_p50_us": m.drain_login_p50_us,
+            "probe_pop_p50_us": m.probe_pop_p50_us,
             "drain_server_cpu_us": m.drain_server_cpu_us,
         }),
     );
@@ -332,7 +338,7 @@ mod tests {
             send_messages: 1000,
             send_server_cpu_us: Some(330_000.0),
             cpu_source: CPU_SOURCE_SERVER,
-            drain_login_p50_us: Some(500.0),
+            probe_pop_p50_us: Some(500.0),
             drain_messages: 1000,
             drain_logins: 10,
             drain_server_cpu_us: Some(100_000.0),

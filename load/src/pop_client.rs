@@ -364,3 +364,24 @@ pub async fn run_session(job: Arc<DrainJob>, index: usize, order: Arc<UserOrder>
     }
     out
 }
+
+/// A POP3 session that only logs in, STATs and QUITs (deleting nothing): its time,
+/// connect → `+OK` to QUIT, in microseconds; `None` if the server refused or failed.
+pub async fn probe_session(addr: SocketAddr, user: &User, timeout: Duration) -> Option<u64> {
+    let t0 = Instant::now();
+    let mut conn = Conn::connect(addr, timeout).await.ok()?;
+    let dl = conn.deadline();
+    status(&mut conn, dl, "read greeting").await.ok()?.ok()?;
+    let mut cmd = Vec::with_capacity(128);
+    for line in [
+        format!("USER {}\r\n", user.address),
+        format!("PASS {}\r\n", user.password),
+        "STAT\r\n".to_string(),
+        "QUIT\r\n".to_string(),
+    ] {
+        cmd.clear();
+        cmd.extend_from_slice(line.as_bytes());
+        ok(&mut conn, &cmd, "probe").await.ok()?;
+    }
+    Some(t0.elapsed().as_micros() as u64)
+}

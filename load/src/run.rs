@@ -251,6 +251,20 @@ async fn finish_drain(
     acc
 }
 
+/// Users the single-session POP3 probe logs in as.
+const PROBE_POP_USERS_MAX: usize = 10;
+
+/// Median time of POP3 sessions that log in, STAT and QUIT, one at a time.
+async fn pop_probe(plan: &Plan) -> Option<f64> {
+    let mut h = crate::report::new_histogram();
+    for user in plan.users.iter().take(PROBE_POP_USERS_MAX) {
+        if let Some(us) = pop_client::probe_session(plan.pop[0], user, plan.timeout).await {
+            h.saturating_record(us.max(1));
+        }
+    }
+    (!h.is_empty()).then(|| h.value_at_quantile(0.5) as f64)
+}
+
 fn new_run_id() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -340,6 +354,9 @@ pub async fn execute(plan: &Plan) -> Outcome {
         calibrate::CPU_SOURCE_SERVER
     };
 
+    if calibrating && plan.mode.drains() {
+        measured.probe_pop_p50_us = pop_probe(plan).await;
+    }
     if plan.mode.sends() {
         let mut messages_left = plan.messages_max;
         if calibrating {
