@@ -367,6 +367,10 @@ async fn mixed_mode_drains_while_sending() {
         c["smtp_cpu_us"].is_number() && c["fsync_us"].is_number() && c["notes"].is_object(),
         "{c}"
     );
+    assert!(
+        c["pop_cpu_us"].is_number() && c["read_cpu_us"].is_number(),
+        "{c}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
