@@ -82,7 +82,7 @@ impl Conn {
     ) -> Result<&[u8], ConnError> {
         let mut scanned = self.start;
         loop {
-            if let Some(pos) = self.buf[scanned..self.end].iter().position(|&b| b == b'\n') {
+            if let Some(pos) = crate::message::find_byte(&self.buf[scanned..self.end], b'\n') {
                 let line = self.start..scanned + pos + 1;
                 self.start = line.end;
                 return Ok(&self.buf[line]);

@@ -1,7 +1,7 @@
 //! `porcupine load`: a load generator for any SMTP + POP3 server, fast enough to find
 //! the server's limit, that checks every message end to end.
 //!
-//! Every message carries `X-Porcupine-Load: <run>-<id> <fnv1a64 of the body>`; every
+//! Every message carries `X-Porcupine-Load: <run>-<id> <hash of the body>`; every
 //! retrieved message is unstuffed, parsed and checked. The report counts sent,
 //! acknowledged, failed, retrieved, corrupt, missing and duplicate messages and gives
 //! msgs/s and HDR latency percentiles per protocol and phase; a corrupt, missing or

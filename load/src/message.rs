@@ -1,6 +1,6 @@
 //! Messages: build one (headers + a body cut from a shared text block), its integrity
-//! header `X-Porcupine-Load: <run>-<id> <fnv1a64 of the body>`, SMTP dot-stuffing on
-//! the way out, POP3 dot-unstuffing on the way back, and the check of what came back.
+//! header `X-Porcupine-Load: <run>-<id> <body hash, 16 hex digits>`, SMTP dot-stuffing
+//! on the way out, POP3 dot-unstuffing on the way back, and the check of what came back.
 
 use std::io::Write;
 
@@ -11,14 +11,55 @@ pub const LOAD_HEADER: &str = "X-Porcupine-Load";
 /// Bytes of the shared text that bodies are cut from.
 const TEXT_BYTES: usize = 1 << 20;
 
-/// 64-bit FNV-1a of `bytes`.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The body hash of the load header: FNV-1a's constants applied to 64-bit words, eight
+/// times fewer serial steps than byte-wise FNV-1a (which cost a fifth of the generator's
+/// CPU). `h = 0xcbf29ce484222325`; for each little-endian 8-byte word `w` of the body
+/// (the last 0–7 bytes zero-padded into one more word): `h = (h ^ w) * 0x100000001b3;
+/// h ^= h >> 32`; then `h ^= len; h *= 0x9e3779b97f4a7c15; h ^= h >> 32` (all mod 2^64).
+/// Every step is a bijection of `h`, so changing any one word always changes the hash.
+pub fn body_hash(bytes: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    let mut words = bytes.chunks_exact(8);
+    let mut mix = |w: u64| {
+        h = (h ^ w).wrapping_mul(FNV_PRIME);
+        h ^= h >> 32;
+    };
+    for c in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        mix(u64::from_le_bytes(w));
     }
-    h
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut w = [0u8; 8];
+        w[..tail.len()].copy_from_slice(tail);
+        mix(u64::from_le_bytes(w));
+    }
+    h ^= bytes.len() as u64;
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 32)
+}
+
+/// Index of the first `needle` in `hay`, eight bytes at a time (SWAR).
+pub fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * needle as u64;
+    let mut at = 0;
+    for c in hay.chunks_exact(8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w) ^ pattern;
+        // Non-zero iff some byte of x is zero, i.e. some byte equals the needle.
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            break;
+        }
+        at += 8;
+    }
+    hay[at..].iter().position(|&b| b == needle).map(|p| at + p)
 }
 
 /// A message's identity: the run that sent it and its number in that run.
@@ -159,7 +200,7 @@ pub fn build(out: &mut Vec<u8>, env: &Envelope<'_>, text: &TextBlock, rng: &mut 
     let body_at = out.len();
     let body_len = (env.size_bytes as usize).saturating_sub(body_at);
     text.append_body(out, body_len, rng);
-    let hash = fnv1a64(&out[body_at..]);
+    let hash = body_hash(&out[body_at..]);
     let mut hex = [0u8; 16];
     hex16(hash, &mut hex);
     out[hash_at..hash_at + 16].copy_from_slice(&hex);
@@ -204,14 +245,21 @@ fn write_date(out: &mut Vec<u8>, unix_secs: u64) {
 }
 
 /// Append `msg` to `out` as SMTP DATA content: a `.` doubled at every line start, a
-/// final CRLF if missing, then the `.` line.
+/// final CRLF if missing, then the `.` line. Copies runs between line-start dots.
 pub fn dot_stuff_into(msg: &[u8], out: &mut Vec<u8>) {
-    for line in msg.split_inclusive(|&b| b == b'\n') {
-        if line.first() == Some(&b'.') {
+    out.reserve(msg.len() + 64);
+    let mut run = 0; // start of the bytes not yet copied
+    let mut from = 0; // where to look for the next dot
+    while let Some(p) = find_byte(&msg[from..], b'.') {
+        let at = from + p;
+        if at == 0 || msg[at - 1] == b'\n' {
+            out.extend_from_slice(&msg[run..at]);
             out.push(b'.');
+            run = at;
         }
-        out.extend_from_slice(line);
+        from = at + 1;
     }
+    out.extend_from_slice(&msg[run..]);
     if !msg.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -253,7 +301,7 @@ pub fn verify(msg: &[u8]) -> Verdict {
         return Verdict::Unmarked;
     };
     match parse_value(value) {
-        Some((id, hash)) if hash == fnv1a64(body) => Verdict::Intact(id),
+        Some((id, hash)) if hash == body_hash(body) => Verdict::Intact(id),
         Some((id, _)) => Verdict::Corrupt(Some(id)),
         None => Verdict::Corrupt(None),
     }
@@ -308,11 +356,49 @@ mod tests {
         out
     }
 
+    /// The hash as its doc defines it, a byte at a time (the reference for other tools).
+    fn reference_hash(bytes: &[u8]) -> u64 {
+        let mut padded = bytes.to_vec();
+        padded.resize(bytes.len().div_ceil(8) * 8, 0);
+        let mut h = FNV_OFFSET;
+        for w in padded.chunks(8) {
+            let w = w.iter().rev().fold(0u64, |acc, &b| (acc << 8) | b as u64);
+            h = (h ^ w).wrapping_mul(FNV_PRIME);
+            h ^= h >> 32;
+        }
+        h ^= bytes.len() as u64;
+        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 32)
+    }
+
     #[test]
-    fn fnv1a_known_values() {
-        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    fn body_hash_matches_its_definition_and_sees_every_flip() {
+        for len in [0, 1, 7, 8, 9, 63, 64, 4096] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            assert_eq!(body_hash(&data), reference_hash(&data), "len {len}");
+        }
+        assert_ne!(body_hash(b""), body_hash(b"\0"), "length counts");
+        let data: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let h = body_hash(&data);
+        for at in 0..data.len() {
+            for bit in 0..8 {
+                let mut d = data.clone();
+                d[at] ^= 1 << bit;
+                assert_ne!(body_hash(&d), h, "flip byte {at} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn find_byte_finds_the_first() {
+        let hay = b"abcdefghijklmnopqrstuvwxyz.abc.";
+        for start in 0..hay.len() {
+            let want = hay[start..].iter().position(|&b| b == b'.');
+            assert_eq!(find_byte(&hay[start..], b'.'), want);
+        }
+        assert_eq!(find_byte(b"", b'.'), None);
+        assert_eq!(find_byte(&[0x80u8; 20], 0x00), None);
+        assert_eq!(find_byte(b"\x01\x00", 0x00), Some(1));
     }
 
     #[test]
