@@ -41,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+    /// Load generator: drive any SMTP + POP3 server, check every message end to end.
+    Load(load::LoadArgs),
     /// Show this node's view of the cluster.
     Status {
         #[command(flatten)]
@@ -328,6 +330,7 @@ async fn main() -> std::process::ExitCode {
             SimCommand::Scenario(args) => node::simcli::scenario(&args),
             SimCommand::Vopr(args) => node::simcli::vopr(&args),
         }),
+        Command::Load(args) => load::run(args).await.map(drop).map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
