@@ -87,6 +87,14 @@ pub struct Model {
     pub read_cpu_us: f64,
     /// How long a call to a dead node takes to fail (connect refused or timeout).
     pub dead_call_us: f64,
+    /// How long the deliverer waits for every copy before it answers 451.
+    pub deliver_timeout_us: f64,
+    /// Serial work per write in the store's single writer (segment append, index
+    /// update), on top of the bytes' transfer.
+    pub write_us: f64,
+    /// When above 0, every node's CPU work is served by one pool of this many cores:
+    /// the nodes share one machine (as under `porcupine up`).
+    pub machine_cores: u32,
 }
 
 impl Default for Model {
@@ -104,6 +112,9 @@ impl Default for Model {
             list_cpu_us: 30.0,
             read_cpu_us: 40.0,
             dead_call_us: 1_000.0,
+            deliver_timeout_us: 10e6,
+            write_us: 0.0,
+            machine_cores: 0,
         }
     }
 }

@@ -65,8 +65,13 @@ impl Disk {
 
     /// A write of `bytes` arriving at `at_us`: when it is durable.
     pub fn write(&mut self, at_us: f64, bytes: u64, bytes_per_us: f64, fsync_us: f64) -> f64 {
+        self.write_with(at_us, bytes as f64 / bytes_per_us.max(1e-9), fsync_us)
+    }
+
+    /// A write whose serial work in the writer (transfer included) is `work_us`.
+    pub fn write_with(&mut self, at_us: f64, work_us: f64, fsync_us: f64) -> f64 {
         self.settle(at_us);
-        let transfer_us = bytes as f64 / bytes_per_us.max(1e-9);
+        let transfer_us = work_us;
         if at_us >= self.current_end_us {
             self.current_end_us = at_us + transfer_us + fsync_us;
             self.current_writes = 1;

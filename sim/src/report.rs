@@ -57,6 +57,8 @@ pub struct Report {
     pub messages_acknowledged: u64,
     /// Messages answered 4xx (the sender retries later).
     pub messages_4xx: u64,
+    /// Messages stored but answered after the end of the run (neither of the above).
+    pub messages_in_flight_at_end: u64,
     /// Acknowledged messages with no copy on any node that is or will be running
     /// again (from the model of stored copies).
     pub messages_lost: u64,

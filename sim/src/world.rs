@@ -7,8 +7,10 @@
 //! in arrival order). It fails (4xx) if any node on the path is dead or cut off, or
 //! dies before the delivery completes (fault times are known in advance).
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,7 +46,8 @@ enum Ev {
 struct Hw {
     /// Paused (SIGSTOP).
     frozen: bool,
-    cpu: Cpu,
+    /// This node's cores, or the machine's pool shared with other nodes.
+    cpu: Rc<RefCell<Cpu>>,
     disk: Disk,
     cpu_factor: f64,
     disk_factor: f64,
@@ -63,7 +66,7 @@ impl Hw {
     /// service.
     fn work(&mut self, now_us: f64, arrive_us: f64, service_us: f64) -> f64 {
         let s = service_us * self.cpu_factor;
-        self.cpu.serve(now_us, s).max(arrive_us + s)
+        self.cpu.borrow_mut().serve(now_us, s).max(arrive_us + s)
     }
 
     /// A disk write of `bytes` reaching the disk at `arrive_us`, queued now; when it
@@ -71,8 +74,9 @@ impl Hw {
     fn write(&mut self, now_us: f64, arrive_us: f64, bytes: u64, m: &crate::Model) -> f64 {
         let bw = m.disk_bytes_per_us / self.disk_factor;
         let fsync = m.fsync_us * self.disk_factor;
-        let queued = self.disk.write(now_us, bytes, bw, fsync);
-        queued.max(arrive_us + bytes as f64 / bw.max(1e-9) + fsync)
+        let work = bytes as f64 / bw.max(1e-9) + m.write_us * self.disk_factor;
+        let queued = self.disk.write_with(now_us, work, fsync);
+        queued.max(arrive_us + work + fsync)
     }
 }
 
@@ -110,6 +114,8 @@ struct World<'a> {
     /// Exact (fractional µs) arrival times of the next SMTP and POP3 clients.
     smtp_at_us: f64,
     pop_at_us: f64,
+    /// The end of the run, virtual µs.
+    end_us: f64,
     /// Open POP3 sessions' locks by user (for the one-holder invariant).
     open_locks: BTreeMap<u64, SessionId>,
     /// The view each node's soft state has installed (by node index), kept beside
@@ -253,11 +259,16 @@ impl<'a> World<'a> {
         soft.view = Some(view.clone());
         let mut maps = BTreeMap::new();
         maps.insert(ids.clone(), view.map.clone());
+        let machine = (cfg.model.machine_cores > 0)
+            .then(|| Rc::new(RefCell::new(Cpu::new(cfg.model.machine_cores))));
         let hw = ids
             .iter()
             .map(|_| Hw {
                 frozen: false,
-                cpu: Cpu::new(cfg.model.cores),
+                cpu: match &machine {
+                    Some(pool) => pool.clone(),
+                    None => Rc::new(RefCell::new(Cpu::new(cfg.model.cores))),
+                },
                 disk: Disk::default(),
                 cpu_factor: 1.0,
                 disk_factor: 1.0,
@@ -305,6 +316,7 @@ impl<'a> World<'a> {
             interval_temp: 0,
             smtp_at_us: 0.0,
             pop_at_us: 0.0,
+            end_us: cfg.duration_s * 1e6,
             open_locks: BTreeMap::new(),
             views: vec![Some(view.clone()); n as usize],
             membership_violations_seen: 0,
@@ -382,7 +394,7 @@ impl<'a> World<'a> {
         let Some(h) = hw.get(idx(id)) else {
             return u32::MAX;
         };
-        let cpu = h.cpu.backlog_us(now_us) / model.store_cpu_us.max(1.0);
+        let cpu = h.cpu.borrow().backlog_us(now_us) / model.store_cpu_us.max(1.0);
         (cpu as u32).saturating_add(h.disk.pending_at(now_us))
     }
 
@@ -456,10 +468,10 @@ impl<'a> World<'a> {
         let bucket = bucket_of(name, BUCKETS);
         let bytes = size(&self.cfg.size, &mut self.rng);
         let ha = &mut self.hw[idx(a)];
-        if ha.cpu.backlog_us(t) > f64::from(self.cfg.smtp_backlog_max) * m.smtp_cpu_us {
+        if ha.cpu.borrow().backlog_us(t) > f64::from(self.cfg.smtp_backlog_max) * m.smtp_cpu_us {
             return false; // 421: too busy
         }
-        let t1 = ha.cpu.serve(t, m.smtp_cpu_us * ha.cpu_factor);
+        let t1 = ha.cpu.borrow_mut().serve(t, m.smtp_cpu_us * ha.cpu_factor);
         let Some(view) = self.views[idx(a)].clone() else {
             return false;
         };
@@ -486,6 +498,10 @@ impl<'a> World<'a> {
             let c = h.work(t, arrive, m.store_cpu_us);
             let d = h.write(t, c, bytes, m);
             done = done.max(d + m.net_latency_us);
+        }
+        // The deliverer gives up (451) on a delivery that takes too long.
+        if done - t > m.deliver_timeout_us {
+            return false;
         }
         // Everyone on the path must live until the answer.
         if !self.up_through(a, t, done) || !self.up_through(manager, t, t3) {
@@ -546,7 +562,12 @@ impl<'a> World<'a> {
         let mb = &mut self.mailboxes[k as usize];
         mb.bytes += bytes;
         mb.sets[mb_slot].1 += 1;
-        self.report.messages_acknowledged += 1;
+        if done > self.end_us {
+            // Stored, answered after the end of the run.
+            self.report.messages_in_flight_at_end += 1;
+        } else {
+            self.report.messages_acknowledged += 1;
+        }
         self.report.copies_stored += set.len() as u64;
         let slot = (done / (self.cfg.sample_ms.max(1) as f64 * 1e3)) as usize;
         if self.acked_by_interval.len() <= slot {
@@ -617,7 +638,7 @@ impl<'a> World<'a> {
         let name = buf.name(k);
         let bucket = bucket_of(name, BUCKETS);
         let ha = &mut self.hw[idx(a)];
-        let t1 = ha.cpu.serve(t, m.pop_cpu_us * ha.cpu_factor);
+        let t1 = ha.cpu.borrow_mut().serve(t, m.pop_cpu_us * ha.cpu_factor);
         let Some(view) = self.views[idx(a)].clone() else {
             self.report.pop_4xx += 1;
             return;
@@ -766,7 +787,9 @@ impl<'a> World<'a> {
                 let h = &mut self.hw[idx(id)];
                 h.alive = true;
                 h.returns = true;
-                h.cpu = Cpu::new(self.cfg.model.cores);
+                if self.cfg.model.machine_cores == 0 {
+                    h.cpu = Rc::new(RefCell::new(Cpu::new(self.cfg.model.cores)));
+                }
                 h.disk = Disk::default();
                 let seed = (1..=self.cfg.nodes)
                     .find(|n| *n != id && self.hw[idx(*n)].alive)

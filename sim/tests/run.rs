@@ -45,7 +45,10 @@ fn every_offered_message_is_acknowledged_or_4xxd_and_none_is_lost() {
         "{}",
         r.messages_offered
     );
-    assert_eq!(r.messages_offered, r.messages_acknowledged + r.messages_4xx);
+    assert_eq!(
+        r.messages_offered,
+        r.messages_acknowledged + r.messages_4xx + r.messages_in_flight_at_end
+    );
     assert_eq!(r.messages_4xx, 0, "an idle healthy cluster refuses nothing");
     assert_eq!(r.copies_stored, 2 * r.messages_acknowledged);
     assert_eq!(r.messages_lost, 0);
@@ -64,7 +67,10 @@ fn a_killed_node_costs_some_4xx_but_no_acknowledged_message() {
         ..small()
     };
     let r = run(&cfg);
-    assert_eq!(r.messages_offered, r.messages_acknowledged + r.messages_4xx);
+    assert_eq!(
+        r.messages_offered,
+        r.messages_acknowledged + r.messages_4xx + r.messages_in_flight_at_end
+    );
     assert!(
         r.messages_4xx > 0,
         "deliveries to the dead node must fail until the view changes"
@@ -122,5 +128,36 @@ fn a_slow_node_gets_less_new_mail_under_porcupine_than_under_random() {
     assert!(
         porcupine < random * 0.8,
         "slow node's share: porcupine {porcupine:.3}, random {random:.3}"
+    );
+}
+
+#[test]
+fn nodes_sharing_one_machine_share_its_cores() {
+    let base = SimConfig {
+        nodes: 3,
+        rate_msgs_per_s: 40_000.0,
+        duration_s: 3.0,
+        pop_per_msg: 0.0,
+        ..small()
+    };
+    let own = run(&base);
+    let mut shared = base.clone();
+    shared.model.machine_cores = 2;
+    let one_machine = run(&shared);
+    // Each node with 2 cores of its own vs 3 nodes on 2 cores: a third of the work.
+    let ratio = one_machine.messages_acknowledged as f64 / own.messages_acknowledged as f64;
+    assert!((0.28..0.40).contains(&ratio), "{ratio}");
+    // A serial writer cost bounds one disk's writes per second.
+    let mut writer = base;
+    writer.model.write_us = 1_000.0;
+    let slow = run(&writer);
+    assert!(
+        slow.throughput_msgs_per_s < 3.0 * 1_000.0 / 2.0 * 1.1,
+        "{}",
+        slow.throughput_msgs_per_s
+    );
+    assert!(
+        slow.messages_4xx > 0,
+        "deliveries stuck behind the writer time out"
     );
 }
