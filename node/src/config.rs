@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub replicas: usize,
     /// Soft upper bound on the nodes holding one user's fragments.
     pub spread: usize,
+    /// Where new mail goes: `porcupine` (affinity, spread, least loaded), `random`,
+    /// or `static` (the user's manager and its successors; for comparison).
+    pub balance: softstate::place::Balance,
     /// Largest accepted message, in bytes.
     pub smtp_message_size_max: usize,
     /// Most recipients per message.
@@ -79,6 +82,7 @@ impl Default for NodeConfig {
             bootstrap: false,
             replicas: 2,
             spread: 4,
+            balance: softstate::place::Balance::Porcupine,
             smtp_message_size_max: 25 * 1024 * 1024,
             smtp_recipients_max: 100,
             smtp_idle_timeout_secs: 300,
@@ -125,5 +129,16 @@ impl NodeConfig {
             auth_failure_delay: Duration::from_millis(self.pop_auth_failure_delay_ms),
             ..pop::PopConfig::default()
         }
+    }
+}
+
+/// Parse a `--balance` value.
+pub fn parse_balance(text: &str) -> Result<softstate::place::Balance, String> {
+    use softstate::place::Balance;
+    match text {
+        "porcupine" => Ok(Balance::Porcupine),
+        "random" => Ok(Balance::Random),
+        "static" => Ok(Balance::Static),
+        _ => Err(format!("{text:?}: want porcupine, random or static")),
     }
 }

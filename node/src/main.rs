@@ -176,6 +176,9 @@ struct ServeArgs {
     /// Soft bound on nodes holding one user's mail (`spread`).
     #[arg(long)]
     spread: Option<usize>,
+    /// Where new mail goes: porcupine, random or static (`balance`).
+    #[arg(long, value_parser = node::config::parse_balance)]
+    balance: Option<softstate::place::Balance>,
     /// Largest message in bytes (`smtp_message_size_max`).
     #[arg(long)]
     smtp_message_size_max: Option<usize>,
@@ -243,6 +246,7 @@ impl ServeArgs {
             rpc,
             replicas,
             spread,
+            balance,
             smtp_message_size_max,
             smtp_recipients_max,
             smtp_idle_timeout_secs,

@@ -14,11 +14,13 @@ pub struct UserManager {
 }
 
 impl UserManager {
-    /// The soft state of process (`me`, `incarnation`), no view yet.
-    pub fn new(me: NodeId, incarnation: u64) -> Self {
+    /// The soft state of process (`me`, `incarnation`), no view yet, placing new
+    /// mail by `balance`.
+    pub fn new(me: NodeId, incarnation: u64, balance: softstate::place::Balance) -> Self {
         let config = SoftStateConfig {
             // Any seed does; the driver picks one, the machine stays deterministic.
             seed: incarnation ^ me.rotate_left(32),
+            balance,
             ..SoftStateConfig::default()
         };
         UserManager {

@@ -171,6 +171,10 @@ impl pop::MailboxSession for ProxySession {
             .clone();
         let key = self.key(id);
         let mut last = String::from("no holder");
+        // The local copy first, then the least loaded holder.
+        let me = self.node.id();
+        let mut holders = holders;
+        holders.sort_by_key(|h| (*h != me, self.node.cluster.load_of(*h), *h));
         for holder in holders {
             match self
                 .node

@@ -75,7 +75,7 @@ impl Node {
         cluster: Arc<Cluster>,
         rpc: RpcClient,
     ) -> Arc<Self> {
-        let manager = UserManager::new(cluster.me().id, cluster.me().incarnation);
+        let manager = UserManager::new(cluster.me().id, cluster.me().incarnation, config.balance);
         Arc::new(Node {
             config,
             store,

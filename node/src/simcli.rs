@@ -46,8 +46,8 @@ pub struct SimRunArgs {
     /// Copies per message.
     #[arg(long, default_value_t = 2)]
     pub replicas: usize,
-    /// Nodes a user's mail may spread over.
-    #[arg(long, default_value_t = 2)]
+    /// Nodes a user's mail may spread over (the node's default).
+    #[arg(long, default_value_t = 4)]
     pub spread: usize,
     /// Placement policy.
     #[arg(long, value_enum, default_value_t = PolicyArg::Porcupine)]

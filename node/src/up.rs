@@ -27,6 +27,9 @@ pub struct UpArgs {
     /// Copies of each message (default: 2, or 1 for a single node).
     #[arg(long)]
     pub replicas: Option<usize>,
+    /// Where new mail goes on every node: porcupine, random or static.
+    #[arg(long)]
+    pub balance: Option<String>,
     /// Seconds between repair passes on every node (passed on as `--repair-interval-secs`).
     #[arg(long)]
     pub repair_interval_secs: Option<u64>,
@@ -83,6 +86,10 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
             "--replicas".into(),
             replicas.to_string(),
         ];
+        if let Some(b) = &args.balance {
+            a.push("--balance".into());
+            a.push(b.clone());
+        }
         if let Some(secs) = args.repair_interval_secs {
             a.push("--repair-interval-secs".into());
             a.push(secs.to_string());

@@ -4,17 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::fault::Fault;
 
-/// Where new mail goes (the node's `balance` setting).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    /// The manager's `SoftState::place`: affinity, spread, least loaded.
-    Porcupine,
-    /// Random live nodes.
-    Random,
-    /// The user's manager and its successors in id order (a partitioned design).
-    Static,
-}
+/// Where new mail goes: the soft state's own policies (`softstate::place::Balance`),
+/// the node's `balance` setting.
+pub use softstate::place::Balance as Policy;
 
 /// Message size distribution, bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -140,7 +132,7 @@ pub struct SimConfig {
     pub pop_per_msg: f64,
     /// Copies of each message.
     pub replicas: usize,
-    /// Nodes a user's mail may spread over (Porcupine policy).
+    /// Nodes a user's mail may spread over (Porcupine policy; the node's default 4).
     pub spread: usize,
     /// Placement policy.
     pub policy: Policy,
@@ -179,7 +171,7 @@ impl Default for SimConfig {
             size: SizeDist::Lognormal(4_000.0, 1.0),
             pop_per_msg: 0.1,
             replicas: 2,
-            spread: 2,
+            spread: 4,
             policy: Policy::Porcupine,
             model: Model::default(),
             faults: Vec::new(),

@@ -21,7 +21,7 @@ use softstate::sim::Sim as SoftSim;
 use softstate::{SessionId, SoftStateConfig, ViewInfo};
 
 use crate::SimError;
-use crate::config::{Policy, SimConfig};
+use crate::config::SimConfig;
 use crate::fault::FaultKind;
 use crate::queue::{Cpu, Disk};
 use crate::report::{Latency, Report, Sample};
@@ -208,6 +208,7 @@ impl<'a> World<'a> {
         let ids: Vec<NodeId> = (1..=n).collect();
         let soft_config = SoftStateConfig {
             seed: cfg.seed,
+            balance: cfg.policy,
             ..SoftStateConfig::default()
         };
         let mut soft = SoftSim::new(cfg.seed, soft_config);
@@ -589,40 +590,14 @@ impl<'a> World<'a> {
     ) -> Option<(Vec<NodeId>, Option<Epoch>)> {
         let cfg = self.cfg;
         let replicas = cfg.replicas.min(view.ids.len());
-        match cfg.policy {
-            Policy::Porcupine => {
-                self.report.placement_calls += 1;
-                let hw = &self.hw;
-                let model = &cfg.model;
-                let load = |id: NodeId| World::load_of(hw, model, id, at_us);
-                let node = self.soft.node_mut_silent(manager)?;
-                let p = node.place(name, replicas, cfg.spread, &load).ok()?;
-                Some((p.targets, Some(p.epoch)))
-            }
-            Policy::Random => {
-                let mut picked: Vec<NodeId> = Vec::with_capacity(replicas);
-                while picked.len() < replicas {
-                    let n = view.ids[self.rng.below(view.ids.len())];
-                    if !picked.contains(&n) {
-                        picked.push(n);
-                    }
-                }
-                let node = self.soft.node_mut_silent(manager)?;
-                node.mail_map(name).ok()?;
-                node.add(name, &picked);
-                Some((picked, None))
-            }
-            Policy::Static => {
-                let at = view.ids.binary_search(&manager).ok()?;
-                let picked: Vec<NodeId> = (0..replicas)
-                    .map(|i| view.ids[(at + i) % view.ids.len()])
-                    .collect();
-                let node = self.soft.node_mut_silent(manager)?;
-                node.mail_map(name).ok()?;
-                node.add(name, &picked);
-                Some((picked, None))
-            }
-        }
+        // Every policy is the soft state's own (`SoftStateConfig::balance`).
+        self.report.placement_calls += 1;
+        let hw = &self.hw;
+        let model = &cfg.model;
+        let load = |id: NodeId| World::load_of(hw, model, id, at_us);
+        let node = self.soft.node_mut_silent(manager)?;
+        let p = node.place(name, replicas, cfg.spread, &load).ok()?;
+        Some((p.targets, Some(p.epoch)))
     }
 
     /// One POP3 session draining one user's mailbox.

@@ -46,7 +46,7 @@ use membership::{Epoch, Millis, NodeId, bucket_of};
 use crate::message::{
     Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit,
 };
-use crate::place::{Rng, choose, choose_extra};
+use crate::place::{Balance, Rng, choose, choose_extra, choose_random, choose_static};
 use crate::view::{Transition, ViewInfo};
 
 /// Timings and seeds of a [`SoftState`].
@@ -58,6 +58,8 @@ pub struct SoftStateConfig {
     pub ask_after_ms: u64,
     /// Seed of the placement sampler.
     pub seed: u64,
+    /// Where new mail goes.
+    pub balance: Balance,
 }
 
 impl Default for SoftStateConfig {
@@ -66,6 +68,7 @@ impl Default for SoftStateConfig {
             retry_ms: 100,
             ask_after_ms: 2000,
             seed: 0,
+            balance: Balance::Porcupine,
         }
     }
 }
@@ -1164,8 +1167,8 @@ impl SoftState {
         }
     }
 
-    /// As `user`'s manager, choose where a new message goes and record the targets in
-    /// the mail map before answering. Allowed while the bucket rebuilds (the placement
+    /// As `user`'s manager, choose where a new message goes (by the configured
+    /// [`Balance`] policy) and record the targets in the mail map before answering. Allowed while the bucket rebuilds (the placement
     /// joins the partial map; affinity is then only partial).
     pub fn place(
         &mut self,
@@ -1198,15 +1201,19 @@ impl SoftState {
         };
         self.tie_break = self.tie_break.wrapping_add(1);
         let replicas = replicas.clamp(1, view.ids.len().max(1));
-        let choice = choose(
-            map,
-            &view.ids,
-            load,
-            spread.max(1),
-            replicas,
-            self.tie_break,
-            &mut self.rng,
-        );
+        let choice = match self.config.balance {
+            Balance::Porcupine => choose(
+                map,
+                &view.ids,
+                load,
+                spread.max(1),
+                replicas,
+                self.tie_break,
+                &mut self.rng,
+            ),
+            Balance::Random => choose_random(&view.ids, replicas, &mut self.rng),
+            Balance::Static => choose_static(self.me, &view.ids, replicas),
+        };
         self.stats.placements += 1;
         self.stats.candidates_examined += choice.examined as u64;
         let live = choice

@@ -112,6 +112,58 @@ pub fn choose(
     }
 }
 
+/// Where new mail goes (the node's `balance` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// Affinity to the mail map, top up below `spread`, least loaded ([`choose`]).
+    #[default]
+    Porcupine,
+    /// Random live nodes, whatever their load or the mail map ([`choose_random`]).
+    Random,
+    /// The user's manager and its successors by id: the classic partitioned design,
+    /// for comparison ([`choose_static`]).
+    Static,
+}
+
+/// `replicas` distinct random nodes of `live`; O(replicas).
+pub fn choose_random(live: &[NodeId], replicas: usize, rng: &mut Rng) -> Choice {
+    let replicas = replicas.min(live.len());
+    let mut targets: Vec<NodeId> = Vec::with_capacity(replicas);
+    let mut examined = 0;
+    while targets.len() < replicas && examined < 64 * replicas.max(1) {
+        let n = live[rng.below(live.len())];
+        examined += 1;
+        if !targets.contains(&n) {
+            targets.push(n);
+        }
+    }
+    // Vanishingly rare (tiny views): fill in order.
+    for &n in live {
+        if targets.len() >= replicas {
+            break;
+        }
+        if !targets.contains(&n) {
+            targets.push(n);
+        }
+    }
+    Choice { targets, examined }
+}
+
+/// `manager` and the next `replicas - 1` members of `live` (ascending ids) after it,
+/// wrapping: every message of a user lands on the same nodes.
+pub fn choose_static(manager: NodeId, live: &[NodeId], replicas: usize) -> Choice {
+    let replicas = replicas.min(live.len());
+    let start = live.partition_point(|n| *n < manager);
+    let targets = (0..replicas)
+        .map(|i| live[(start + i) % live.len()])
+        .collect();
+    Choice {
+        targets,
+        examined: 0,
+    }
+}
+
 /// Choose `count` distinct live nodes outside `exclude` for extra copies of a message
 /// (repair: `exclude` are its holders), least loaded first. Up to
 /// [`SMALL_CLUSTER_MAX`] live nodes the exact least-loaded choice; beyond, each slot
@@ -249,5 +301,21 @@ mod tests {
         }
         // The lighter of each pair of draws: well below the uniform mean of 5,000.
         assert!(sum / 500 < 4_000, "mean id {}", sum / 500);
+    }
+
+    #[test]
+    fn random_and_static_choices_are_distinct_live_nodes() {
+        let live: Vec<NodeId> = vec![2, 5, 9, 11];
+        let mut rng = Rng::new(4);
+        for _ in 0..100 {
+            let c = choose_random(&live, 3, &mut rng);
+            let set: BTreeSet<NodeId> = c.targets.iter().copied().collect();
+            assert_eq!((c.targets.len(), set.len()), (3, 3));
+            assert!(c.targets.iter().all(|t| live.contains(t)));
+        }
+        assert_eq!(choose_random(&live, 9, &mut rng).targets.len(), 4);
+        assert_eq!(choose_static(9, &live, 3).targets, vec![9, 11, 2]);
+        assert_eq!(choose_static(11, &live, 2).targets, vec![11, 2]);
+        assert_eq!(choose_static(5, &live, 1).targets, vec![5]);
     }
 }
