@@ -263,6 +263,15 @@ fn record_gauges(node: &Node) {
     let view = node.cluster.view();
     metrics::gauge!("porcupine_view_epoch").set(view.view.epoch.counter as f64);
     metrics::gauge!("porcupine_view_members").set(view.live.len() as f64);
+    // Every live node's load as this node's load table has it (its own: now).
+    for &id in &view.live {
+        let load = if id == node.id() {
+            node.load()
+        } else {
+            node.cluster.load_of(id)
+        };
+        metrics::gauge!("porcupine_node_load", "node" => id.to_string()).set(f64::from(load));
+    }
     let r = &node.repair;
     let get =
         |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;

@@ -366,6 +366,9 @@ class TombstoneCollection(unittest.TestCase):
             m = re.search(r"^porcupine_tombstones_collected_total (\S+)$", text, re.M)
             self.assertIsNotNone(m, f"no porcupine_tombstones_collected_total in /metrics of node {i}")
             metric += float(m.group(1))
+            # Every live node's load, as this node's load table has it.
+            loads = set(re.findall(r'^porcupine_node_load\{node="(\d+)"\} \S+$', text, re.M))
+            self.assertEqual(loads, {"0", "1"}, f"porcupine_node_load per node in /metrics of node {i}")
         self.assertEqual(metric, len(gone), "/metrics must agree with status")
 
         def listing_is_kept():
