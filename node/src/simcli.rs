@@ -284,7 +284,8 @@ pub fn vopr(args: &VoprArgs) -> anyhow::Result<()> {
     for seed in args.first..args.first + args.seeds {
         let o = sim::vopr::run_seed(seed, args.nodes_max)?;
         if let Some(first) = o.report.violations.first() {
-            pb.println(format!("seed {seed} ({} nodes): {first}", o.config.nodes));
+            // Printed whether or not the bar is drawn (a hidden bar drops println).
+            pb.suspend(|| println!("seed {seed} ({} nodes): {first}", o.config.nodes));
             failed.push(seed);
         }
         pb.inc(1);
@@ -299,7 +300,10 @@ pub fn vopr(args: &VoprArgs) -> anyhow::Result<()> {
         if failed.is_empty() {
             String::new()
         } else {
-            format!(": {failed:?} (replay: porcupine sim vopr --seed S)")
+            format!(
+                ": {failed:?} (replay: porcupine sim vopr --nodes-max {} --seed S)",
+                args.nodes_max
+            )
         }
     );
     anyhow::ensure!(
