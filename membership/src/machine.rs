@@ -922,10 +922,7 @@ impl Membership {
     /// Round 1: propose an epoch above anything seen to every candidate.
     fn start_round(&mut self, now: Millis) {
         self.max_seen_counter += 1;
-        let epoch = Epoch {
-            counter: self.max_seen_counter,
-            coordinator: self.me.id,
-        };
+        let epoch = Epoch::proposed_by(self.max_seen_counter, &self.me);
         let candidates = self.candidates();
         let resend_at = now.plus_ms(self.resend_interval_ms());
         let targets: Vec<NodeInfo> = candidates.values().cloned().collect();

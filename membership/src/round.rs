@@ -175,6 +175,7 @@ mod tests {
         let epoch = Epoch {
             counter: 4,
             coordinator: 5,
+            incarnation: 0,
         };
         let mut round = Round::new(epoch, candidates, Millis(500), None);
         let base = Epoch::initial(5);

@@ -243,11 +243,13 @@ impl Cluster {
                 info(*id, self.next_incarnation)
             })
             .collect();
+        let coordinator = members
+            .iter()
+            .find(|m| m.id == first)
+            .cloned()
+            .unwrap_or_else(|| info(first, 0));
         let view = View {
-            epoch: Epoch {
-                counter: 2,
-                coordinator: first,
-            },
+            epoch: Epoch::proposed_by(2, &coordinator),
             members: members.clone().into_iter().collect(),
         };
         for me in members {

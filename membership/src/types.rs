@@ -54,7 +54,14 @@ impl NodeInfo {
     }
 }
 
-/// Totally ordered view epoch: a counter, ties broken by coordinator id.
+/// Totally ordered view epoch: a counter, ties broken by coordinator id, then by the
+/// coordinator's incarnation.
+///
+/// The incarnation makes an epoch name one coordinator *process*: a restarted node
+/// has forgotten the counters its former self used, and without it could commit
+/// `{2, node 1}` again with other members (found by `porcupine sim vopr`, seed 508
+/// at `--nodes-max 12`: nodes 1, 6, 7 restarted together and merged before hearing
+/// the rest of the cluster).
 ///
 /// Field order matters: the derived `Ord` compares `counter` first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -63,14 +70,26 @@ pub struct Epoch {
     pub counter: u64,
     /// The node that proposed this epoch; breaks ties between concurrent coordinators.
     pub coordinator: NodeId,
+    /// The proposing process's incarnation (see above).
+    pub incarnation: u64,
 }
 
 impl Epoch {
-    /// The epoch of the one-node view every node starts in.
+    /// The epoch of the one-node view process `me` starts in.
     pub fn initial(me: NodeId) -> Epoch {
         Epoch {
             counter: 1,
             coordinator: me,
+            incarnation: 0,
+        }
+    }
+
+    /// Epoch `counter` proposed by process `coordinator`.
+    pub fn proposed_by(counter: u64, coordinator: &NodeInfo) -> Epoch {
+        Epoch {
+            counter,
+            coordinator: coordinator.id,
+            incarnation: coordinator.incarnation,
         }
     }
 }
@@ -361,7 +380,7 @@ impl View {
     /// The one-node view a fresh node starts with.
     pub fn single(me: NodeInfo) -> View {
         View {
-            epoch: Epoch::initial(me.id),
+            epoch: Epoch::proposed_by(1, &me),
             members: std::iter::once(me).collect(),
         }
     }
@@ -565,6 +584,7 @@ mod tests {
             epoch: Epoch {
                 counter,
                 coordinator: 1,
+                incarnation: 0,
             },
             members: ids.iter().map(|id| info(*id, 1)).collect(),
         };

@@ -24,9 +24,11 @@ fn info(id: NodeId) -> NodeInfo {
 }
 
 fn epoch(counter: u64, coordinator: NodeId) -> Epoch {
+    // Every process of these tests is incarnation 1 (see `info`) unless it says so.
     Epoch {
         counter,
         coordinator,
+        incarnation: 1,
     }
 }
 

@@ -90,6 +90,7 @@ impl Cluster {
             epoch: membership::Epoch {
                 counter: 0,
                 coordinator: me.id,
+                incarnation: me.incarnation,
             },
             members: std::iter::once(me.clone()).collect(),
         };

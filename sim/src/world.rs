@@ -244,6 +244,7 @@ impl<'a> World<'a> {
             let epoch = Epoch {
                 counter: 2,
                 coordinator: 1,
+                incarnation: 1,
             };
             (
                 None,

@@ -149,3 +149,19 @@ fn vopr_seeds_keep_every_invariant() {
         failed.join("\n")
     );
 }
+
+/// Seeds `vopr` once failed on, kept as regressions (`--nodes-max 12`).
+#[test]
+fn vopr_regression_seeds() {
+    // 508: nodes 1, 6 and 7 restarted together and merged before hearing from the
+    // rest; the restarted coordinator reused its former self's epoch {2, node 1}
+    // with other members (fixed: epochs carry the coordinator's incarnation).
+    for seed in [508] {
+        let o = sim::vopr::run_seed(seed, 12).expect("runs");
+        assert!(
+            o.report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            o.report.violations
+        );
+    }
+}

@@ -38,6 +38,7 @@ fn view_of(counter: u64, members: &[(NodeId, u64)]) -> Arc<ViewInfo> {
         Epoch {
             counter,
             coordinator: ids[0],
+            incarnation: 0,
         },
         members.iter().copied(),
         Arc::new(UserMap::new(&ids, DEFAULT_BUCKETS)),

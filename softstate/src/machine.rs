@@ -1364,6 +1364,7 @@ mod tests {
         Epoch {
             counter: n,
             coordinator: 1,
+            incarnation: 0,
         }
     }
 
