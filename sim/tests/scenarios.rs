@@ -151,12 +151,16 @@ fn vopr_seeds_keep_every_invariant() {
 }
 
 /// Seeds `vopr` once failed on, kept as regressions (`--nodes-max 12`).
-#[test]
-fn vopr_regression_seeds() {
+const REGRESSION_SEEDS: &[u64] = &[
     // 508: nodes 1, 6 and 7 restarted together and merged before hearing from the
     // rest; the restarted coordinator reused its former self's epoch {2, node 1}
     // with other members (fixed: epochs carry the coordinator's incarnation).
-    for seed in [508] {
+    508,
+];
+
+#[test]
+fn vopr_regression_seeds() {
+    for &seed in REGRESSION_SEEDS {
         let o = sim::vopr::run_seed(seed, 12).expect("runs");
         assert!(
             o.report.violations.is_empty(),
