@@ -83,23 +83,7 @@ pub fn choose(
     let key = |n: NodeId| (load(n), mix(n ^ mix(tie_break)), n);
     let wanted = spread.max(replicas);
     while candidates.len() < wanted {
-        let mut best: Option<NodeId> = None;
-        for _ in 0..SAMPLES_PER_SLOT {
-            // A few draws find a node outside the candidates (they are at most
-            // `wanted` of more than SMALL_CLUSTER_MAX).
-            for _ in 0..8 {
-                let n = live[rng.below(live.len())];
-                examined += 1;
-                if candidates.contains(&n) || best == Some(n) {
-                    continue;
-                }
-                if best.is_none_or(|b| key(n) < key(b)) {
-                    best = Some(n);
-                }
-                break;
-            }
-        }
-        match best {
+        match sample_slot(live, &key, &|n| candidates.contains(n), rng, &mut examined) {
             Some(n) => candidates.push(n),
             None => break,
         }
@@ -110,6 +94,33 @@ pub fn choose(
         targets: candidates,
         examined,
     }
+}
+
+/// One top-up slot: the least loaded (by `key`) of [`SAMPLES_PER_SLOT`] random live
+/// nodes not `taken`, each found in a few draws (the taken ones are few of many);
+/// counts every draw in `examined`.
+fn sample_slot<K: Ord>(
+    live: &[NodeId],
+    key: &dyn Fn(NodeId) -> K,
+    taken: &dyn Fn(&NodeId) -> bool,
+    rng: &mut Rng,
+    examined: &mut usize,
+) -> Option<NodeId> {
+    let mut best: Option<NodeId> = None;
+    for _ in 0..SAMPLES_PER_SLOT {
+        for _ in 0..8 {
+            let n = live[rng.below(live.len())];
+            *examined += 1;
+            if taken(&n) || best == Some(n) {
+                continue;
+            }
+            if best.is_none_or(|b| key(n) < key(b)) {
+                best = Some(n);
+            }
+            break;
+        }
+    }
+    best
 }
 
 /// Where new mail goes (the node's `balance` setting).
@@ -193,23 +204,9 @@ pub fn choose_extra(
     }
     let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
     let mut examined = 0;
-    let taken = |n: &NodeId, chosen: &[NodeId]| exclude.contains(n) || chosen.contains(n);
     while chosen.len() < count {
-        let mut best: Option<NodeId> = None;
-        for _ in 0..SAMPLES_PER_SLOT {
-            for _ in 0..8 {
-                let n = live[rng.below(live.len())];
-                examined += 1;
-                if taken(&n, &chosen) || best == Some(n) {
-                    continue;
-                }
-                if best.is_none_or(|b| key(n) < key(b)) {
-                    best = Some(n);
-                }
-                break;
-            }
-        }
-        match best {
+        let taken = |n: &NodeId| exclude.contains(n) || chosen.contains(n);
+        match sample_slot(live, &key, &taken, rng, &mut examined) {
             Some(n) => chosen.push(n),
             None => break,
         }
