@@ -258,7 +258,9 @@ fn record_gauges(node: &Node) {
     metrics::gauge!("porcupine_tombstones_stored").set(stats.tombstones as f64);
     metrics::gauge!("porcupine_fragment_users").set(stats.users as f64);
     metrics::gauge!("porcupine_segment_bytes").set(stats.segment_bytes as f64);
-    metrics::gauge!("porcupine_load").set(node.load() as f64);
+    metrics::gauge!("porcupine_load").set(f64::from(softstate::queue_of(node.load())));
+    metrics::gauge!("porcupine_disk_free_bytes").set(node.disk.free_bytes() as f64);
+    metrics::gauge!("porcupine_disk_nearly_full").set(f64::from(u8::from(node.disk.nearly_full())));
     metrics::gauge!("porcupine_users_managed").set(node.manager.users_managed() as f64);
     let view = node.cluster.view();
     metrics::gauge!("porcupine_view_epoch").set(view.view.epoch.counter as f64);
@@ -270,7 +272,11 @@ fn record_gauges(node: &Node) {
         } else {
             node.cluster.load_of(id)
         };
-        metrics::gauge!("porcupine_node_load", "node" => id.to_string()).set(f64::from(load));
+        let node_label = id.to_string();
+        metrics::gauge!("porcupine_node_load", "node" => node_label.clone())
+            .set(f64::from(softstate::queue_of(load)));
+        metrics::gauge!("porcupine_node_nearly_full", "node" => node_label)
+            .set(f64::from(u8::from(softstate::is_nearly_full(load))));
     }
     let r = &node.repair;
     let get =
@@ -310,7 +316,8 @@ pub fn cluster_status(node: &Node) -> Value {
                 "pop": k.pop,
                 "admin": k.admin,
                 "rpc": k.rpc,
-                "load": load,
+                "load": softstate::queue_of(load),
+                "nearly_full": softstate::is_nearly_full(load),
                 "buckets": if alive { view.map.buckets_of(k.id) } else { 0 },
             })
         })
@@ -330,6 +337,11 @@ pub fn cluster_status(node: &Node) -> Value {
             "users": stats.users,
             "tombstones": stats.tombstones,
             "segment_bytes": stats.segment_bytes,
+        },
+        "disk": {
+            "free_bytes": node.disk.free_bytes(),
+            "reserve_bytes": node.disk.reserve_bytes(),
+            "nearly_full": node.disk.nearly_full(),
         },
         "repair": {
             "under_replicated": get(&node.repair.under_replicated),

@@ -186,12 +186,12 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
         v["repair"]["passes_total"],
     );
     println!(
-        "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>7}",
-        "id", "alive", "smtp", "pop", "admin", "rpc", "load", "buckets"
+        "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>5} {:>7}",
+        "id", "alive", "smtp", "pop", "admin", "rpc", "load", "disk", "buckets"
     );
     for n in v["nodes"].as_array().into_iter().flatten() {
         println!(
-            "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>7}",
+            "{:>6} {:>5} {:>21} {:>21} {:>21} {:>21} {:>6} {:>5} {:>7}",
             n["id"].to_string(),
             if n["alive"].as_bool() == Some(true) {
                 "yes"
@@ -203,6 +203,11 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
             n["admin"].as_str().unwrap_or("-"),
             n["rpc"].as_str().unwrap_or("-"),
             n["load"].to_string(),
+            if n["nearly_full"].as_bool() == Some(true) {
+                "FULL"
+            } else {
+                "ok"
+            },
             n["buckets"].to_string(),
         );
     }

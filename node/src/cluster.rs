@@ -237,9 +237,26 @@ impl Cluster {
         }
     }
 
-    /// Last known load of a node (0 when unknown).
+    /// Last known load figure of a node (0 when unknown), nearly-full flag included
+    /// (see [`softstate::queue_of`] for the queue alone).
     pub fn load_of(&self, id: NodeId) -> u32 {
         self.loads.lock().map(|l| l.load_of(id)).unwrap_or(0)
+    }
+
+    /// The nodes whose newest load figure says their disk is nearly full; this node
+    /// (`me`) by its own reading `me_full`, not by what others last heard.
+    pub fn nearly_full_nodes(&self, me: NodeId, me_full: bool) -> Vec<NodeId> {
+        let mut full = self
+            .loads
+            .lock()
+            .map(|l| l.nearly_full())
+            .unwrap_or_default();
+        full.retain(|n| *n != me);
+        if me_full {
+            full.push(me);
+            full.sort_unstable();
+        }
+        full
     }
 
     fn install(&self, view: View) {

@@ -66,6 +66,9 @@ pub struct NodeConfig {
     pub repair_interval_secs: u64,
     /// Age a deleted message must reach before repair may collect its tombstone, in seconds.
     pub tombstone_min_age_secs: u64,
+    /// Free space to keep on the data dir's file system, in MiB: below it the node is
+    /// nearly full and takes no new mail (reads and deletes go on). 0 disables.
+    pub disk_reserve_mb: u64,
 }
 
 impl Default for NodeConfig {
@@ -98,6 +101,7 @@ impl Default for NodeConfig {
             ports_file: None,
             repair_interval_secs: 30,
             tombstone_min_age_secs: 3600,
+            disk_reserve_mb: 256,
         }
     }
 }

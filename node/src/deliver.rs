@@ -10,8 +10,9 @@ use membership::{Epoch, NodeId};
 use smtp::{DeliverError, Envelope, RcptVerdict};
 use storage::MessageKey;
 
-use crate::rpc::{Request, Response};
+use crate::rpc::{Request, Response, Unready};
 use crate::service::Node;
+use softstate::Refused;
 
 /// Implements [`smtp::Deliver`] for a node.
 pub struct DeliveryProxy(pub Arc<Node>);
@@ -36,6 +37,12 @@ impl DeliveryProxy {
             match node.call(manager, req).await {
                 Ok(Response::Targets { targets, epoch }) if !targets.is_empty() => {
                     return Ok((targets, epoch));
+                }
+                Ok(Response::NotReady(Unready::Refused(Refused::NoSpace))) => {
+                    tracing::warn!(%user, manager, "every node's disk is nearly full; answering 452");
+                    return Err(DeliverError::NoSpace(
+                        "insufficient system storage, try again later".into(),
+                    ));
                 }
                 Ok(other) => last = format!("manager {manager}: {other:?}"),
                 Err(e) => last = format!("manager {manager}: {e}"),

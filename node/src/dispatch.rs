@@ -33,6 +33,10 @@ impl Node {
                         data: data.clone(),
                     })
                     .collect();
+                let delay = self.store_delay();
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 match self.store.append(batch).await {
                     Ok(()) => {
                         // Placed under another view: our report for the current one may
@@ -145,10 +149,11 @@ impl Node {
             }
         };
         let spread = self.config.spread;
-        match self
-            .manager
-            .with(|s| s.place(user, replicas, spread, &load))
-        {
+        let full = self.cluster.nearly_full_nodes(me, self.disk.nearly_full());
+        match self.manager.with(|s| {
+            s.set_unplaceable(full);
+            s.place(user, replicas, spread, &load)
+        }) {
             Ok(p) => Response::Targets {
                 targets: p.targets,
                 epoch: p.epoch,

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
+pub mod disk;
 pub mod dispatch;
 pub mod fragments;
 pub mod gather;

@@ -225,6 +225,9 @@ struct ServeArgs {
     /// (`tombstone_min_age_secs`).
     #[arg(long)]
     tombstone_min_age_secs: Option<u64>,
+    /// Free space in MiB below which the node takes no new mail (`disk_reserve_mb`).
+    #[arg(long)]
+    disk_reserve_mb: Option<u64>,
 }
 
 impl ServeArgs {
@@ -260,7 +263,8 @@ impl ServeArgs {
             suspect_after_ms,
             rpc_timeout_ms,
             repair_interval_secs,
-            tombstone_min_age_secs
+            tombstone_min_age_secs,
+            disk_reserve_mb
         );
         if self.ports_file.is_some() {
             c.ports_file = self.ports_file;

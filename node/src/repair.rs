@@ -153,7 +153,13 @@ async fn copy(
     }
     let data = data.ok_or(CopyError::NoReadableHolder)?;
     let load = |id: NodeId| node.cluster.load_of(id);
-    let targets = node.manager.with(|s| s.place_copies(holders, count, &load));
+    let full = node
+        .cluster
+        .nearly_full_nodes(node.id(), node.disk.nearly_full());
+    let targets = node.manager.with(|s| {
+        s.set_unplaceable(full);
+        s.place_copies(holders, count, &load)
+    });
     let epoch = node.cluster.view().view.epoch;
     let mut made = 0;
     for t in targets {

@@ -174,14 +174,24 @@ impl pop::MailboxSession for ProxySession {
         // The local copy first, then the least loaded holder.
         let me = self.node.id();
         let mut holders = holders;
-        holders.sort_by_key(|h| (*h != me, self.node.cluster.load_of(*h), *h));
+        holders.sort_by_key(|h| {
+            (
+                *h != me,
+                softstate::queue_of(self.node.cluster.load_of(*h)),
+                *h,
+            )
+        });
         for holder in holders {
             match self
                 .node
                 .call(holder, Request::Read { key: key.clone() })
                 .await
             {
-                Ok(Response::Message(Some(bytes))) => return Ok(bytes),
+                Ok(Response::Message(Some(bytes))) => {
+                    let source = if holder == me { "local" } else { "remote" };
+                    metrics::counter!("porcupine_pop_reads_total", "source" => source).increment(1);
+                    return Ok(bytes);
+                }
                 Ok(other) => last = format!("node {holder}: {other:?}"),
                 Err(e) => last = format!("node {holder}: {e}"),
             }

@@ -235,6 +235,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     // Soft state: reconstruction at every view change, announces, retries.
     tasks.spawn(crate::soft::run(node.clone(), shutdown.clone()));
     tasks.spawn(crate::release::run(node.clone(), shutdown.clone()));
+    tasks.spawn(crate::disk::run(node.disk.clone(), shutdown.clone()));
 
     // Every view change: let the registry follow membership.
     let mut views = cluster.subscribe();

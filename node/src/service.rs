@@ -25,6 +25,10 @@ pub type Fragment = (Vec<(MessageId, u64)>, Vec<MessageId>);
 /// as everyone's manager (the deliverer and the POP3 proxy retry meanwhile).
 pub const JOIN_GRACE_MS: u64 = 2000;
 
+/// Environment variable (test only) that slows every `Store` a node serves by this
+/// many milliseconds: a slow disk for the load-balancing tests.
+pub const STORE_DELAY_ENV: &str = "PORCUPINE_TEST_STORE_DELAY_MS";
+
 /// The registry as a node runs it.
 pub type NodeRegistry = Registry<RaftLog>;
 
@@ -62,6 +66,11 @@ pub struct Node {
     pub soft_kick: tokio::sync::Notify,
     /// Mailbox lock releases sent in the background.
     pub releases: crate::release::Releases,
+    /// Free space on the data dir; nearly full takes this node out of placement.
+    pub disk: Arc<crate::disk::DiskWatch>,
+    /// Test-only: extra time every `Store` request takes here (a slow disk), from
+    /// `PORCUPINE_TEST_STORE_DELAY_MS`; zero in production.
+    store_delay: std::time::Duration,
     message_seq: AtomicU32,
     inflight: AtomicU32,
 }
@@ -76,6 +85,21 @@ impl Node {
         rpc: RpcClient,
     ) -> Arc<Self> {
         let manager = UserManager::new(cluster.me().id, cluster.me().incarnation, config.balance);
+        let disk = Arc::new(crate::disk::DiskWatch::new(
+            &config.data,
+            config.disk_reserve_mb.saturating_mul(1024 * 1024),
+        ));
+        let store_delay = std::env::var(STORE_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or_default();
+        if !store_delay.is_zero() {
+            tracing::warn!(
+                delay_ms = store_delay.as_millis() as u64,
+                "{STORE_DELAY_ENV} set: every store here is slowed down (test only)"
+            );
+        }
         Arc::new(Node {
             config,
             store,
@@ -87,6 +111,8 @@ impl Node {
             repair_kick: tokio::sync::Notify::new(),
             soft_kick: tokio::sync::Notify::new(),
             releases: Default::default(),
+            disk,
+            store_delay,
             message_seq: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
         })
@@ -123,12 +149,22 @@ impl Node {
         self.manager.with(|s| s.end_session(id))
     }
 
-    /// This node's load figure: requests being served now plus disk writes queued.
+    /// This node's load figure: requests being served now plus disk writes queued,
+    /// with the nearly-full flag when the data dir's free space is below the reserve
+    /// (see [`softstate::encode_figure`]).
     pub fn load(&self) -> u32 {
         let pending = self.store.stats().pending_write_requests;
-        self.inflight
+        let queue = self
+            .inflight
             .load(Ordering::Relaxed)
-            .saturating_add(u32::try_from(pending).unwrap_or(u32::MAX))
+            .saturating_add(u32::try_from(pending).unwrap_or(u32::MAX));
+        softstate::encode_figure(queue, self.disk.nearly_full())
+    }
+
+    /// The test-only delay of every `Store` served here (zero unless
+    /// `PORCUPINE_TEST_STORE_DELAY_MS` is set).
+    pub(crate) fn store_delay(&self) -> std::time::Duration {
+        self.store_delay
     }
 
     /// Call `node` (directly when it is this node).

@@ -30,6 +30,9 @@ pub struct UpArgs {
     /// Where new mail goes on every node: porcupine, random or static.
     #[arg(long)]
     pub balance: Option<String>,
+    /// Soft bound on the nodes holding one user's mail, on every node (`spread`).
+    #[arg(long)]
+    pub spread: Option<usize>,
     /// Seconds between repair passes on every node (passed on as `--repair-interval-secs`).
     #[arg(long)]
     pub repair_interval_secs: Option<u64>,
@@ -89,6 +92,10 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
         if let Some(b) = &args.balance {
             a.push("--balance".into());
             a.push(b.clone());
+        }
+        if let Some(n) = args.spread {
+            a.push("--spread".into());
+            a.push(n.to_string());
         }
         if let Some(secs) = args.repair_interval_secs {
             a.push("--repair-interval-secs".into());

@@ -37,6 +37,10 @@ pub enum DeliverError {
     /// Try again later; the client gets `451 4.3.0` and keeps the message queued.
     #[error("temporary failure: {0}")]
     Temporary(String),
+    /// No storage for the message now (every disk that could take it is nearly full);
+    /// the client gets `452 4.3.1` and retries later.
+    #[error("insufficient storage: {0}")]
+    NoSpace(String),
     /// Will never succeed; the client gets `554 5.3.0` and bounces the message.
     #[error("permanent failure: {0}")]
     Permanent(String),

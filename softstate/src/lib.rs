@@ -38,7 +38,7 @@ pub mod repair;
 pub mod sim;
 pub mod view;
 
-pub use load::{Figure, LoadTable};
+pub use load::{Figure, LoadTable, NEARLY_FULL_FLAG, encode_figure, is_nearly_full, queue_of};
 pub use machine::{Placement, Refused, Scan, SoftState, SoftStateConfig, Stats};
 pub use message::{Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit};
 pub use view::{Transition, ViewInfo};

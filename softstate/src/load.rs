@@ -8,6 +8,33 @@ use std::collections::BTreeMap;
 
 use membership::{Millis, NodeId};
 
+/// The bit of a load figure that says "my disk is nearly full: place no new mail here"
+/// (the node still serves reads and deletes). It rides in the figure itself, so every
+/// RPC reply and every membership message carries it without a wire change, and a full
+/// node also sorts last wherever figures are compared.
+pub const NEARLY_FULL_FLAG: u32 = 1 << 31;
+
+/// A node's load figure: `queue` (requests in service plus queued disk writes, capped
+/// below the flag) with [`NEARLY_FULL_FLAG`] set when `nearly_full`.
+pub fn encode_figure(queue: u32, nearly_full: bool) -> u32 {
+    let queue = queue.min(NEARLY_FULL_FLAG - 1);
+    if nearly_full {
+        queue | NEARLY_FULL_FLAG
+    } else {
+        queue
+    }
+}
+
+/// The queue part of a load figure (what an operator reads as "load").
+pub fn queue_of(figure: u32) -> u32 {
+    figure & !NEARLY_FULL_FLAG
+}
+
+/// Whether a load figure says the node's disk is nearly full.
+pub fn is_nearly_full(figure: u32) -> bool {
+    figure & NEARLY_FULL_FLAG != 0
+}
+
 /// One node's load as last observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Figure {
@@ -50,6 +77,15 @@ impl LoadTable {
     /// The newest figure of `node` with its time, if any.
     pub fn figure(&self, node: NodeId) -> Option<Figure> {
         self.figures.get(&node).copied()
+    }
+
+    /// Nodes whose newest figure says their disk is nearly full, ascending.
+    pub fn nearly_full(&self) -> Vec<NodeId> {
+        self.figures
+            .iter()
+            .filter(|(_, f)| is_nearly_full(f.load))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Forget the figures of nodes `keep` rejects (nodes that left the view).
@@ -96,5 +132,22 @@ mod tests {
         t.observe(2, 1, Millis(1));
         t.retain(|id| id != 1);
         assert_eq!((t.len(), t.load_of(1), t.load_of(2)), (1, 0, 1));
+    }
+
+    #[test]
+    fn the_nearly_full_flag_rides_in_the_figure_and_newest_wins() {
+        let f = encode_figure(12, true);
+        assert!(is_nearly_full(f));
+        assert_eq!(queue_of(f), 12);
+        assert!(!is_nearly_full(encode_figure(12, false)));
+        // A queue that large cannot set the flag by itself.
+        assert!(!is_nearly_full(encode_figure(u32::MAX, false)));
+        let mut t = LoadTable::new();
+        t.observe(3, encode_figure(1, true), Millis(10));
+        t.observe(4, encode_figure(9, false), Millis(10));
+        assert_eq!(t.nearly_full(), vec![3]);
+        // The node freed space: its newer figure clears the flag.
+        t.observe(3, encode_figure(1, false), Millis(20));
+        assert!(t.nearly_full().is_empty());
     }
 }

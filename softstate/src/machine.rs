@@ -99,6 +99,9 @@ pub enum Refused {
     /// Another session holds the mailbox lock.
     #[error("mailbox in use")]
     InUse,
+    /// Every live node's disk is nearly full: no node may take new mail.
+    #[error("no live node has disk space for new mail")]
+    NoSpace,
 }
 
 /// Nodes chosen by [`SoftState::place`].
@@ -225,7 +228,14 @@ pub struct SoftState {
     // --- placement ---
     rng: Rng,
     tie_break: u64,
+    /// Nodes that report a nearly full disk: left out of placement and repair targets.
+    unplaceable: BTreeSet<NodeId>,
     stats: Stats,
+}
+
+/// The members of `ids` not in `out` (ascending, as `ids` is).
+fn placeable(ids: &[NodeId], out: &BTreeSet<NodeId>) -> Vec<NodeId> {
+    ids.iter().copied().filter(|n| !out.contains(n)).collect()
 }
 
 impl SoftState {
@@ -257,6 +267,7 @@ impl SoftState {
             transmits: VecDeque::new(),
             rng,
             tie_break: 0,
+            unplaceable: BTreeSet::new(),
             stats: Stats::default(),
         }
     }
@@ -1199,20 +1210,30 @@ impl SoftState {
             }
             _ => map,
         };
+        let filtered: Vec<NodeId>;
+        let ids: &[NodeId] = if self.unplaceable.is_empty() {
+            &view.ids
+        } else {
+            filtered = placeable(&view.ids, &self.unplaceable);
+            &filtered
+        };
+        if ids.is_empty() {
+            return Err(Refused::NoSpace);
+        }
         self.tie_break = self.tie_break.wrapping_add(1);
-        let replicas = replicas.clamp(1, view.ids.len().max(1));
+        let replicas = replicas.clamp(1, ids.len());
         let choice = match self.config.balance {
             Balance::Porcupine => choose(
                 map,
-                &view.ids,
+                ids,
                 load,
                 spread.max(1),
                 replicas,
                 self.tie_break,
                 &mut self.rng,
             ),
-            Balance::Random => choose_random(&view.ids, replicas, &mut self.rng),
-            Balance::Static => choose_static(self.me, &view.ids, replicas),
+            Balance::Random => choose_random(ids, replicas, &mut self.rng),
+            Balance::Static => choose_static(self.me, ids, replicas),
         };
         self.stats.placements += 1;
         self.stats.candidates_examined += choice.examined as u64;
@@ -1245,16 +1266,24 @@ impl SoftState {
         let Some(view) = self.view.clone() else {
             return Vec::new();
         };
+        let filtered: Vec<NodeId>;
+        let ids: &[NodeId] = if self.unplaceable.is_empty() {
+            &view.ids
+        } else {
+            filtered = placeable(&view.ids, &self.unplaceable);
+            &filtered
+        };
         self.tie_break = self.tie_break.wrapping_add(1);
-        choose_extra(
-            holders,
-            &view.ids,
-            load,
-            count,
-            self.tie_break,
-            &mut self.rng,
-        )
-        .targets
+        choose_extra(holders, ids, load, count, self.tie_break, &mut self.rng).targets
+    }
+
+    /// Tell placement which nodes report a nearly full disk (the driver's load table);
+    /// they get no new messages and no repair copies until they report space again.
+    pub fn set_unplaceable(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
+        let nodes: BTreeSet<NodeId> = nodes.into_iter().collect();
+        if nodes != self.unplaceable {
+            self.unplaceable = nodes;
+        }
     }
 
     /// Every user of a complete bucket with its mail map (for repair passes).
@@ -1715,6 +1744,49 @@ mod tests {
             Err(Refused::NotManager(bucket_of(&other, B)))
         );
         assert_eq!(s.stats().placements, 1);
+    }
+
+    #[test]
+    fn a_nearly_full_node_gets_no_new_mail_nor_repair_copies() {
+        let v = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(v.clone(), []);
+        let u = user_of(&v, 1, 0);
+        // Node 2 is the least loaded and already in the user's map: affinity and
+        // load both pull towards it, but its disk is nearly full.
+        let load = |n: NodeId| [0, 5, 0, 9][n as usize];
+        assert_eq!(s.place(&u, 1, 2, &load).map(|p| p.targets), Ok(vec![2]));
+        s.set_unplaceable([2]);
+        for _ in 0..20 {
+            let p = s.place(&u, 2, 2, &load).expect("placed");
+            assert!(!p.targets.contains(&2), "{p:?}");
+            assert_eq!(p.targets.len(), 2);
+        }
+        for _ in 0..20 {
+            assert_eq!(s.place_copies(&[1], 1, &load), vec![3]);
+        }
+        // Static and random placement honour it too.
+        for balance in [Balance::Static, Balance::Random] {
+            let config = SoftStateConfig {
+                balance,
+                ..SoftStateConfig::default()
+            };
+            let mut t = SoftState::new(1, 10, config);
+            t.install_settled(v.clone(), []);
+            t.set_unplaceable([2]);
+            for _ in 0..20 {
+                let p = t.place(&u, 2, 2, &load).expect("placed");
+                assert_eq!(p.targets.len(), 2);
+                assert!(!p.targets.contains(&2), "{balance:?}: {p:?}");
+            }
+        }
+        // Every node full: refused, not placed on a full disk.
+        s.set_unplaceable([1, 2, 3]);
+        assert_eq!(s.place(&u, 2, 2, &load), Err(Refused::NoSpace));
+        assert!(s.place_copies(&[1], 1, &load).is_empty());
+        // Space is back.
+        s.set_unplaceable([]);
+        assert_eq!(s.place(&u, 1, 2, &load).map(|p| p.targets), Ok(vec![2]));
     }
 
     #[test]

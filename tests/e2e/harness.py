@@ -381,16 +381,19 @@ class Cluster:
         """True while node i's last known pid is a live (non-zombie) process."""
         return _pid_running(self.info[i].pid)
 
-    def restart_node(self, i: int) -> subprocess.Popen:
-        """Re-run node i's printed command line in a new process group (stopped by stop()).
+    def restart_node(self, i: int, env: dict | None = None,
+                     extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+        """Re-run node i's printed command line in a new process group (stopped by stop()),
+        with `env` added to this process's environment and `extra_args` appended.
 
         Its ports are fixed by the command line: wait until they are free, and start it
         again (up to 3 times) if it exits at once because one was taken meanwhile."""
-        cmd = self.info[i].command
+        cmd = list(self.info[i].command or []) + list(extra_args)
+        child_env = {**os.environ, **(env or {})}
         prev = self.restarted.get(i)
         if prev is not None and prev.poll() is None:
             raise RuntimeError(f"node {i} is still running as pid {prev.pid}")
-        if not cmd:
+        if not self.info[i].command:
             raise RuntimeError(f"no command line printed for node {i}")
         base = self.base_port + 10 * i
         log_path = os.path.join(self.data, f"node-{i}.log")
@@ -402,7 +405,8 @@ class Cluster:
                 time.sleep(0.1)
             offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
             log = open(log_path, "ab")
-            p = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            p = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=child_env)
             log.close()
             _LIVE_PROCS.add(p)
             self.restarted[i] = p

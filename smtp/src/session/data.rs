@@ -167,6 +167,10 @@ impl<D: Deliver> Session<D> {
                 tracing::debug!(queue_id, %reason, "delivery failed temporarily");
                 self.replies.push_text(451, [4, 3, 0], &reason);
             }
+            Err(DeliverError::NoSpace(reason)) => {
+                tracing::debug!(queue_id, %reason, "no storage for the message");
+                self.replies.push_text(452, [4, 3, 1], &reason);
+            }
             Err(DeliverError::Permanent(reason)) => {
                 tracing::debug!(queue_id, %reason, "delivery failed permanently");
                 self.replies.push_text(554, [5, 3, 0], &reason);
