@@ -122,12 +122,13 @@ class AdminTest(unittest.TestCase):
         self.assertRegex(lines[0], rf"^node 0  epoch {st['epoch']} \(coordinator \d+\)  mail maps complete  users managed \d+$")
         self.assertRegex(lines[1], r"^fragments here: \d+ messages of \d+ users, \d+ tombstones; registry leader 0 ")
         self.assertRegex(lines[2], r"^repair: under-replicated 0 \(pending 0\), copies made \d+, tombstones spread \d+, collected \d+, passes \d+$")
-        self.assertEqual(lines[3].split(), ["id", "alive", "smtp", "pop", "admin", "rpc", "load", "buckets"])
+        self.assertEqual(lines[3].split(), ["id", "alive", "smtp", "pop", "admin", "rpc", "load", "disk", "buckets"])
         self.assertEqual(len(lines), 5, cp.stdout)
         row = lines[4].split()
         c = self.cluster
         self.assertEqual(row[:6], ["0", "yes", c.info[0].smtp, c.info[0].pop, c.info[0].admin.removeprefix("http://"), c.info[0].rpc], cp.stdout)
-        self.assertEqual(int(row[7]), 65536, "a single node holds every bucket")
+        self.assertEqual(row[7], "ok", "a fresh node's disk is not nearly full")
+        self.assertEqual(int(row[8]), 65536, "a single node holds every bucket")
         self.assertEqual([n["alive"] for n in st["nodes"]], [True])
         self.assertEqual(st["nodes"][0]["smtp"], f"127.0.0.1:{self.cluster.smtp_port()}")
 
