@@ -34,8 +34,11 @@ pub struct PerIpCap {
     pub exempt: Vec<IpAddr>,
     /// The answer to a client over the cap, before it is closed.
     pub busy: &'static [u8],
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: OpenPerIp,
 }
+
+/// Open connections per client address (or IPv6 /64).
+type OpenPerIp = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 impl PerIpCap {
     /// At most `max` connections per client address, except from `exempt`.
@@ -71,7 +74,7 @@ impl PerIpCap {
 }
 
 /// One connection counted against its address's cap, until dropped.
-pub struct IpSlot(Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>);
+pub struct IpSlot(Option<(OpenPerIp, IpAddr)>);
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
