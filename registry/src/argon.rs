@@ -151,19 +151,24 @@ fn worker(rx: &Mutex<mpsc::Receiver<(Job, OwnedSemaphorePermit)>>) {
             rx.recv()
         };
         let Ok((job, permit)) = next else { return };
+        // The thread is free again before the caller hears back, so a caller that
+        // submits its next job at once finds the permit.
         match job {
             Job::Verify {
                 hash,
                 password,
                 reply,
             } => {
-                let _ = reply.send(verify_with(&mut memory, &hash, &password));
+                let ok = verify_with(&mut memory, &hash, &password);
+                drop(permit);
+                let _ = reply.send(ok);
             }
             Job::Hash { password, reply } => {
-                let _ = reply.send(hash_with(&mut memory, &password));
+                let hashed = hash_with(&mut memory, &password);
+                drop(permit);
+                let _ = reply.send(hashed);
             }
         }
-        drop(permit);
     }
 }
 
