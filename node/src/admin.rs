@@ -58,7 +58,7 @@ struct NewPassword {
 }
 
 async fn body_json<T: serde::de::DeserializeOwned>(
-    req: hyper::Request<hyper::body::Incoming>,
+    req: hyper::Request<crate::listen::TimedBody>,
 ) -> Result<T, HttpResponse> {
     let bytes = Limited::new(req.into_body(), ADMIN_BODY_BYTES_MAX)
         .collect()
@@ -101,7 +101,7 @@ fn percent_decode(s: &str) -> String {
 pub async fn handle(
     node: Arc<Node>,
     metrics: Option<PrometheusHandle>,
-    req: hyper::Request<hyper::body::Incoming>,
+    req: hyper::Request<crate::listen::TimedBody>,
 ) -> HttpResponse {
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();

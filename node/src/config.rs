@@ -69,6 +69,33 @@ pub struct NodeConfig {
     /// Free space to keep on the data dir's file system, in MiB: below it the node is
     /// nearly full and takes no new mail (reads and deletes go on). 0 disables.
     pub disk_reserve_mb: u64,
+    // Abuse limits (issue 11): README's config table says what each one bounds.
+    /// Threads that hash and verify passwords (0: one per core, at least 2).
+    pub argon2_threads: usize,
+    /// How long a login waits for a free Argon2 thread before `-ERR [SYS/TEMP]`, in ms.
+    pub argon2_wait_ms: u64,
+    /// An SMTP command line must be complete this long after its first byte, in seconds.
+    pub smtp_command_timeout_secs: u64,
+    /// A DATA text or BDAT chunk must be complete within this (seconds) plus one
+    /// second per `smtp_data_rate_min` bytes received.
+    pub smtp_data_timeout_secs: u64,
+    /// Data rate floor after `smtp_data_timeout_secs`, in bytes per second (0: none).
+    pub smtp_data_rate_min: u64,
+    /// A POP3 command line must be complete this long after its first byte, in seconds.
+    pub pop_command_timeout_secs: u64,
+    /// Most concurrent SMTP connections from one client address.
+    pub smtp_connections_per_ip_max: usize,
+    /// Most concurrent POP3 connections from one client address.
+    pub pop_connections_per_ip_max: usize,
+    /// Client addresses the per-IP caps do not apply to.
+    pub connections_per_ip_exempt: Vec<std::net::IpAddr>,
+    /// A new RPC or admin connection must send a request within this, and each
+    /// request's headers and body must arrive within it, in seconds.
+    pub http_request_timeout_secs: u64,
+    /// An RPC connection with no request in flight for this long is closed, in seconds.
+    pub rpc_idle_timeout_secs: u64,
+    /// An admin connection with no request in flight for this long is closed, in seconds.
+    pub admin_idle_timeout_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +129,22 @@ impl Default for NodeConfig {
             repair_interval_secs: 30,
             tombstone_min_age_secs: 3600,
             disk_reserve_mb: 256,
+            // Abuse limits (issue 11).
+            argon2_threads: 0,
+            argon2_wait_ms: 5000,
+            smtp_command_timeout_secs: 60,
+            smtp_data_timeout_secs: 300,
+            smtp_data_rate_min: 1024,
+            pop_command_timeout_secs: 60,
+            smtp_connections_per_ip_max: 20,
+            pop_connections_per_ip_max: 20,
+            connections_per_ip_exempt: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
+            http_request_timeout_secs: 10,
+            rpc_idle_timeout_secs: 120,
+            admin_idle_timeout_secs: 60,
         }
     }
 }
@@ -121,6 +164,9 @@ impl NodeConfig {
             message_size_max: self.smtp_message_size_max,
             recipients_max: self.smtp_recipients_max,
             idle_timeout: Duration::from_secs(self.smtp_idle_timeout_secs),
+            command_timeout: Duration::from_secs(self.smtp_command_timeout_secs),
+            data_timeout: Duration::from_secs(self.smtp_data_timeout_secs),
+            data_rate_min: self.smtp_data_rate_min,
             ..smtp::SmtpConfig::default()
         }
     }
@@ -130,6 +176,7 @@ impl NodeConfig {
         pop::PopConfig {
             hostname: self.hostname.clone(),
             idle_timeout: Duration::from_secs(self.pop_idle_timeout_secs),
+            command_timeout: Duration::from_secs(self.pop_command_timeout_secs),
             auth_failure_delay: Duration::from_millis(self.pop_auth_failure_delay_ms),
             ..pop::PopConfig::default()
         }

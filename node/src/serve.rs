@@ -15,7 +15,7 @@ use crate::cluster::{self, Cluster};
 use crate::config::NodeConfig;
 use crate::deliver::DeliveryProxy;
 use crate::dispatch::NodeRpc;
-use crate::listen::{bind, serve_http, serve_tcp};
+use crate::listen::{HttpTimeouts, PerIpCap, bind, serve_http, serve_tcp};
 use crate::retrieve::RetrievalProxy;
 use crate::rpc::{Request, Response, RpcClient};
 use crate::service::Node;
@@ -148,7 +148,11 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
             .await
             .context("bootstrapping the registry")?;
     }
-    let registry = Registry::new(state, raft);
+    let argon = registry::ArgonPool::new(
+        config.argon2_threads,
+        Duration::from_millis(config.argon2_wait_ms),
+    );
+    let registry = Registry::with_argon(state, raft, argon);
     let forgotten: Vec<String> = store
         .kv("forgotten")?
         .scan_prefix(b"")?
@@ -178,9 +182,15 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let rpc_handler = Arc::new(NodeRpc(node.clone()));
+    let request_timeout = Duration::from_secs(config.http_request_timeout_secs);
+    let http_timeouts = |idle_secs: u64| HttpTimeouts {
+        request: request_timeout,
+        idle: Duration::from_secs(idle_secs),
+    };
     tasks.spawn(serve_http(
         rpc_listener,
         config.rpc_connections_max,
+        http_timeouts(config.rpc_idle_timeout_secs),
         shutdown.clone(),
         move |req| crate::rpc::serve_http(rpc_handler.clone(), req),
     ));
@@ -188,6 +198,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     tasks.spawn(serve_http(
         admin_listener,
         config.admin_connections_max,
+        http_timeouts(config.admin_idle_timeout_secs),
         shutdown.clone(),
         move |req| crate::admin::handle(admin_node.clone(), metrics.clone(), req),
     ));
@@ -199,6 +210,11 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         smtp_listener,
         config.smtp_connections_max,
         b"421 4.7.0 too many connections, try again later\r\n",
+        PerIpCap::new(
+            config.smtp_connections_per_ip_max,
+            config.connections_per_ip_exempt.clone(),
+            b"421 4.7.0 too many connections from your address\r\n",
+        ),
         shutdown.clone(),
         move |stream, peer| {
             let (config, deliver, shutdown) =
@@ -219,6 +235,11 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         pop_listener,
         config.pop_connections_max,
         b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+        PerIpCap::new(
+            config.pop_connections_per_ip_max,
+            config.connections_per_ip_exempt.clone(),
+            b"-ERR [SYS/TEMP] too many connections from your address\r\n",
+        ),
         shutdown.clone(),
         move |stream, peer| {
             let (config, proxy, shutdown) =

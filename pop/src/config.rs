@@ -11,6 +11,10 @@ pub struct PopConfig {
     /// How long the server waits for the next complete command line before it closes
     /// the session (RFC 1939 asks for at least 10 minutes). Also bounds each write.
     pub idle_timeout: std::time::Duration,
+    /// A command line must be complete this long after its first byte arrived, or the
+    /// session answers `-ERR command timeout` and closes (against clients that trickle
+    /// a byte at a time).
+    pub command_timeout: std::time::Duration,
     /// Longest accepted command line in bytes, CRLF included; longer lines are
     /// discarded up to the next LF and answered `-ERR line too long`.
     pub command_line_max: usize,
@@ -31,6 +35,7 @@ impl Default for PopConfig {
         PopConfig {
             hostname: "localhost".to_string(),
             idle_timeout: Duration::from_secs(600),
+            command_timeout: Duration::from_secs(60),
             command_line_max: 512,
             errors_max: 10,
             commands_max: 100_000,

@@ -80,6 +80,11 @@ impl LineReader {
         }
     }
 
+    /// Whether part of a line (kept or being discarded) has arrived.
+    pub fn mid_line(&self) -> bool {
+        self.discarding || !self.buf.is_empty()
+    }
+
     /// Bytes of an unfinished line held back.
     #[cfg(test)]
     fn pending_bytes(&self) -> usize {

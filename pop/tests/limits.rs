@@ -111,6 +111,8 @@ async fn idle_timeout_closes_silently_and_deletes_nothing() {
     let store = sample_store();
     let config = PopConfig {
         idle_timeout: Duration::from_secs(600),
+        // Not the line deadline: that one is tested below.
+        command_timeout: Duration::from_secs(3600),
         ..test_config()
     };
     let mut h = start(config, &store);
@@ -128,6 +130,41 @@ async fn idle_timeout_closes_silently_and_deletes_nothing() {
     finish(h.task).await.unwrap();
     assert_eq!(store.uids("alice"), ["uid-one", "uid-two", "uid-three"]);
     assert!(!store.is_locked("alice"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn trickled_line_is_cut_at_the_command_deadline_and_deletes_nothing() {
+    let store = sample_store();
+    let config = PopConfig {
+        command_timeout: Duration::from_secs(10),
+        ..test_config()
+    };
+    let mut h = start(config, &store);
+    h.client.line().await;
+    h.client.login("alice", "wonderland").await;
+    assert_eq!(h.client.cmd("DELE 2").await, "+OK message 2 deleted");
+    // One byte a second: the idle clock (a whole line within 600 s) would allow
+    // 600 s; the line deadline, from the first byte, allows 10.
+    let before = Instant::now();
+    let mut reply = None;
+    for _ in 0..120 {
+        tokio::select! {
+            line = h.client.line() => {
+                reply = Some(line);
+                break;
+            }
+            () = tokio::time::sleep(Duration::from_secs(1)) => h.client.send(b"N").await,
+        }
+    }
+    assert_eq!(reply.as_deref(), Some("-ERR command timeout"));
+    let waited = before.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited <= Duration::from_secs(12),
+        "{waited:?}"
+    );
+    assert!(h.client.at_eof().await);
+    finish(h.task).await.unwrap();
+    assert_eq!(store.uids("alice"), ["uid-one", "uid-two", "uid-three"]);
 }
 
 #[tokio::test(start_paused = true)]

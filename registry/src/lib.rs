@@ -9,6 +9,7 @@
 //! Modules: [`state`] (the local replica and the commands that change it) and [`raft`]
 //! (the Raft group: log and state machine on disk, peer RPC, membership upkeep).
 
+pub mod argon;
 pub mod raft;
 pub mod state;
 
@@ -17,9 +18,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use blake2::{Blake2b512, Digest};
 
+pub use argon::{ArgonError, ArgonPool};
 pub use raft::{RaftLog, RaftOptions, RaftStatus, RaftTransport};
 pub use state::{RegistryCommand, RegistryOutcome, RegistryState, UserRecord};
 
@@ -86,26 +88,12 @@ pub fn canonical_address(raw: &str) -> Result<String, RegistryError> {
 
 /// Argon2id hash of a password, as a PHC string.
 pub fn hash_password(password: &str) -> Result<String, RegistryError> {
-    if password.is_empty() {
-        return Err(RegistryError::InvalidPassword("empty"));
-    }
-    if password.len() > 1024 {
-        return Err(RegistryError::InvalidPassword("longer than 1024 bytes"));
-    }
+    check_password(password)?;
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| RegistryError::Hash(e.to_string()))
-}
-
-fn verify_hash(hash: &str, password: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
-    }
 }
 
 /// How long a verified login is remembered, so a client that logs in every few
@@ -119,17 +107,33 @@ pub struct Registry<L> {
     /// address -> (keyed digest of stored hash + password, when verified).
     verified: Mutex<HashMap<String, ([u8; 64], Instant)>>,
     cache_key: [u8; 32],
+    /// Where every Argon2 hash and verification runs (bounded threads and memory).
+    argon: ArgonPool,
+    /// A hash of a random password, verified for logins of unknown users so that
+    /// they take as long as a wrong password for a known one.
+    dummy_hash: tokio::sync::OnceCell<String>,
 }
 
+/// How long a login waits for a free Argon2 thread by default.
+pub const ARGON_WAIT_DEFAULT: Duration = Duration::from_secs(5);
+
 impl<L: RegistryLog> Registry<L> {
-    /// A registry reading `state` and writing through `log`.
+    /// A registry reading `state` and writing through `log`, with an Argon2 pool of
+    /// one thread per core (at least 2) and [`ARGON_WAIT_DEFAULT`].
     pub fn new(state: RegistryState, log: L) -> Self {
+        Self::with_argon(state, log, ArgonPool::new(0, ARGON_WAIT_DEFAULT))
+    }
+
+    /// A registry whose password hashing and checking runs on `argon`.
+    pub fn with_argon(state: RegistryState, log: L, argon: ArgonPool) -> Self {
         let cache_key: [u8; 32] = rand::random();
         Registry {
             state,
             log,
             verified: Mutex::new(HashMap::new()),
             cache_key,
+            argon,
+            dummy_hash: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -146,7 +150,7 @@ impl<L: RegistryLog> Registry<L> {
     /// Create an account with a fresh Argon2 hash.
     pub async fn add_user(&self, address: &str, password: &str) -> Result<String, RegistryError> {
         let address = canonical_address(address)?;
-        let hash = hash_blocking(password.to_string()).await?;
+        let hash = self.hash(password).await?;
         match self
             .log
             .submit(RegistryCommand::AddUser {
@@ -184,7 +188,7 @@ impl<L: RegistryLog> Registry<L> {
         password: &str,
     ) -> Result<String, RegistryError> {
         let address = canonical_address(address)?;
-        let hash = hash_blocking(password.to_string()).await?;
+        let hash = self.hash(password).await?;
         self.forget_verified(&address);
         match self
             .log
@@ -214,16 +218,41 @@ impl<L: RegistryLog> Registry<L> {
         h.finalize().into()
     }
 
-    /// Check a login; `Ok(Some(canonical))` when the password matches.
+    /// A new Argon2id hash of `password`, computed on the pool.
+    async fn hash(&self, password: &str) -> Result<String, RegistryError> {
+        check_password(password)?;
+        self.argon.hash(password).await.map_err(argon_error)
+    }
+
+    /// Check a login; `Ok(Some(canonical))` when the password matches. An unknown or
+    /// malformed address costs one Argon2 verification too (against a dummy hash), so
+    /// the answer takes as long as for a known user with a wrong password. Every
+    /// verification waits for a thread of the pool; `Unavailable` when none came free
+    /// in time.
     pub async fn verify(
         &self,
         address: &str,
         password: &str,
     ) -> Result<Option<String>, RegistryError> {
-        let Ok(address) = canonical_address(address) else {
-            return Ok(None);
+        let address = canonical_address(address).ok();
+        let record = match &address {
+            Some(address) => self.state.user(address)?,
+            None => None,
         };
-        let Some(record) = self.state.user(&address)? else {
+        let Some((address, record)) = address.zip(record) else {
+            let dummy = self
+                .dummy_hash
+                .get_or_try_init(|| async {
+                    let random: [u8; 16] = rand::random();
+                    let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                    self.argon.hash(&password).await
+                })
+                .await
+                .map_err(argon_error)?;
+            self.argon
+                .verify(dummy, password)
+                .await
+                .map_err(argon_error)?;
             return Ok(None);
         };
         let digest = self.cache_digest(&record.password_hash, password);
@@ -234,11 +263,11 @@ impl<L: RegistryLog> Registry<L> {
         {
             return Ok(Some(address));
         }
-        let hash = record.password_hash.clone();
-        let pw = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || verify_hash(&hash, &pw))
+        let ok = self
+            .argon
+            .verify(&record.password_hash, password)
             .await
-            .unwrap_or(false);
+            .map_err(argon_error)?;
         if !ok {
             return Ok(None);
         }
@@ -252,10 +281,24 @@ impl<L: RegistryLog> Registry<L> {
     }
 }
 
-async fn hash_blocking(password: String) -> Result<String, RegistryError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| RegistryError::Hash(e.to_string()))?
+/// Argon2 pool failures as registry errors: busy or stopped is "unavailable" (`503`,
+/// `-ERR [SYS/TEMP]`), a hashing failure is itself.
+fn argon_error(e: ArgonError) -> RegistryError {
+    match e {
+        ArgonError::Hash(why) => RegistryError::Hash(why),
+        ArgonError::Busy | ArgonError::Stopped => RegistryError::Unavailable(e.to_string()),
+    }
+}
+
+/// The password rules of [`hash_password`].
+fn check_password(password: &str) -> Result<(), RegistryError> {
+    if password.is_empty() {
+        return Err(RegistryError::InvalidPassword("empty"));
+    }
+    if password.len() > 1024 {
+        return Err(RegistryError::InvalidPassword("longer than 1024 bytes"));
+    }
+    Ok(())
 }
 
 /// A shared log is a log too: lets the node keep its [`raft::RaftLog`] in an `Arc` for
@@ -313,8 +356,9 @@ mod tests {
         let b = hash_password("s3cret").unwrap();
         assert_ne!(a, b, "salted");
         assert!(a.starts_with("$argon2id$"));
-        assert!(verify_hash(&a, "s3cret"));
-        assert!(!verify_hash(&a, "wrong"));
+        let mut memory = Vec::new();
+        assert!(argon::verify_with(&mut memory, &a, "s3cret"));
+        assert!(!argon::verify_with(&mut memory, &a, "wrong"));
         assert!(hash_password("").is_err());
     }
 }

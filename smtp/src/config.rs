@@ -18,6 +18,17 @@ pub struct SmtpConfig {
     pub text_line_max: usize,
     /// How long one read or write may wait before the session ends with `421 4.4.2`.
     pub idle_timeout: Duration,
+    /// A command line must be complete this long after its first byte arrived, or the
+    /// session ends with `421 4.4.2` (against clients that trickle a byte at a time,
+    /// which the idle timeout alone never stops).
+    pub command_timeout: Duration,
+    /// A DATA text or BDAT chunk must be complete within this plus one second per
+    /// `data_rate_min` bytes received, or the session ends with `421 4.4.2`: after
+    /// this grace a transfer must keep up an average of `data_rate_min` bytes/s.
+    pub data_timeout: Duration,
+    /// The data rate floor in bytes per second (see `data_timeout`); 0: none, only
+    /// `data_timeout` for the whole transfer.
+    pub data_rate_min: u64,
     /// Bad commands tolerated in one session; the last one is followed by `421 4.7.0`.
     pub errors_max: usize,
     /// Commands allowed in one session; the one after them gets `421 4.7.0`.
@@ -33,6 +44,9 @@ impl Default for SmtpConfig {
             command_line_max: 512,
             text_line_max: 1000,
             idle_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(300),
+            data_rate_min: 1024,
             errors_max: 10,
             commands_max: 10_000,
         }

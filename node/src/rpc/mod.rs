@@ -140,7 +140,7 @@ pub trait RpcHandler: Send + Sync + 'static {
 /// Decode, dispatch and encode one RPC HTTP request.
 pub async fn serve_http<H: RpcHandler>(
     handler: Arc<H>,
-    req: hyper::Request<hyper::body::Incoming>,
+    req: hyper::Request<crate::listen::TimedBody>,
 ) -> hyper::Response<Full<Bytes>> {
     let plain = |status: StatusCode, msg: String| {
         let mut r = hyper::Response::new(Full::new(Bytes::from(msg)));

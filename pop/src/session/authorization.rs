@@ -76,6 +76,10 @@ where
                     Input::Closed => return Ok(Flow::Close),
                     // RFC 1939 section 3: autologout closes without a response.
                     Input::IdleTimeout => return Ok(Flow::Close),
+                    Input::CommandTimeout => {
+                        self.conn.reply(false, "command timeout");
+                        return Ok(Flow::Close);
+                    }
                     Input::Shutdown => {
                         self.shutting_down();
                         return Ok(Flow::Close);

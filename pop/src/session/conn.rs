@@ -36,6 +36,8 @@ pub enum Input {
     Closed,
     /// No complete line arrived within the idle timeout.
     IdleTimeout,
+    /// A line was begun but not completed within the command timeout.
+    CommandTimeout,
     /// The server is shutting down.
     Shutdown,
 }
@@ -51,14 +53,19 @@ pub struct Connection<IO> {
     idle_timeout: Duration,
     /// When waiting for the current command line gives up.
     deadline: Instant,
+    command_timeout: Duration,
+    /// When the first byte of the pending, unfinished line arrived.
+    line_started: Option<Instant>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     /// Wrap `io`; lines longer than `line_bytes_max` (ending included) are refused.
+    /// A line must arrive whole within `idle_timeout` of the previous one and within
+    /// `command_timeout` of its own first byte.
     pub fn new(
         io: IO,
         line_bytes_max: usize,
-        idle_timeout: Duration,
+        (idle_timeout, command_timeout): (Duration, Duration),
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let shutting_down = *shutdown.borrow();
@@ -70,6 +77,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
             shutting_down,
             idle_timeout,
             deadline: Instant::now() + idle_timeout,
+            command_timeout,
+            line_started: None,
         }
     }
 
@@ -87,14 +96,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 return Ok(Input::Shutdown);
             }
             if let Some(frame) = self.reader.next_frame() {
-                // The idle clock restarts with every command line.
-                self.deadline = Instant::now() + self.idle_timeout;
+                // The idle clock restarts with every command line; the line clock
+                // with the next line's first byte (already here if it was pipelined).
+                let now = Instant::now();
+                self.deadline = now + self.idle_timeout;
+                self.line_started = self.reader.mid_line().then_some(now);
                 return Ok(match frame {
                     Frame::Line(line) => Input::Line(line),
                     Frame::TooLong => Input::TooLong,
                 });
             }
             self.flush().await?;
+            let line_deadline = self.line_started.map(|at| at + self.command_timeout);
+            let (deadline, timeout) = match line_deadline {
+                Some(line) if line < self.deadline => (line, Input::CommandTimeout),
+                _ => (self.deadline, Input::IdleTimeout),
+            };
             let buf = self.reader.buf_mut();
             buf.reserve(READ_CHUNK_BYTES);
             tokio::select! {
@@ -107,12 +124,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 read = self.io.read_buf(buf) => {
                     match read {
                         Ok(0) => return Ok(Input::Closed),
-                        Ok(_) => {}
+                        Ok(_) => {
+                            if self.line_started.is_none() {
+                                self.line_started = Some(Instant::now());
+                            }
+                        }
                         Err(error) if is_disconnect(&error) => return Ok(Input::Closed),
                         Err(error) => return Err(error.into()),
                     }
                 }
-                () = tokio::time::sleep_until(self.deadline) => return Ok(Input::IdleTimeout),
+                () = tokio::time::sleep_until(deadline) => return Ok(timeout),
             }
         }
     }

@@ -51,7 +51,8 @@ where
     A: Authenticate,
     M: Mailbox,
 {
-    let conn = Connection::new(io, config.command_line_max, config.idle_timeout, shutdown);
+    let timeouts = (config.idle_timeout, config.command_timeout);
+    let conn = Connection::new(io, config.command_line_max, timeouts, shutdown);
     let mut session = Session {
         conn,
         config,
@@ -139,6 +140,11 @@ where
                     // RFC 1939 section 3: an autologout closes the connection without
                     // sending any response (and without entering UPDATE).
                     tracing::debug!("pop: idle timeout");
+                    Flow::Close
+                }
+                Input::CommandTimeout => {
+                    tracing::info!("pop: command line too slow, closing");
+                    self.conn.reply(false, "command timeout");
                     Flow::Close
                 }
                 Input::Shutdown => {

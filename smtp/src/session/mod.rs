@@ -126,10 +126,26 @@ impl<D: Deliver> Session<D> {
         self.replies.push_text(421, [4, 3, 0], &text);
     }
 
-    /// The last reply when the client stayed silent too long.
-    pub(crate) fn idle_timeout(&mut self) {
-        let text = format!("{} idle timeout", self.config.hostname);
+    /// The last reply when the client was too slow: `what` is `idle`, `command`
+    /// or `data`.
+    pub(crate) fn timed_out(&mut self, what: &str) {
+        let text = format!("{} {what} timeout", self.config.hostname);
         self.replies.push_text(421, [4, 4, 2], &text);
+    }
+
+    /// Whether the input is message text (DATA or a BDAT chunk) rather than commands.
+    pub(crate) fn receiving_body(&self) -> bool {
+        matches!(self.phase, Phase::Body(_))
+    }
+
+    /// Whether the rest of an over-long command line is being dropped.
+    pub(crate) fn skipping_line(&self) -> bool {
+        matches!(self.phase, Phase::SkipLine)
+    }
+
+    /// Command lines taken so far (good or bad).
+    pub(crate) fn commands_count(&self) -> usize {
+        self.commands_count
     }
 
     /// Handle the next command line or stretch of body at the start of `input`.

@@ -168,3 +168,111 @@ async fn full_transaction_over_loopback_tcp() {
     );
     assert_eq!(rest, b"Subject: tcp\r\n\r\n.over a real socket\r\n");
 }
+
+/// Send one byte a second (never a line end) until a reply comes; fail after
+/// `seconds_max`.
+async fn trickle(client: &mut Client<tokio::io::DuplexStream>, seconds_max: u32) -> Reply {
+    for _ in 0..seconds_max {
+        tokio::select! {
+            reply = client.reply_untimed() => return reply,
+            () = tokio::time::sleep(Duration::from_secs(1)) => client.send(b"x").await,
+        }
+    }
+    panic!("no reply while trickling for {seconds_max} s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn trickled_command_line_gets_421_at_the_command_deadline() {
+    // One byte a second never trips the 300 s idle timeout; the 10 s line deadline,
+    // counted from the line's first byte, does.
+    let mut h = start(crate::SmtpConfig {
+        command_timeout: Duration::from_secs(10),
+        ..config()
+    });
+    assert_code(&h.client.reply_untimed().await, "220");
+    // A whole line at once is fine, and restarts nothing it should not.
+    h.client.send(b"NOOP\r\n").await;
+    assert_code(&h.client.reply_untimed().await, "250");
+    let started = tokio::time::Instant::now();
+    let reply = trickle(&mut h.client, 120).await;
+    assert_reply(&reply, "421", "4.4.2");
+    assert!(reply.text().contains("command timeout"), "{reply:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(10) && elapsed <= Duration::from_secs(12),
+        "{elapsed:?}"
+    );
+    h.client.expect_closed().await;
+    h.ended().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn endless_overlong_line_is_timed_too() {
+    let mut h = start(crate::SmtpConfig {
+        command_timeout: Duration::from_secs(10),
+        ..config()
+    });
+    assert_code(&h.client.reply_untimed().await, "220");
+    h.client.send(vec![b'x'; 600]).await;
+    assert_reply(&h.client.reply_untimed().await, "500", "5.5.2");
+    let started = tokio::time::Instant::now();
+    let reply = trickle(&mut h.client, 120).await;
+    assert_reply(&reply, "421", "4.4.2");
+    assert!(
+        started.elapsed() <= Duration::from_secs(11),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn trickled_data_gets_421_after_the_grace_and_keeps_nothing() {
+    let mut h = start(crate::SmtpConfig {
+        data_timeout: Duration::from_secs(20),
+        data_rate_min: 100,
+        ..config()
+    });
+    assert_code(&h.client.reply_untimed().await, "220");
+    h.client
+        .send(
+            b"EHLO c.test\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n",
+        )
+        .await;
+    for code in ["250", "250", "250", "354"] {
+        assert_code(&h.client.reply_untimed().await, code);
+    }
+    let started = tokio::time::Instant::now();
+    let reply = trickle(&mut h.client, 120).await;
+    assert_reply(&reply, "421", "4.4.2");
+    assert!(reply.text().contains("data timeout"), "{reply:?}");
+    // 20 s of grace plus 1/100 s per byte received.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(20) && elapsed <= Duration::from_secs(21),
+        "{elapsed:?}"
+    );
+    assert!(h.store.deliveries().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn data_above_the_rate_floor_outlasts_the_grace() {
+    let mut h = start(crate::SmtpConfig {
+        data_timeout: Duration::from_secs(5),
+        data_rate_min: 100,
+        ..config()
+    });
+    assert_code(&h.client.reply_untimed().await, "220");
+    h.client
+        .envelope("a@remote.test", &["alice@example.test"])
+        .await;
+    assert_code(&h.client.command("DATA").await, "354");
+    // 30 s at 200 bytes/s: twice the floor, six times the grace.
+    let line = [vec![b'z'; 198], b"\r\n".to_vec()].concat();
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.client.send(&line).await;
+    }
+    h.client.send(b".\r\n").await;
+    assert_code(&h.client.reply_untimed().await, "250");
+    assert_eq!(h.store.deliveries().len(), 1);
+}
