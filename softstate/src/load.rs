@@ -4,7 +4,7 @@
 //! Before, the node overwrote every reply's fresh figure with the (older) gossiped one
 //! on every membership input. Here a figure only replaces one observed earlier.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use membership::{Millis, NodeId};
 
@@ -48,6 +48,9 @@ pub struct Figure {
 #[derive(Debug, Default, Clone)]
 pub struct LoadTable {
     figures: BTreeMap<NodeId, Figure>,
+    /// Nodes whose figure in `figures` has the nearly-full flag (kept with it, so
+    /// placement does not scan every figure).
+    full: BTreeSet<NodeId>,
 }
 
 impl LoadTable {
@@ -64,6 +67,11 @@ impl LoadTable {
             Some(have) if have.at > at => false,
             _ => {
                 self.figures.insert(node, Figure { load, at });
+                if is_nearly_full(load) {
+                    self.full.insert(node);
+                } else {
+                    self.full.remove(&node);
+                }
                 true
             }
         }
@@ -81,16 +89,13 @@ impl LoadTable {
 
     /// Nodes whose newest figure says their disk is nearly full, ascending.
     pub fn nearly_full(&self) -> Vec<NodeId> {
-        self.figures
-            .iter()
-            .filter(|(_, f)| is_nearly_full(f.load))
-            .map(|(id, _)| *id)
-            .collect()
+        self.full.iter().copied().collect()
     }
 
     /// Forget the figures of nodes `keep` rejects (nodes that left the view).
     pub fn retain(&mut self, keep: impl Fn(NodeId) -> bool) {
         self.figures.retain(|id, _| keep(*id));
+        self.full.retain(|id| keep(*id));
     }
 
     /// Number of nodes with a figure.
@@ -148,6 +153,10 @@ mod tests {
         assert_eq!(t.nearly_full(), vec![3]);
         // The node freed space: its newer figure clears the flag.
         t.observe(3, encode_figure(1, false), Millis(20));
+        assert!(t.nearly_full().is_empty());
+        // A node that left the view is forgotten with its flag.
+        t.observe(5, encode_figure(0, true), Millis(30));
+        t.retain(|id| id != 5);
         assert!(t.nearly_full().is_empty());
     }
 }

@@ -233,9 +233,14 @@ pub struct SoftState {
     stats: Stats,
 }
 
-/// The members of `ids` not in `out` (ascending, as `ids` is).
-fn placeable(ids: &[NodeId], out: &BTreeSet<NodeId>) -> Vec<NodeId> {
-    ids.iter().copied().filter(|n| !out.contains(n)).collect()
+/// The members of `ids` not in `out`, ascending as `ids` is; borrowed when `out` is
+/// empty (no node nearly full, the common case).
+fn placeable<'a>(ids: &'a [NodeId], out: &BTreeSet<NodeId>) -> std::borrow::Cow<'a, [NodeId]> {
+    if out.is_empty() {
+        std::borrow::Cow::Borrowed(ids)
+    } else {
+        ids.iter().copied().filter(|n| !out.contains(n)).collect()
+    }
 }
 
 impl SoftState {
@@ -1210,18 +1215,13 @@ impl SoftState {
             }
             _ => map,
         };
-        let filtered: Vec<NodeId>;
-        let ids: &[NodeId] = if self.unplaceable.is_empty() {
-            &view.ids
-        } else {
-            filtered = placeable(&view.ids, &self.unplaceable);
-            &filtered
-        };
-        if ids.is_empty() {
+        let ids = placeable(&view.ids, &self.unplaceable);
+        if ids.is_empty() && !view.ids.is_empty() {
             return Err(Refused::NoSpace);
         }
+        let ids: &[NodeId] = &ids;
         self.tie_break = self.tie_break.wrapping_add(1);
-        let replicas = replicas.clamp(1, ids.len());
+        let replicas = replicas.clamp(1, ids.len().max(1));
         let choice = match self.config.balance {
             Balance::Porcupine => choose(
                 map,
@@ -1266,13 +1266,8 @@ impl SoftState {
         let Some(view) = self.view.clone() else {
             return Vec::new();
         };
-        let filtered: Vec<NodeId>;
-        let ids: &[NodeId] = if self.unplaceable.is_empty() {
-            &view.ids
-        } else {
-            filtered = placeable(&view.ids, &self.unplaceable);
-            &filtered
-        };
+        let ids = placeable(&view.ids, &self.unplaceable);
+        let ids: &[NodeId] = &ids;
         self.tie_break = self.tie_break.wrapping_add(1);
         choose_extra(holders, ids, load, count, self.tie_break, &mut self.rng).targets
     }
@@ -1280,10 +1275,7 @@ impl SoftState {
     /// Tell placement which nodes report a nearly full disk (the driver's load table);
     /// they get no new messages and no repair copies until they report space again.
     pub fn set_unplaceable(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
-        let nodes: BTreeSet<NodeId> = nodes.into_iter().collect();
-        if nodes != self.unplaceable {
-            self.unplaceable = nodes;
-        }
+        self.unplaceable = nodes.into_iter().collect();
     }
 
     /// Every user of a complete bucket with its mail map (for repair passes).
