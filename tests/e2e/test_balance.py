@@ -17,14 +17,17 @@ All traffic goes to the clusters these tests start on 127.0.0.1.
 import json
 import os
 import re
+import shutil
 import smtplib
 import subprocess
 import tempfile
+import time
 import unittest
 
 import faults
 import harness
 from harness import HOST
+from serve_proc import ServeNode
 
 DOMAIN = "balance.test"
 SLOW_NODE = 2
@@ -191,6 +194,56 @@ class BalanceTest(unittest.TestCase):
             self.assertEqual(s.noop()[0], 250)
         box = faults.mailbox(c, 0, addr)
         self.assertEqual(box["messages"], [])
+
+
+@unittest.skipUnless(os.geteuid() == 0 and shutil.which("mount"), "needs root to mount a small tmpfs")
+class DiskWatchTest(unittest.TestCase):
+    """The node's once-a-second free-space check against a real file system filling
+    and emptying: a tmpfs data dir, a ballast file written and removed beside the data."""
+
+    def test_the_nearly_full_flag_follows_the_free_space_both_ways(self):
+        reserve_mb = 64
+        node = ServeNode(f"disk_reserve_mb = {reserve_mb}")
+        self.addCleanup(node.cleanup)
+        data = os.path.join(node.dir, "data")
+        os.makedirs(data)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", data], check=True)
+        self.addCleanup(subprocess.run, ["umount", "-l", data], check=False)
+        node.start()
+
+        def nearly_full_within(want: bool, timeout_s: float = 10) -> dict:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                disk = harness.http_get_json(node.admin_url + "/v1/cluster")["disk"]
+                if disk["nearly_full"] == want or time.monotonic() > deadline:
+                    return disk
+                time.sleep(0.2)
+
+        self.assertFalse(nearly_full_within(False)["nearly_full"])
+        # Leave half the reserve free.
+        st = os.statvfs(data)
+        ballast = os.path.join(data, "ballast")
+        with open(ballast, "wb") as f:
+            f.truncate(0)
+            chunk = b"\0" * (1 << 20)
+            for _ in range(st.f_bavail * st.f_frsize // (1 << 20) - reserve_mb // 2):
+                f.write(chunk)
+        disk = nearly_full_within(True)
+        self.assertTrue(disk["nearly_full"], disk)
+        self.assertLess(disk["free_bytes"], reserve_mb << 20)
+        self.assertIn("disk nearly full", node.log())
+        # A message now gets 452 4.3.1 (a single node: no one else has room).
+        node.add_user(f"d0@{DOMAIN}", "pw")
+        with smtplib.SMTP(HOST, node.smtp_port, timeout=30) as s:
+            with self.assertRaises(smtplib.SMTPDataError) as e:
+                s.sendmail("a@client.test", [f"d0@{DOMAIN}"], b"Subject: x\r\n\r\nbody\r\n")
+            self.assertEqual(e.exception.smtp_code, 452)
+        os.remove(ballast)
+        disk = nearly_full_within(False)
+        self.assertFalse(disk["nearly_full"], disk)
+        self.assertIn("taking new mail again", node.log())
+        with smtplib.SMTP(HOST, node.smtp_port, timeout=30) as s:
+            self.assertEqual(s.sendmail("a@client.test", [f"d0@{DOMAIN}"], b"Subject: y\r\n\r\nbody\r\n"), {})
 
 
 if __name__ == "__main__":
