@@ -16,6 +16,7 @@ Every loop is bounded in time; only the nodes started here are stopped.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -147,7 +148,20 @@ class SlowClientsAndPerIpCap(unittest.TestCase):
             self.assertLess(elapsed, COMMAND_TIMEOUT_S + 2.5)
             self.assertEqual(read_to_eof(p.sock, 5), b"")
 
-    def _per_ip_cap(self, port: int, busy: bytes, greeting: bytes) -> None:
+    def _wait_sessions_closed(self, protocol: str, timeout_s: float = 10) -> None:
+        """Wait until the node counts no open `protocol` session: the sockets this test
+        closed have freed their per-address slots before the next test connects."""
+        pat = re.compile(rf'^porcupine_sessions_open{{protocol="{protocol}"}} (\S+)$', re.M)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            _, text = http_request(f"{self.node.admin_url}/metrics")
+            m = pat.search(text) if isinstance(text, str) else None
+            if m and float(m.group(1)) == 0:
+                return
+            self.assertLess(time.monotonic(), deadline, f"{protocol} sessions still open: {m and m.group(1)}")
+            time.sleep(0.05)
+
+    def _per_ip_cap(self, port: int, busy: bytes, greeting: bytes, protocol: str) -> None:
         held = []
         try:
             for _ in range(PER_IP_MAX):
@@ -175,12 +189,13 @@ class SlowClientsAndPerIpCap(unittest.TestCase):
         finally:
             for s in held:
                 s.close()
+            self._wait_sessions_closed(protocol)
 
     def test_smtp_per_ip_cap_refuses_one_over(self):
-        self._per_ip_cap(self.node.smtp_port, SMTP_PER_IP_BUSY, b"220 ")
+        self._per_ip_cap(self.node.smtp_port, SMTP_PER_IP_BUSY, b"220 ", "smtp")
 
     def test_pop_per_ip_cap_refuses_one_over(self):
-        self._per_ip_cap(self.node.pop_port, POP_PER_IP_BUSY, b"+OK")
+        self._per_ip_cap(self.node.pop_port, POP_PER_IP_BUSY, b"+OK", "pop")
 
 
 def proc_status_kib(pid: int, key: str) -> int:
