@@ -33,6 +33,9 @@ pub struct SmtpConfig {
     pub errors_max: usize,
     /// Commands allowed in one session; the one after them gets `421 4.7.0`.
     pub commands_max: usize,
+    /// The certificate STARTTLS (RFC 3207) switches to; `None`: STARTTLS is not
+    /// offered.
+    pub starttls: Option<tls::Acceptor>,
 }
 
 impl Default for SmtpConfig {
@@ -49,6 +52,7 @@ impl Default for SmtpConfig {
             data_rate_min: 1024,
             errors_max: 10,
             commands_max: 10_000,
+            starttls: None,
         }
     }
 }

@@ -19,9 +19,9 @@ pub(crate) enum Written {
     ClientGone,
 }
 
-/// The client's byte stream with its input buffer.
+/// The client's byte stream (plain, or TLS after STARTTLS) with its input buffer.
 pub(crate) struct Connection<IO> {
-    io: IO,
+    io: tls::Stream<IO>,
     input: BytesMut,
     input_size_max_bytes: usize,
     write_timeout: Duration,
@@ -34,7 +34,7 @@ where
     /// Wrap `io`; the input buffer never holds more than `input_size_max_bytes`.
     pub(crate) fn new(io: IO, input_size_max_bytes: usize, write_timeout: Duration) -> Self {
         Connection {
-            io,
+            io: tls::Stream::Plain(io),
             input: BytesMut::new(),
             input_size_max_bytes,
             write_timeout,
@@ -49,6 +49,21 @@ where
     /// Drop the first `count_bytes` of the buffered input.
     pub(crate) fn consume(&mut self, count_bytes: usize) {
         self.input.advance(count_bytes.min(self.input.len()));
+    }
+
+    /// Switch to TLS. Input already received is dropped first: it came in the clear
+    /// and must not be taken as sent under TLS (CVE-2011-0411).
+    pub(crate) async fn start_tls(
+        &mut self,
+        acceptor: &tls::Acceptor,
+    ) -> Result<String, tls::HandshakeError> {
+        let dropped_bytes = self.input.len();
+        if dropped_bytes > 0 {
+            tracing::info!(dropped_bytes, "SMTP input pipelined after STARTTLS dropped");
+        }
+        self.input.clear();
+        self.io.start_tls(acceptor).await?;
+        Ok(self.io.tls_description().unwrap_or_default())
     }
 
     /// Read more input; `Ok(0)` means the client closed its side. Cancel safe: nothing is

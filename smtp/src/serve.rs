@@ -68,6 +68,24 @@ where
                 }
                 Step::NeedMore => break,
                 Step::Close => return finish(&mut connection, &mut session).await,
+                Step::StartTls => {
+                    if !flush(&mut connection, &mut session).await? {
+                        return Ok(());
+                    }
+                    let Some(acceptor) = session.starttls_acceptor().cloned() else {
+                        return Ok(());
+                    };
+                    match connection.start_tls(&acceptor).await {
+                        Ok(description) => {
+                            tracing::debug!(?peer, %description, "SMTP session in TLS");
+                            session.tls_started(description);
+                        }
+                        Err(error) => {
+                            tracing::info!(?peer, %error, "SMTP STARTTLS handshake failed");
+                            return Ok(());
+                        }
+                    }
+                }
             }
         }
         // The input is drained: one write answers the whole pipeline batch.

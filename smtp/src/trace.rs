@@ -26,6 +26,8 @@ pub(crate) struct TraceInfo<'a> {
     pub(crate) hostname: &'a str,
     /// EHLO (ESMTP) rather than HELO (SMTP).
     pub(crate) extended: bool,
+    /// The TLS in use (protocol and cipher), if the session switched to TLS.
+    pub(crate) tls: Option<&'a str>,
     /// The queue id of the message.
     pub(crate) queue_id: &'a str,
     /// Time of receipt.
@@ -36,7 +38,12 @@ pub(crate) struct TraceInfo<'a> {
 /// message as received.
 pub(crate) fn trace_fields(envelope: &Envelope, info: &TraceInfo<'_>) -> Vec<u8> {
     let mut fields = String::with_capacity(256);
-    let protocol = if info.extended { "ESMTP" } else { "SMTP" };
+    // RFC 3848: ESMTPS for ESMTP over TLS.
+    let protocol = match (info.extended, info.tls.is_some()) {
+        (true, true) => "ESMTPS",
+        (true, false) => "ESMTP",
+        (false, _) => "SMTP",
+    };
     // Writing into a String cannot fail.
     let _ = write!(
         fields,
@@ -46,6 +53,9 @@ pub(crate) fn trace_fields(envelope: &Envelope, info: &TraceInfo<'_>) -> Vec<u8>
     );
     if let Some(peer) = envelope.peer {
         let _ = write!(fields, " ({})", AddressLiteral(peer));
+    }
+    if let Some(tls) = info.tls {
+        let _ = write!(fields, "\r\n\t(using {})", HeaderText(tls));
     }
     let _ = write!(
         fields,
@@ -107,6 +117,7 @@ mod tests {
         TraceInfo {
             hostname: "mx.example.test",
             extended,
+            tls: None,
             queue_id: "ABC123",
             received_at: Utc.with_ymd_and_hms(2024, 2, 29, 13, 5, 9).unwrap(),
         }

@@ -143,6 +143,7 @@ impl<D: Deliver> Session<D> {
         let info = TraceInfo {
             hostname: &self.config.hostname,
             extended,
+            tls: self.tls.as_deref(),
             queue_id: &queue_id,
             received_at,
         };

@@ -2,7 +2,7 @@
 
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_CHUNKING, EXT_ENHANCED_STATUS_CODES, EXT_HELP, EXT_PIPELINING, EXT_SIZE,
-    EhloResponse,
+    EXT_START_TLS, EhloResponse,
 };
 
 use super::transaction::Hello;
@@ -25,6 +25,10 @@ impl<D: Deliver> Session<D> {
         if extended {
             let mut ehlo = EhloResponse::new(self.config.hostname.as_str());
             ehlo.capabilities = CAPABILITIES;
+            // RFC 3207 4.2: not offered again once TLS is in use.
+            if self.config.starttls.is_some() && self.tls.is_none() {
+                ehlo.capabilities |= EXT_START_TLS;
+            }
             ehlo.size = self.config.message_size_max;
             self.replies.push_ehlo(&ehlo);
         } else {

@@ -33,6 +33,10 @@ pub(crate) enum Step {
     NeedMore,
     /// Write the pending replies and close the connection.
     Close,
+    /// STARTTLS was accepted: write the pending replies, drop any input after the
+    /// command (it was sent in the clear, RFC 3207 and CVE-2011-0411), run the TLS
+    /// handshake, then call [`Session::tls_started`].
+    StartTls,
 }
 
 /// Whether the session goes on after a command.
@@ -85,6 +89,10 @@ pub(crate) struct Session<D> {
     scratch: Vec<u8>,
     commands_count: usize,
     errors_count: usize,
+    /// The TLS in use (protocol and cipher), once STARTTLS has completed.
+    tls: Option<String>,
+    /// STARTTLS was just accepted; the driver is to switch.
+    tls_requested: bool,
 }
 
 impl<D: Deliver> Session<D> {
@@ -101,6 +109,8 @@ impl<D: Deliver> Session<D> {
             scratch: Vec::new(),
             commands_count: 0,
             errors_count: 0,
+            tls: None,
+            tls_requested: false,
         }
     }
 
@@ -131,6 +141,19 @@ impl<D: Deliver> Session<D> {
     pub(crate) fn timed_out(&mut self, what: &str) {
         let text = format!("{} {what} timeout", self.config.hostname);
         self.replies.push_text(421, [4, 4, 2], &text);
+    }
+
+    /// The handshake STARTTLS asked for, if STARTTLS is offered.
+    pub(crate) fn starttls_acceptor(&self) -> Option<&tls::Acceptor> {
+        self.config.starttls.as_ref()
+    }
+
+    /// The TLS handshake after STARTTLS completed with `description` (protocol and
+    /// cipher): the session starts over, as RFC 3207 4.2 requires.
+    pub(crate) fn tls_started(&mut self, description: String) {
+        self.hello = None;
+        self.transaction = None;
+        self.tls = Some(description);
     }
 
     /// Whether the input is message text (DATA or a BDAT chunk) rather than commands.
@@ -170,6 +193,7 @@ impl<D: Deliver> Session<D> {
             Some(pos) => {
                 let line = &input[..=pos];
                 match self.command(line).await {
+                    Flow::Continue if std::mem::take(&mut self.tls_requested) => Step::StartTls,
                     Flow::Continue => Step::Consumed(line.len()),
                     Flow::Close => Step::Close,
                 }
@@ -240,8 +264,8 @@ impl<D: Deliver> Session<D> {
             Request::Quit => self.quit(),
             // LMTP's greeting means nothing in SMTP.
             Request::Lhlo { .. } => self.bad(reply::UNRECOGNIZED),
-            Request::StartTls
-            | Request::Auth { .. }
+            Request::StartTls => self.starttls(line),
+            Request::Auth { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. } => self.bad(reply::NOT_IMPLEMENTED),

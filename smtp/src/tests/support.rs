@@ -142,6 +142,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// The stream, to switch it to TLS; fails if replies are left unread.
+    pub(crate) fn into_inner(self) -> S {
+        assert!(self.input.is_empty(), "unread input {:?}", self.input);
+        self.stream
+    }
+
     /// Send raw bytes.
     pub(crate) async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.unwrap();
