@@ -9,6 +9,8 @@ pub type MessageNumber = usize;
 pub enum Command {
     /// `CAPA`: list capabilities (any state).
     Capa,
+    /// `STLS`: switch to TLS (RFC 2595), AUTHORIZATION state only.
+    Stls,
     /// `QUIT`: end the session; in TRANSACTION state, commit deletes first.
     Quit,
     /// `NOOP`: do nothing.
@@ -72,6 +74,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
 
     match keyword.as_slice() {
         b"CAPA" => no_args(&args, Command::Capa),
+        b"STLS" => no_args(&args, Command::Stls),
         b"QUIT" => no_args(&args, Command::Quit),
         b"NOOP" => no_args(&args, Command::Noop),
         b"RSET" => no_args(&args, Command::Rset),

@@ -28,6 +28,39 @@ pub struct PopConfig {
     pub auth_failure_delay: std::time::Duration,
     /// Failed logins after which the session closes.
     pub auth_attempts_max: usize,
+    /// The certificate STLS (RFC 2595) switches to; `None`: STLS is not offered.
+    pub stls: Option<tls::Acceptor>,
+    /// Where logins that send the password in the clear (USER/PASS, AUTH PLAIN
+    /// outside TLS) are allowed.
+    pub plaintext_auth: PlaintextAuth,
+}
+
+/// Where a password may be sent over a connection that is not in TLS (like
+/// Dovecot's `disable_plaintext_auth`). Inside TLS it always may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlaintextAuth {
+    /// Only from a loopback address (the default: safe on a network, easy locally).
+    #[default]
+    Loopback,
+    /// From anywhere.
+    Always,
+    /// Never: TLS is required even on loopback.
+    Never,
+}
+
+impl std::str::FromStr for PlaintextAuth {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "loopback" => Ok(PlaintextAuth::Loopback),
+            "always" => Ok(PlaintextAuth::Always),
+            "never" => Ok(PlaintextAuth::Never),
+            other => Err(format!(
+                "unknown plaintext auth policy {other:?} (loopback, always or never)"
+            )),
+        }
+    }
 }
 
 impl Default for PopConfig {
@@ -41,6 +74,8 @@ impl Default for PopConfig {
             commands_max: 100_000,
             auth_failure_delay: Duration::from_secs(1),
             auth_attempts_max: 3,
+            stls: None,
+            plaintext_auth: PlaintextAuth::Loopback,
         }
     }
 }

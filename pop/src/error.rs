@@ -10,4 +10,7 @@ pub enum SessionError {
     /// The client did not take our output within the idle timeout.
     #[error("writing to the client timed out")]
     WriteTimeout,
+    /// The TLS handshake after STLS failed.
+    #[error("{0}")]
+    Tls(#[from] tls::HandshakeError),
 }

@@ -30,7 +30,7 @@ mod sasl;
 mod session;
 
 pub use auth::{AuthError, Authenticate};
-pub use config::PopConfig;
+pub use config::{PlaintextAuth, PopConfig};
 pub use error::SessionError;
 pub use mailbox::{Mailbox, MailboxError, MailboxSession, MessageEntry};
-pub use session::serve;
+pub use session::{ClientInfo, serve, serve_client};

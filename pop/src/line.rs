@@ -39,6 +39,14 @@ impl LineReader {
         &mut self.buf
     }
 
+    /// Drop everything buffered (input received in the clear before STLS).
+    pub fn clear(&mut self) -> usize {
+        let dropped_bytes = self.buf.len();
+        self.buf.clear();
+        self.discarding = false;
+        dropped_bytes
+    }
+
     /// Whether a complete frame is ready without further input.
     #[cfg(test)]
     fn has_frame(&self) -> bool {

@@ -85,13 +85,15 @@ pub(crate) const READY_FOR_TLS: Reply = Reply::new(220, [2, 0, 0], "Ready to sta
 /// STARTTLS on a connection already in TLS (RFC 3207 4.2).
 pub(crate) const TLS_ACTIVE: Reply = Reply::new(503, [5, 5, 1], "TLS already active");
 /// STARTTLS in the middle of a mail transaction.
-pub(crate) const TLS_IN_TRANSACTION: Reply =
-    Reply::new(503, [5, 5, 1], "STARTTLS not allowed during a mail transaction");
+pub(crate) const TLS_IN_TRANSACTION: Reply = Reply::new(
+    503,
+    [5, 5, 1],
+    "STARTTLS not allowed during a mail transaction",
+);
 /// STARTTLS with parameters (RFC 3207 4: it takes none).
 pub(crate) const TLS_SYNTAX: Reply = Reply::new(501, [5, 5, 4], "Syntax: STARTTLS");
 /// STARTTLS where no certificate is configured.
-pub(crate) const TLS_UNAVAILABLE: Reply =
-    Reply::new(502, [5, 5, 1], "STARTTLS not available");
+pub(crate) const TLS_UNAVAILABLE: Reply = Reply::new(502, [5, 5, 1], "STARTTLS not available");
 /// Known verbs we do not offer (AUTH, ETRN, ATRN, BURL).
 pub(crate) const NOT_IMPLEMENTED: Reply = Reply::new(502, [5, 5, 1], "Command not implemented");
 /// HELP.

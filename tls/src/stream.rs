@@ -66,7 +66,9 @@ where
             Stream::Tls(tls) => {
                 let (_, conn) = tls.get_ref();
                 let version = conn.protocol_version().map(|v| format!("{v:?}"));
-                let suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite()));
+                let suite = conn
+                    .negotiated_cipher_suite()
+                    .map(|s| format!("{:?}", s.suite()));
                 Some(format!(
                     "{} {}",
                     version.as_deref().unwrap_or("TLS"),
@@ -80,7 +82,10 @@ where
 }
 
 fn broken() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection broken by a failed TLS handshake")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection broken by a failed TLS handshake",
+    )
 }
 
 impl<IO> AsyncRead for Stream<IO>

@@ -23,6 +23,14 @@ where
         command: Command,
         pending_user: Option<String>,
     ) -> Result<Flow, SessionError> {
+        if !self.plaintext_allowed() {
+            // Refused before the password is even asked for (like Dovecot).
+            self.conn.reply(
+                false,
+                "[AUTH] plaintext authentication disallowed on non-secure connections, use STLS or POP3S",
+            );
+            return Ok(Flow::Continue);
+        }
         match command {
             Command::User(name) => {
                 // Always +OK: whether the name exists is not revealed here.

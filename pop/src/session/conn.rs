@@ -44,7 +44,7 @@ pub enum Input {
 
 /// One client connection: reader, reply buffer, idle deadline and shutdown signal.
 pub struct Connection<IO> {
-    io: IO,
+    io: tls::Stream<IO>,
     reader: LineReader,
     out: BytesMut,
     shutdown: watch::Receiver<bool>,
@@ -70,7 +70,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     ) -> Self {
         let shutting_down = *shutdown.borrow();
         Connection {
-            io,
+            io: tls::Stream::Plain(io),
             reader: LineReader::new(line_bytes_max),
             out: BytesMut::with_capacity(4096),
             shutdown,
@@ -136,6 +136,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
                 () = tokio::time::sleep_until(deadline) => return Ok(timeout),
             }
         }
+    }
+
+    /// Write out the queued replies, then switch to TLS. Input received before the
+    /// handshake is dropped: it came in the clear (the STARTTLS injection class).
+    pub async fn start_tls(&mut self, acceptor: &tls::Acceptor) -> Result<(), SessionError> {
+        self.flush().await?;
+        let dropped_bytes = self.reader.clear();
+        if dropped_bytes > 0 {
+            tracing::info!(dropped_bytes, "pop: input pipelined after STLS dropped");
+        }
+        self.line_started = None;
+        self.io
+            .start_tls(acceptor)
+            .await
+            .map_err(SessionError::Tls)?;
+        self.deadline = Instant::now() + self.idle_timeout;
+        Ok(())
     }
 
     /// Queue a one-line reply: `+OK text` or `-ERR text`.

@@ -8,6 +8,7 @@ mod authorization;
 mod conn;
 mod transaction;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -15,32 +16,47 @@ use tokio::sync::watch;
 
 use crate::auth::Authenticate;
 use crate::command::{self, Command, ParseError};
-use crate::config::PopConfig;
+use crate::config::{PlaintextAuth, PopConfig};
 use crate::error::SessionError;
 use crate::mailbox::Mailbox;
 use crate::maildrop::Maildrop;
 use conn::{Connection, Input};
 
-/// Capabilities announced by CAPA (RFC 2449), the same in every state.
-const CAPABILITIES: &[&str] = &[
-    "TOP",
-    "USER",
-    "UIDL",
-    "RESP-CODES",
-    "PIPELINING",
-    "AUTH-RESP-CODE",
-    "SASL PLAIN",
-    "IMPLEMENTATION Porcupine",
-];
+/// Where the client is and how it reached us.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientInfo {
+    /// The client's address; `None` for an in-process stream, treated like loopback.
+    pub peer: Option<SocketAddr>,
+    /// The connection is already in TLS (implicit TLS, POP3S on its own port).
+    pub tls: bool,
+}
 
-/// Run one POP3 session over `io` until the client quits or leaves, the session
-/// times out or breaks a limit, or `shutdown` turns true (or its sender is dropped).
+/// Run one POP3 session over an in-process or loopback `io`; see [`serve_client`].
+pub async fn serve<IO, A, M>(
+    io: IO,
+    config: Arc<PopConfig>,
+    auth: Arc<A>,
+    mailbox: Arc<M>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    A: Authenticate,
+    M: Mailbox,
+{
+    serve_client(io, ClientInfo::default(), config, auth, mailbox, shutdown).await
+}
+
+/// Run one POP3 session over `io` with the client described by `client`, until the
+/// client quits or leaves, the session times out or breaks a limit, or `shutdown`
+/// turns true (or its sender is dropped).
 ///
 /// Messages are deleted only by a QUIT in TRANSACTION state; every other ending drops
 /// the mailbox session, which releases its lock and deletes nothing. Protocol-level
 /// endings return `Ok(())`; only a failing transport is an error.
-pub async fn serve<IO, A, M>(
+pub async fn serve_client<IO, A, M>(
     io: IO,
+    client: ClientInfo,
     config: Arc<PopConfig>,
     auth: Arc<A>,
     mailbox: Arc<M>,
@@ -62,6 +78,7 @@ where
         commands: 0,
         errors: 0,
         auth_failures: 0,
+        client,
     };
     let result = session.run().await;
     // Drop the maildrop (releasing its lock) before the goodbye is written, so a
@@ -105,6 +122,8 @@ struct Session<IO, A, M: Mailbox> {
     errors: usize,
     /// Failed logins so far.
     auth_failures: usize,
+    /// Where the client is; `tls` turns true after STLS.
+    client: ClientInfo,
 }
 
 impl<IO, A, M> Session<IO, A, M>
@@ -175,10 +194,12 @@ where
         };
         match command {
             Command::Capa => {
+                let capabilities = self.capabilities();
                 self.conn
-                    .reply_lines("Capability list follows", CAPABILITIES);
+                    .reply_lines("Capability list follows", capabilities);
                 Ok(Flow::Continue)
             }
+            Command::Stls => self.stls().await,
             Command::Noop => {
                 if matches!(self.state, State::Transaction(_)) {
                     self.conn.reply(true, "");
@@ -231,6 +252,68 @@ where
             }
         }
         Ok(Flow::Close)
+    }
+
+    /// What CAPA lists now: STLS only before TLS and login, the password
+    /// mechanisms only where a password may be sent.
+    fn capabilities(&self) -> Vec<&'static str> {
+        let authorization = matches!(self.state, State::Authorization { .. });
+        let plaintext = self.plaintext_allowed();
+        let mut capabilities = vec!["TOP"];
+        if plaintext {
+            capabilities.push("USER");
+        }
+        capabilities.extend(["UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE"]);
+        if plaintext {
+            capabilities.push("SASL PLAIN");
+        }
+        if authorization && self.stls_offered() {
+            capabilities.push("STLS");
+        }
+        capabilities.push("IMPLEMENTATION Porcupine");
+        capabilities
+    }
+
+    fn stls_offered(&self) -> bool {
+        self.config.stls.is_some() && !self.client.tls
+    }
+
+    /// Whether a password may be sent on this connection (see [`PlaintextAuth`]).
+    fn plaintext_allowed(&self) -> bool {
+        if self.client.tls {
+            return true;
+        }
+        match self.config.plaintext_auth {
+            PlaintextAuth::Always => true,
+            PlaintextAuth::Never => false,
+            PlaintextAuth::Loopback => self.client.peer.is_none_or(|p| p.ip().is_loopback()),
+        }
+    }
+
+    /// STLS (RFC 2595): only in AUTHORIZATION state, once, where a certificate is
+    /// configured. A USER given before is forgotten.
+    async fn stls(&mut self) -> Result<Flow, SessionError> {
+        if !matches!(self.state, State::Authorization { .. }) {
+            return Ok(self.wrong_state());
+        }
+        let Some(acceptor) = self.config.stls.clone() else {
+            return Ok(self.protocol_error("STLS not available"));
+        };
+        if self.client.tls {
+            return Ok(self.protocol_error("TLS already active"));
+        }
+        self.conn.reply(true, "Begin TLS negotiation");
+        match self.conn.start_tls(&acceptor).await {
+            Ok(()) => {
+                self.client.tls = true;
+                Ok(Flow::Continue)
+            }
+            Err(SessionError::Tls(error)) => {
+                tracing::info!(peer = ?self.client.peer, %error, "pop: STLS handshake failed");
+                Ok(Flow::Close)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     fn wrong_state(&mut self) -> Flow {

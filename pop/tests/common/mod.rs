@@ -228,6 +228,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// The stream, to switch it to TLS; fails if replies are left unread.
+    #[allow(dead_code)]
+    pub fn into_inner(self) -> S {
+        assert!(self.stream.buffer().is_empty(), "unread input");
+        self.stream.into_inner()
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.get_mut().write_all(bytes).await.unwrap();
     }

@@ -52,14 +52,21 @@ async fn mail_over_starttls_is_delivered_with_esmtps_trace() {
     assert_reply(&h.client.command("STARTTLS").await, "220", "2.0.0");
     let mut tls = handshake(h.client, &connector).await;
     // The session starts over: a greeting is needed again, and STARTTLS is gone.
-    assert_reply(&tls.command("MAIL FROM:<a@remote.test>").await, "503", "5.5.1");
+    assert_reply(
+        &tls.command("MAIL FROM:<a@remote.test>").await,
+        "503",
+        "5.5.1",
+    );
     let ehlo = tls.command("EHLO client.test").await;
     assert_code(&ehlo, "250");
     assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
     assert_reply(&tls.command("STARTTLS").await, "503", "5.5.1");
     assert_code(&tls.command("MAIL FROM:<a@remote.test>").await, "250");
     assert_code(&tls.command("RCPT TO:<alice@example.test>").await, "250");
-    assert_code(&tls.data(b"Subject: over TLS\r\n\r\nhello\r\n").await, "250");
+    assert_code(
+        &tls.data(b"Subject: over TLS\r\n\r\nhello\r\n").await,
+        "250",
+    );
     let deliveries = h.store.deliveries();
     assert_eq!(deliveries.len(), 1);
     let text = String::from_utf8_lossy(&deliveries[0].1).to_string();
@@ -81,9 +88,16 @@ async fn commands_pipelined_after_starttls_are_dropped() {
     // The first reply under TLS answers our EHLO, not the injected MAIL.
     let ehlo = tls.command("EHLO client.test").await;
     assert_code(&ehlo, "250");
-    assert!(ehlo.lines.len() > 1, "expected the EHLO reply, got {ehlo:?}");
+    assert!(
+        ehlo.lines.len() > 1,
+        "expected the EHLO reply, got {ehlo:?}"
+    );
     // No transaction was opened by the injected MAIL FROM.
-    assert_reply(&tls.command("RCPT TO:<alice@example.test>").await, "503", "5.5.1");
+    assert_reply(
+        &tls.command("RCPT TO:<alice@example.test>").await,
+        "503",
+        "5.5.1",
+    );
     assert_code(&tls.command("QUIT").await, "221");
 }
 
@@ -104,6 +118,8 @@ async fn a_failed_handshake_ends_the_session_quietly() {
     let (config, _) = tls_config();
     let mut h = start_greeted(config).await;
     assert_reply(&h.client.command("STARTTLS").await, "220", "2.0.0");
-    h.client.send(b"this is not a TLS client hello\r\n\r\n").await;
+    h.client
+        .send(b"this is not a TLS client hello\r\n\r\n")
+        .await;
     h.ended().await.unwrap();
 }
