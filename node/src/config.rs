@@ -96,6 +96,25 @@ pub struct NodeConfig {
     pub rpc_idle_timeout_secs: u64,
     /// An admin connection with no request in flight for this long is closed, in seconds.
     pub admin_idle_timeout_secs: u64,
+    // TLS (issue 11).
+    /// POP3S (implicit TLS, RFC 8314) listen address; needs `tls_cert`.
+    pub pop3s: Option<String>,
+    /// Certificate chain (PEM, leaf first) clients see on STARTTLS, STLS and POP3S;
+    /// without it none of them is offered. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Where a POP3 password may be sent outside TLS: `loopback` (default), `always`
+    /// or `never`.
+    pub pop_plaintext_auth: String,
+    /// The cluster CA certificate (PEM): node-to-node RPC is mutual TLS, and only
+    /// peers with a certificate it issued are answered. Needs `cluster_cert` and
+    /// `cluster_key`; required when `rpc` is not a loopback address.
+    pub cluster_ca: Option<PathBuf>,
+    /// This node's certificate from the cluster CA (PEM). Reloaded on SIGHUP.
+    pub cluster_cert: Option<PathBuf>,
+    /// Private key (PEM) of `cluster_cert`.
+    pub cluster_key: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -145,6 +164,13 @@ impl Default for NodeConfig {
             http_request_timeout_secs: 10,
             rpc_idle_timeout_secs: 120,
             admin_idle_timeout_secs: 60,
+            pop3s: None,
+            tls_cert: None,
+            tls_key: None,
+            pop_plaintext_auth: "loopback".into(),
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
         }
     }
 }
@@ -157,8 +183,8 @@ impl NodeConfig {
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
-    /// SMTP session limits derived from this config.
-    pub fn smtp_config(&self) -> smtp::SmtpConfig {
+    /// SMTP session limits derived from this config, STARTTLS offered with `starttls`.
+    pub fn smtp_config(&self, starttls: Option<tls::Acceptor>) -> smtp::SmtpConfig {
         smtp::SmtpConfig {
             hostname: self.hostname.clone(),
             message_size_max: self.smtp_message_size_max,
@@ -167,19 +193,26 @@ impl NodeConfig {
             command_timeout: Duration::from_secs(self.smtp_command_timeout_secs),
             data_timeout: Duration::from_secs(self.smtp_data_timeout_secs),
             data_rate_min: self.smtp_data_rate_min,
+            starttls,
             ..smtp::SmtpConfig::default()
         }
     }
 
-    /// POP3 session limits derived from this config.
-    pub fn pop_config(&self) -> pop::PopConfig {
-        pop::PopConfig {
+    /// POP3 session limits derived from this config, STLS offered with `stls`.
+    pub fn pop_config(&self, stls: Option<tls::Acceptor>) -> anyhow::Result<pop::PopConfig> {
+        let plaintext_auth = self
+            .pop_plaintext_auth
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("pop_plaintext_auth: {e}"))?;
+        Ok(pop::PopConfig {
             hostname: self.hostname.clone(),
             idle_timeout: Duration::from_secs(self.pop_idle_timeout_secs),
             command_timeout: Duration::from_secs(self.pop_command_timeout_secs),
             auth_failure_delay: Duration::from_millis(self.pop_auth_failure_delay_ms),
+            stls,
+            plaintext_auth,
             ..pop::PopConfig::default()
-        }
+        })
     }
 }
 

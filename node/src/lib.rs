@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;

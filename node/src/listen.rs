@@ -243,6 +243,7 @@ pub async fn serve_http<H, Fut>(
     listener: TcpListener,
     max: usize,
     timeouts: HttpTimeouts,
+    tls: Option<tls::Acceptor>,
     mut shutdown: watch::Receiver<bool>,
     handler: H,
 ) where
@@ -270,21 +271,41 @@ pub async fn serve_http<H, Fut>(
             continue;
         };
         let handler = handler.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let _permit = permit;
-            serve_http_connection(stream, peer, timeouts, handler).await;
+            let Some(acceptor) = tls else {
+                serve_http_connection(stream, peer, timeouts, handler).await;
+                return;
+            };
+            // The handshake counts against the time a new connection has to send its
+            // first request.
+            match tokio::time::timeout(timeouts.request, acceptor.handshake(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    serve_http_connection(tls_stream, peer, timeouts, handler).await;
+                }
+                Ok(Err(error)) => {
+                    metrics::counter!("porcupine_tls_handshake_failures_total", "listener" => "rpc")
+                        .increment(1);
+                    tracing::info!(%peer, %error, "TLS handshake refused");
+                }
+                Err(_elapsed) => {
+                    tracing::debug!(%peer, "TLS handshake too slow, dropped");
+                }
+            }
         });
     }
     conns.abort_all();
 }
 
 /// One HTTP connection with its watchdog.
-async fn serve_http_connection<H, Fut>(
-    stream: TcpStream,
+async fn serve_http_connection<IO, H, Fut>(
+    stream: IO,
     peer: SocketAddr,
     timeouts: HttpTimeouts,
     handler: H,
 ) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Fn(hyper::Request<TimedBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
 {

@@ -70,12 +70,13 @@ pub async fn stop_signal() {
 
 /// Write the bound addresses of `me` as JSON to `path`, atomically: a reader sees
 /// either no file (or an older one) or the whole new one, never a partial write.
-fn write_ports_file(path: &Path, me: &NodeInfo) -> anyhow::Result<()> {
+fn write_ports_file(path: &Path, me: &NodeInfo, pop3s: Option<&str>) -> anyhow::Result<()> {
     let json = serde_json::json!({
         "smtp": me.smtp,
         "pop": me.pop,
         "admin": me.admin,
         "rpc": me.rpc,
+        "pop3s": pop3s,
     });
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
@@ -93,10 +94,18 @@ fn write_ports_file(path: &Path, me: &NodeInfo) -> anyhow::Result<()> {
 
 /// Run one node until a stop signal.
 pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
+    // Certificates and the RPC credentials rule are checked before anything binds.
+    let node_tls = crate::certs::NodeTls::load(&config)?;
+    let client_tls = node_tls.client_acceptor()?;
+    let rpc_tls = node_tls.rpc_acceptor()?;
     let smtp_listener = bind("SMTP", &config.smtp).await?;
     let pop_listener = bind("POP3", &config.pop).await?;
     let admin_listener = bind("admin HTTP", &config.admin).await?;
     let rpc_listener = bind("cluster RPC", &config.rpc).await?;
+    let pop3s_listener = match &config.pop3s {
+        Some(addr) => Some(bind("POP3S", addr).await?),
+        None => None,
+    };
     let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string());
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -116,8 +125,11 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     config.pop = me.pop.clone();
     config.admin = me.admin.clone();
     config.rpc = me.rpc.clone();
+    if let Some(listener) = &pop3s_listener {
+        config.pop3s = Some(addr(listener)?);
+    }
     if let Some(path) = &config.ports_file {
-        write_ports_file(path, &me)?;
+        write_ports_file(path, &me, config.pop3s.as_deref())?;
     }
 
     anyhow::ensure!(
@@ -132,7 +144,15 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", config.data.display()))?;
     check_identity(&store, config.node_id)?;
 
-    let rpc = RpcClient::new(Duration::from_millis(config.rpc_timeout_ms));
+    let rpc_client_tls = match &node_tls.cluster {
+        Some(cluster) => Some(
+            cluster
+                .client_config()
+                .map_err(|e| anyhow::anyhow!("cluster TLS client configuration: {e}"))?,
+        ),
+        None => None,
+    };
+    let rpc = RpcClient::with_tls(Duration::from_millis(config.rpc_timeout_ms), rpc_client_tls);
     let state = RegistryState::new(store.kv("registry")?);
     let raft = RaftLog::start(
         config.node_id,
@@ -191,6 +211,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         rpc_listener,
         config.rpc_connections_max,
         http_timeouts(config.rpc_idle_timeout_secs),
+        rpc_tls,
         shutdown.clone(),
         move |req| crate::rpc::serve_http(rpc_handler.clone(), req),
     ));
@@ -199,11 +220,16 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         admin_listener,
         config.admin_connections_max,
         http_timeouts(config.admin_idle_timeout_secs),
+        None,
         shutdown.clone(),
         move |req| crate::admin::handle(admin_node.clone(), metrics.clone(), req),
     ));
 
-    let smtp_config = Arc::new(config.smtp_config());
+    tasks.spawn(crate::certs::reload_on_sighup(
+        node_tls.clone(),
+        shutdown.clone(),
+    ));
+    let smtp_config = Arc::new(config.smtp_config(client_tls.clone()));
     let deliver = Arc::new(DeliveryProxy(node.clone()));
     let smtp_shutdown = shutdown.clone();
     tasks.spawn(serve_tcp(
@@ -228,7 +254,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         },
     ));
 
-    let pop_config = Arc::new(config.pop_config());
+    let pop_config = Arc::new(config.pop_config(client_tls.clone())?);
     let retrieval = Arc::new(RetrievalProxy(node.clone()));
     let pop_shutdown = shutdown.clone();
     tasks.spawn(serve_tcp(
@@ -246,12 +272,66 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
                 (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
             async move {
                 let _open = SessionGauge::open("pop");
-                if let Err(e) = pop::serve(stream, config, proxy.clone(), proxy, shutdown).await {
+                let client = pop::ClientInfo {
+                    peer: Some(peer),
+                    tls: false,
+                };
+                let session =
+                    pop::serve_client(stream, client, config, proxy.clone(), proxy, shutdown);
+                if let Err(e) = session.await {
                     tracing::debug!(%peer, error = %e, "pop session ended with an error");
                 }
             }
         },
     ));
+
+    // POP3S: the same sessions behind an implicit TLS handshake (RFC 8314).
+    if let (Some(listener), Some(acceptor)) = (pop3s_listener, client_tls.clone()) {
+        let pop_config = Arc::new(config.pop_config(None)?);
+        let retrieval = Arc::new(RetrievalProxy(node.clone()));
+        let pop_shutdown = shutdown.clone();
+        tasks.spawn(serve_tcp(
+            listener,
+            config.pop_connections_max,
+            // A client of an implicit-TLS port cannot read a plain-text refusal.
+            b"",
+            PerIpCap::new(
+                config.pop_connections_per_ip_max,
+                config.connections_per_ip_exempt.clone(),
+                b"",
+            ),
+            shutdown.clone(),
+            move |stream, peer| {
+                let (config, proxy, shutdown, acceptor) = (
+                    pop_config.clone(),
+                    retrieval.clone(),
+                    pop_shutdown.clone(),
+                    acceptor.clone(),
+                );
+                async move {
+                    let _open = SessionGauge::open("pop3s");
+                    let stream = match acceptor.handshake(stream).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            metrics::counter!("porcupine_tls_handshake_failures_total", "listener" => "pop3s")
+                                .increment(1);
+                            tracing::debug!(%peer, %error, "POP3S handshake failed");
+                            return;
+                        }
+                    };
+                    let client = pop::ClientInfo {
+                        peer: Some(peer),
+                        tls: true,
+                    };
+                    let session =
+                        pop::serve_client(stream, client, config, proxy.clone(), proxy, shutdown);
+                    if let Err(e) = session.await {
+                        tracing::debug!(%peer, error = %e, "pop3s session ended with an error");
+                    }
+                }
+            },
+        ));
+    }
 
     // Soft state: reconstruction at every view change, announces, retries.
     tasks.spawn(crate::soft::run(node.clone(), shutdown.clone()));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -50,16 +51,37 @@ pub enum RpcError {
 /// A pooled HTTP/2 client for calling other nodes.
 #[derive(Clone)]
 pub struct RpcClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    /// `https` with cluster TLS, `http` without.
+    scheme: &'static str,
 }
 
 impl RpcClient {
-    /// A client whose calls give up after `timeout`.
+    /// A client whose calls give up after `timeout`, in plain HTTP/2 (loopback only).
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        Self::with_tls(timeout, None)
+    }
+
+    /// A client whose calls give up after `timeout`; with `tls` (the cluster's
+    /// client configuration) every call is mutual TLS.
+    pub fn with_tls(timeout: Duration, tls: Option<rustls::ClientConfig>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        http.enforce_http(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Without cluster TLS the URIs are http:// and this configuration is unused.
+        let tls = tls.unwrap_or_else(|| {
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
@@ -67,7 +89,11 @@ impl RpcClient {
             .http2_keep_alive_interval(Some(Duration::from_secs(5)))
             .http2_keep_alive_timeout(Duration::from_secs(5))
             .build(connector);
-        RpcClient { client, timeout }
+        RpcClient {
+            client,
+            timeout,
+            scheme,
+        }
     }
 
     /// Send `req` to the node listening at `addr` and wait for its reply.
@@ -92,7 +118,7 @@ impl RpcClient {
         };
         let http_req = hyper::Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{addr}/rpc"))
+            .uri(format!("{}://{addr}/rpc", self.scheme))
             .header("content-type", "application/x-porcupine-rpc")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| transport(e.to_string()))?;
