@@ -24,6 +24,11 @@ pub struct NodeConfig {
     pub admin: String,
     /// Cluster RPC listen address.
     pub rpc: String,
+    /// File holding the admin API's bearer token (default `<data>/admin.token`, made
+    /// on first start when admin is on loopback).
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve `GET /metrics` without the admin token.
+    pub metrics_public: bool,
     /// RPC addresses of other nodes to find the cluster through.
     pub seeds: Vec<String>,
     /// Initialise the account registry as its first voter if it has never been initialised.
@@ -108,6 +113,8 @@ impl Default for NodeConfig {
             pop: "127.0.0.1:2501".into(),
             admin: "127.0.0.1:2502".into(),
             rpc: "127.0.0.1:2503".into(),
+            admin_token_file: None,
+            metrics_public: false,
             seeds: Vec::new(),
             bootstrap: false,
             replicas: 2,

@@ -14,7 +14,8 @@
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
 //! - [`stats`]: the repair counters status and metrics read.
 //! - [`rpc`]: inter-node RPC over HTTP/2.
-//! - [`admin`]: the admin HTTP API; [`cli`]: its client; [`listen`]: accept loops.
+//! - [`admin`]: the admin HTTP API; [`token`]: its bearer token; [`cli`]: its client;
+//!   [`listen`]: accept loops.
 //! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
 #![warn(missing_docs)]
 
@@ -38,4 +39,5 @@ pub mod service;
 pub mod simcli;
 pub mod soft;
 pub mod stats;
+pub mod token;
 pub mod up;

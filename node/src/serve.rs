@@ -93,6 +93,13 @@ fn write_ports_file(path: &Path, me: &NodeInfo) -> anyhow::Result<()> {
 
 /// Run one node until a stop signal.
 pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
+    // Credentials first: a node that may not serve its admin API binds nothing.
+    let token_path =
+        crate::token::serve_token_path(config.admin_token_file.as_deref(), &config.data);
+    let admin_auth = Arc::new(crate::admin::AdminAuth {
+        token: crate::token::load_for_serve(&token_path, &config.admin)?,
+        metrics_public: config.metrics_public,
+    });
     let smtp_listener = bind("SMTP", &config.smtp).await?;
     let pop_listener = bind("POP3", &config.pop).await?;
     let admin_listener = bind("admin HTTP", &config.admin).await?;
@@ -200,7 +207,9 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         config.admin_connections_max,
         http_timeouts(config.admin_idle_timeout_secs),
         shutdown.clone(),
-        move |req| crate::admin::handle(admin_node.clone(), metrics.clone(), req),
+        move |req| {
+            crate::admin::handle(admin_node.clone(), metrics.clone(), admin_auth.clone(), req)
+        },
     ));
 
     let smtp_config = Arc::new(config.smtp_config());
@@ -335,6 +344,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         admin = %me.admin,
         rpc = %me.rpc,
         data = %config.data.display(),
+        admin_token_file = %token_path.display(),
         "porcupine node ready"
     );
 

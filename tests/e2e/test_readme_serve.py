@@ -161,6 +161,7 @@ class ServeNodeTests(unittest.TestCase):
         """Without --admin the CLI talks to $PORCUPINE_ADMIN."""
         env = {k: v for k, v in os.environ.items() if k != "PORCUPINE_ADMIN"}
         env["PORCUPINE_ADMIN"] = self.node.admin_url
+        env["PORCUPINE_TOKEN_FILE"] = self.node.token_file
         cp = subprocess.run([str(BINARY), "status", "--json"], env=env, capture_output=True,
                             text=True, timeout=30)
         self.assertEqual(cp.returncode, 0, cp.stderr)
