@@ -220,12 +220,12 @@ impl<D: Deliver> Session<D> {
         }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
-            Err(error) => return self.parse_error(&error),
+            Err(error) => return self.parse_error(&error, line),
         };
         match request {
             Request::Ehlo { host } => self.hello(&host, true),
             Request::Helo { host } => self.hello(&host, false),
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => self.mail(from, line),
             Request::Rcpt { to } => self.rcpt(to, line).await,
             Request::Data => self.data(),
             Request::Bdat {
@@ -248,8 +248,13 @@ impl<D: Deliver> Session<D> {
         }
     }
 
-    fn parse_error(&mut self, error: &ParseError) -> Flow {
+    fn parse_error(&mut self, error: &ParseError, line: &[u8]) -> Flow {
         match error {
+            // smtp-proto refuses a SIZE past usize::MAX as a bad parameter; it is a
+            // size over the limit like any other (RFC 1870: 552).
+            ParseError::InvalidParameter { param: "SIZE" } if mail::size_overflows(line) => {
+                self.answer(reply::TOO_BIG)
+            }
             ParseError::UnknownCommand
             | ParseError::ResponseTooLong
             | ParseError::InvalidResponse { .. } => self.bad(reply::UNRECOGNIZED),

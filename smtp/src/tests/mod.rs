@@ -8,4 +8,5 @@ mod commands;
 mod lifecycle;
 mod limits;
 mod message;
+mod probe;
 mod transaction;
