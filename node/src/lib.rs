@@ -8,7 +8,8 @@
 //! - [`cluster`]: view, user map, the load table, and the membership driver task.
 //! - [`manager`]: the Mutex around the sans-IO `softstate::SoftState` machine.
 //! - [`soft`]: the soft-state driver task (views, scans, sends, timer).
-//! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
+//! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy;
+//!   [`login`]: POP3 login failure limits and the `auth` log line.
 //! - [`fragments`]: the local store as `softstate`'s fragment index.
 //! - [`gather`]: one user's mailbox read from every fragment node and merged.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
@@ -29,6 +30,7 @@ pub mod dispatch;
 pub mod fragments;
 pub mod gather;
 pub mod listen;
+pub mod login;
 pub mod manager;
 pub mod release;
 pub mod repair;

@@ -240,6 +240,10 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let pop_config = Arc::new(config.pop_config());
     let retrieval = Arc::new(RetrievalProxy(node.clone()));
     let pop_shutdown = shutdown.clone();
+    let login_guard = Arc::new(crate::login::LoginGuard::new(
+        &config.login_limits(),
+        &config.pop_login_failures_exempt,
+    ));
     tasks.spawn(serve_tcp(
         pop_listener,
         config.pop_connections_max,
@@ -253,9 +257,14 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         move |stream, peer| {
             let (config, proxy, shutdown) =
                 (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
+            let auth = Arc::new(crate::login::PeerAuth {
+                proxy: proxy.clone(),
+                guard: login_guard.clone(),
+                peer,
+            });
             async move {
                 let _open = SessionGauge::open("pop");
-                if let Err(e) = pop::serve(stream, config, proxy.clone(), proxy, shutdown).await {
+                if let Err(e) = pop::serve(stream, config, auth, proxy, shutdown).await {
                     tracing::debug!(%peer, error = %e, "pop session ended with an error");
                 }
             }
