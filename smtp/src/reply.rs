@@ -70,6 +70,9 @@ pub(crate) const TOO_BIG: Reply = Reply::new(
 /// A body with a bare CR or LF (one not part of a CRLF): refused as Postfix's
 /// `smtpd_forbid_bare_newline = reject` does, against SMTP smuggling.
 pub(crate) const BARE_NEWLINE: Reply = Reply::new(554, [5, 5, 2], "bare <CR> or <LF> not allowed");
+/// A command line ending in a bare LF or holding a bare CR.
+pub(crate) const BARE_NEWLINE_COMMAND: Reply =
+    Reply::new(500, [5, 5, 2], "bare <CR> or <LF> in command not allowed");
 /// A text line over `text_line_max`.
 pub(crate) const TEXT_LINE_TOO_LONG: Reply = Reply::new(552, [5, 3, 4], "Line too long");
 /// Over `recipients_max`.

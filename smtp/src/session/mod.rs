@@ -218,6 +218,13 @@ impl<D: Deliver> Session<D> {
         if self.count_command() == Flow::Close {
             return Flow::Close;
         }
+        // A command line ends in CRLF and holds no other CR (RFC 5321 2.3.8); a bare
+        // LF or CR is refused, as for message text, so no two parsers can disagree
+        // on where a command ends.
+        let text = line.strip_suffix(b"\r\n").unwrap_or(line);
+        if !line.ends_with(b"\r\n") || memchr::memchr(b'\r', text).is_some() {
+            return self.bad(reply::BARE_NEWLINE_COMMAND);
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
             Err(error) => return self.parse_error(&error, line),

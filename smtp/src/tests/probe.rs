@@ -200,3 +200,22 @@ async fn crlf_split_across_data_writes_is_fine() {
     let (_, message) = h.store.deliveries().pop().unwrap();
     assert_eq!(split_trace(&message).1, b"line one\r\nline two\r\n");
 }
+
+#[tokio::test]
+async fn commands_with_bare_lf_or_cr_are_refused() {
+    let mut h = start_greeted(config()).await;
+    h.client.send(b"EHLO client.test\n").await;
+    assert_reply(&h.client.reply().await, "500", "5.5.2");
+    h.client
+        .send(b"NOOP\rMAIL FROM:<evil@remote.test>\r\n")
+        .await;
+    assert_reply(&h.client.reply().await, "500", "5.5.2");
+    // Nothing of either ran: no greeting was accepted, no transaction started.
+    assert_reply(
+        &h.client.command("MAIL FROM:<a@remote.test>").await,
+        "503",
+        "5.5.1",
+    );
+    assert_code(&h.client.command("EHLO client.test").await, "250");
+    assert_code(&h.client.command("MAIL FROM:<a@remote.test>").await, "250");
+}
