@@ -59,6 +59,8 @@ porcupine_start() {
     grep -q 'is not available' "$DATA/up.out" || return 1
   done
   grep -q 'node(s) up' "$DATA/up.out" || return 1
+  # The admin API wants the token `up` wrote into the data dir.
+  AUTH="Authorization: Bearer $(cat "$DATA/admin.token")"
   SMTP_PORTS=(); POP_PORTS=(); ADMINS=()
   for i in $(seq 0 $((K-1))); do
     SMTP_PORTS+=($((BASE + 10*i))); POP_PORTS+=($((BASE + 10*i + 1))); ADMINS+=("http://127.0.0.1:$((BASE + 10*i + 2))")
@@ -69,7 +71,7 @@ porcupine_start() {
 # Create the accounts through node 0's admin API and wait until every node lists them.
 porcupine_accounts() {
   t0=$(date +%s.%N)
-  codes=$(seq 0 $((USERS-1)) | xargs -P 8 -I{} curl -s -o /dev/null -w '%{http_code}\n' \
+  codes=$(seq 0 $((USERS-1)) | xargs -P 8 -I{} curl -s -H "$AUTH" -o /dev/null -w '%{http_code}\n' \
     -X POST "${ADMINS[0]}/v1/users" -H 'content-type: application/json' \
     -d '{"address":"u{}@'"$DOM"'","password":"pw{}"}')
   created=$(grep -c '^201$' <<< "$codes" || true)
@@ -80,7 +82,7 @@ porcupine_accounts() {
   # Every node must have the accounts in its local registry replica before it takes mail.
   for a in "${ADMINS[@]}"; do
     for _ in $(seq 1 300); do
-      n=$(curl -s "$a/v1/users" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["users"]))' 2>/dev/null || echo 0)
+      n=$(curl -s -H "$AUTH" "$a/v1/users" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["users"]))' 2>/dev/null || echo 0)
       [ "$n" -ge "$USERS" ] && break; sleep 0.1
     done
     [ "$n" -ge "$USERS" ] || { log "$a lists $n of $USERS accounts after 30 s"; return 1; }
@@ -92,7 +94,7 @@ porcupine_accounts() {
 stored_copies() {
   local sum=0 a m
   for a in "${ADMINS[@]}"; do
-    m=$(curl -s "$a/v1/cluster" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fragments"]["messages"])' 2>/dev/null || echo "?")
+    m=$(curl -s -H "$AUTH" "$a/v1/cluster" | python3 -c 'import json,sys; print(json.load(sys.stdin)["fragments"]["messages"])' 2>/dev/null || echo "?")
     [ "$m" = "?" ] && { echo "?"; return; }
     sum=$((sum + m))
   done

@@ -1,6 +1,6 @@
 //! The admin HTTP API (JSON under `/v1/`, Prometheus text at `/metrics`) behind the
-//! operator CLI. Binds loopback by default and has no authentication of its own:
-//! whoever can reach it can manage accounts.
+//! operator CLI. Every request must carry `Authorization: Bearer <token>` (the token
+//! from [`crate::token`]); `/metrics` too unless `metrics_public` is set.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::service::Node;
+use crate::token::AdminToken;
 
 /// Largest admin request body.
 const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
@@ -97,12 +98,51 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Handle one admin request.
+/// Who may use the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminAuth {
+    /// The bearer token every request must carry.
+    pub token: AdminToken,
+    /// Serve `GET /metrics` without the token (for scrapers that cannot send one).
+    pub metrics_public: bool,
+}
+
+impl AdminAuth {
+    /// True when `req` may be served: it carries the token, or it is a public `/metrics`.
+    fn allows<B>(&self, req: &hyper::Request<B>) -> bool {
+        if self.metrics_public && req.uri().path().trim_matches('/') == "metrics" {
+            return true;
+        }
+        req.headers()
+            .get(hyper::header::AUTHORIZATION)
+            .is_some_and(|v| self.token.matches_header(v.as_bytes()))
+    }
+}
+
+/// `401` with a JSON error and `WWW-Authenticate: Bearer` (RFC 6750).
+fn unauthorized() -> HttpResponse {
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token: send Authorization: Bearer <token> (the token is in \
+         the node's admin_token_file, by default <data>/admin.token)",
+    );
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer realm=\"porcupine-admin\""),
+    );
+    r
+}
+
+/// Handle one admin request: check the token, then route.
 pub async fn handle(
     node: Arc<Node>,
     metrics: Option<PrometheusHandle>,
+    auth: Arc<AdminAuth>,
     req: hyper::Request<crate::listen::TimedBody>,
 ) -> HttpResponse {
+    if !auth.allows(&req) {
+        return unauthorized();
+    }
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -361,4 +401,38 @@ pub fn cluster_status(node: &Node) -> Value {
         },
         "nodes": nodes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, auth: Option<&str>) -> hyper::Request<()> {
+        let mut b = hyper::Request::builder().uri(path);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn every_path_wants_the_token_unless_metrics_are_public() {
+        let token = AdminToken::new("s3cret").unwrap();
+        let closed = AdminAuth {
+            token: token.clone(),
+            metrics_public: false,
+        };
+        for path in ["/v1/users", "/metrics", "/", "/nowhere"] {
+            assert!(!closed.allows(&req(path, None)), "{path}");
+            assert!(!closed.allows(&req(path, Some("Bearer nope"))), "{path}");
+            assert!(closed.allows(&req(path, Some("Bearer s3cret"))), "{path}");
+        }
+        let open = AdminAuth {
+            token,
+            metrics_public: true,
+        };
+        assert!(open.allows(&req("/metrics", None)));
+        assert!(!open.allows(&req("/v1/users", None)));
+        assert!(!open.allows(&req("/v1/metrics", None)));
+    }
 }

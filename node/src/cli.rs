@@ -1,6 +1,7 @@
 //! The operator CLI's side of the admin API: a small JSON-over-HTTP client and the
 //! commands that print its answers.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,10 +13,54 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use crate::token::AdminToken;
+
 /// A client for one node's admin API.
 pub struct AdminClient {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    token: Option<AdminToken>,
+}
+
+/// Environment variable naming the admin token file.
+pub const TOKEN_FILE_ENV: &str = "PORCUPINE_TOKEN_FILE";
+/// Environment variable holding the admin token itself.
+pub const TOKEN_ENV: &str = "PORCUPINE_TOKEN";
+/// Where the CLI looks for a token when told nothing: `up`'s default data dir, then
+/// `serve`'s default data dir (both relative to the working directory).
+const DEFAULT_TOKEN_FILES: &[&str] = &[
+    "porcupine-data/admin.token",
+    "porcupine-data/node-0/admin.token",
+];
+
+/// The admin token the CLI sends, found in this order: `--token-file`,
+/// `$PORCUPINE_TOKEN_FILE`, `$PORCUPINE_TOKEN`, then the default files.
+pub fn find_token(token_file: Option<&Path>) -> anyhow::Result<AdminToken> {
+    let env_file = std::env::var_os(TOKEN_FILE_ENV).filter(|v| !v.is_empty());
+    if let Some(path) = token_file
+        .map(Path::to_path_buf)
+        .or(env_file.map(PathBuf::from))
+    {
+        return read_token(&path);
+    }
+    if let Ok(text) = std::env::var(TOKEN_ENV) {
+        return AdminToken::new(&text).with_context(|| format!("${TOKEN_ENV} is empty"));
+    }
+    for f in DEFAULT_TOKEN_FILES {
+        if Path::new(f).exists() {
+            return read_token(Path::new(f));
+        }
+    }
+    bail!(
+        "no admin token: pass --token-file PATH, set ${TOKEN_FILE_ENV} or ${TOKEN_ENV}, or run \
+         from the directory holding porcupine-data/ (where `porcupine up` writes admin.token)"
+    )
+}
+
+fn read_token(path: &Path) -> anyhow::Result<AdminToken> {
+    crate::token::read_file(path)?
+        .token
+        .with_context(|| format!("the admin token file {} is empty", path.display()))
 }
 
 /// Percent-encode one path segment.
@@ -43,7 +88,14 @@ impl AdminClient {
         AdminClient {
             base,
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            token: None,
         }
+    }
+
+    /// The same client, sending `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(mut self, token: AdminToken) -> Self {
+        self.token = Some(token);
+        self
     }
 
     /// Send one request; returns the status and the decoded JSON body.
@@ -54,10 +106,14 @@ impl AdminClient {
         body: Option<Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
         let url = format!("{}{}", self.base, path);
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(method)
             .uri(&url)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", t.secret()));
+        }
+        let req = req
             .body(Full::new(Bytes::from(
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))
@@ -90,6 +146,13 @@ impl AdminClient {
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let (status, value) = self.request(method, path, body).await?;
+        if status == StatusCode::UNAUTHORIZED {
+            bail!(
+                "the admin API at {} refused the token (HTTP 401): use the token file of that \
+                 node or cluster (--token-file, ${TOKEN_FILE_ENV} or ${TOKEN_ENV})",
+                self.base
+            );
+        }
         if !status.is_success() {
             let msg = value
                 .get("error")

@@ -24,6 +24,11 @@ pub struct NodeConfig {
     pub admin: String,
     /// Cluster RPC listen address.
     pub rpc: String,
+    /// File holding the admin API's bearer token (default `<data>/admin.token`, made
+    /// on first start when admin is on loopback).
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve `GET /metrics` without the admin token.
+    pub metrics_public: bool,
     /// RPC addresses of other nodes to find the cluster through.
     pub seeds: Vec<String>,
     /// Initialise the account registry as its first voter if it has never been initialised.
@@ -89,6 +94,16 @@ pub struct NodeConfig {
     pub pop_connections_per_ip_max: usize,
     /// Client addresses the per-IP caps do not apply to.
     pub connections_per_ip_exempt: Vec<std::net::IpAddr>,
+    /// Failed POP3 logins one client address (IPv6: /64) may make per window.
+    pub pop_login_failures_per_ip_max: usize,
+    /// Failed POP3 logins against one account per window, from anywhere.
+    pub pop_login_failures_per_account_max: usize,
+    /// The sliding window of the login failure limits, in seconds.
+    pub pop_login_failure_window_secs: u64,
+    /// Addresses and accounts each failure table tracks at most (oldest forgotten).
+    pub pop_login_failure_entries_max: usize,
+    /// Client addresses whose failed logins are neither limited nor counted.
+    pub pop_login_failures_exempt: Vec<std::net::IpAddr>,
     /// A new RPC or admin connection must send a request within this, and each
     /// request's headers and body must arrive within it, in seconds.
     pub http_request_timeout_secs: u64,
@@ -127,6 +142,8 @@ impl Default for NodeConfig {
             pop: "127.0.0.1:2501".into(),
             admin: "127.0.0.1:2502".into(),
             rpc: "127.0.0.1:2503".into(),
+            admin_token_file: None,
+            metrics_public: false,
             seeds: Vec::new(),
             bootstrap: false,
             replicas: 2,
@@ -161,6 +178,14 @@ impl Default for NodeConfig {
                 std::net::Ipv4Addr::LOCALHOST.into(),
                 std::net::Ipv6Addr::LOCALHOST.into(),
             ],
+            pop_login_failures_per_ip_max: 10,
+            pop_login_failures_per_account_max: 5,
+            pop_login_failure_window_secs: 60,
+            pop_login_failure_entries_max: 10_000,
+            pop_login_failures_exempt: vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
             http_request_timeout_secs: 10,
             rpc_idle_timeout_secs: 120,
             admin_idle_timeout_secs: 60,
@@ -181,6 +206,16 @@ impl NodeConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// POP3 login failure limits derived from this config.
+    pub fn login_limits(&self) -> pop::LoginLimits {
+        pop::LoginLimits {
+            per_ip_max: self.pop_login_failures_per_ip_max,
+            per_account_max: self.pop_login_failures_per_account_max,
+            window: Duration::from_secs(self.pop_login_failure_window_secs),
+            entries_max: self.pop_login_failure_entries_max,
+        }
     }
 
     /// SMTP session limits derived from this config, STARTTLS offered with `starttls`.

@@ -8,13 +8,15 @@
 //! - [`cluster`]: view, user map, the load table, and the membership driver task.
 //! - [`manager`]: the Mutex around the sans-IO `softstate::SoftState` machine.
 //! - [`soft`]: the soft-state driver task (views, scans, sends, timer).
-//! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy.
+//! - [`deliver`] / [`retrieve`]: the SMTP delivery proxy and POP3 retrieval proxy;
+//!   [`login`]: POP3 login failure limits and the `auth` log line.
 //! - [`fragments`]: the local store as `softstate`'s fragment index.
 //! - [`gather`]: one user's mailbox read from every fragment node and merged.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
 //! - [`stats`]: the repair counters status and metrics read.
 //! - [`rpc`]: inter-node RPC over HTTP/2.
-//! - [`admin`]: the admin HTTP API; [`cli`]: its client; [`listen`]: accept loops.
+//! - [`admin`]: the admin HTTP API; [`token`]: its bearer token; [`cli`]: its client;
+//!   [`listen`]: accept loops.
 //! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
 #![warn(missing_docs)]
 
@@ -29,6 +31,7 @@ pub mod dispatch;
 pub mod fragments;
 pub mod gather;
 pub mod listen;
+pub mod login;
 pub mod manager;
 pub mod release;
 pub mod repair;
@@ -39,4 +42,5 @@ pub mod service;
 pub mod simcli;
 pub mod soft;
 pub mod stats;
+pub mod token;
 pub mod up;

@@ -63,6 +63,18 @@ struct AdminArg {
         default_value = "http://127.0.0.1:2502"
     )]
     admin: String,
+    /// File holding the admin token (else $PORCUPINE_TOKEN_FILE, $PORCUPINE_TOKEN,
+    /// ./porcupine-data/admin.token, ./porcupine-data/node-0/admin.token).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+}
+
+impl AdminArg {
+    /// A client for `--admin` carrying the token found as `--token-file` says.
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = cli::find_token(self.token_file.as_deref())?;
+        Ok(AdminClient::new(&self.admin).with_token(token))
+    }
 }
 
 #[derive(Subcommand)]
@@ -163,6 +175,10 @@ struct ServeArgs {
     /// Cluster RPC listen address (`rpc`).
     #[arg(long)]
     rpc: Option<String>,
+    /// File with the admin API's bearer token (`admin_token_file`; default
+    /// `<data>/admin.token`, created on loopback).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
     /// RPC address of another node; repeat for several (`seeds`).
     #[arg(long = "seed")]
     seeds: Vec<String>,
@@ -269,6 +285,9 @@ impl ServeArgs {
         if self.ports_file.is_some() {
             c.ports_file = self.ports_file;
         }
+        if self.admin_token_file.is_some() {
+            c.admin_token_file = self.admin_token_file;
+        }
         if !self.seeds.is_empty() {
             c.seeds = self.seeds;
         }
@@ -313,9 +332,9 @@ async fn main() -> std::process::ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::User { command, admin } => {
-            let client = AdminClient::new(&admin.admin);
-            match command {
+        Command::User { command, admin } => match admin.client() {
+            Err(e) => Err(e),
+            Ok(client) => match command {
                 UserCommand::Add { address, password } => match password.read() {
                     Ok(p) => cli::user_add(&client, &address, &p).await,
                     Err(e) => Err(e),
@@ -326,13 +345,19 @@ async fn main() -> std::process::ExitCode {
                     Ok(p) => cli::user_passwd(&client, &address, &p).await,
                     Err(e) => Err(e),
                 },
-            }
-        }
+            },
+        },
         Command::Node {
             command: NodeCommand::Remove { id },
             admin,
-        } => cli::node_remove(&AdminClient::new(&admin.admin), id).await,
-        Command::Status { admin, json } => cli::status(&AdminClient::new(&admin.admin), json).await,
+        } => match admin.client() {
+            Ok(c) => cli::node_remove(&c, id).await,
+            Err(e) => Err(e),
+        },
+        Command::Status { admin, json } => match admin.client() {
+            Ok(c) => cli::status(&c, json).await,
+            Err(e) => Err(e),
+        },
         Command::Sim { command } => tokio::task::block_in_place(|| match command {
             SimCommand::Run(args) => node::simcli::run(&args),
             SimCommand::Scenario(args) => node::simcli::scenario(&args),

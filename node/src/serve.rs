@@ -98,6 +98,13 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let node_tls = crate::certs::NodeTls::load(&config)?;
     let client_tls = node_tls.client_acceptor()?;
     let rpc_tls = node_tls.rpc_acceptor()?;
+    // Credentials first: a node that may not serve its admin API binds nothing.
+    let token_path =
+        crate::token::serve_token_path(config.admin_token_file.as_deref(), &config.data);
+    let admin_auth = Arc::new(crate::admin::AdminAuth {
+        token: crate::token::load_for_serve(&token_path, &config.admin)?,
+        metrics_public: config.metrics_public,
+    });
     let smtp_listener = bind("SMTP", &config.smtp).await?;
     let pop_listener = bind("POP3", &config.pop).await?;
     let admin_listener = bind("admin HTTP", &config.admin).await?;
@@ -222,7 +229,9 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         http_timeouts(config.admin_idle_timeout_secs),
         None,
         shutdown.clone(),
-        move |req| crate::admin::handle(admin_node.clone(), metrics.clone(), req),
+        move |req| {
+            crate::admin::handle(admin_node.clone(), metrics.clone(), admin_auth.clone(), req)
+        },
     ));
 
     tasks.spawn(crate::certs::reload_on_sighup(
@@ -257,6 +266,11 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let pop_config = Arc::new(config.pop_config(client_tls.clone())?);
     let retrieval = Arc::new(RetrievalProxy(node.clone()));
     let pop_shutdown = shutdown.clone();
+    let login_guard = Arc::new(crate::login::LoginGuard::new(
+        &config.login_limits(),
+        &config.pop_login_failures_exempt,
+    ));
+    let pop3s_guard = login_guard.clone();
     tasks.spawn(serve_tcp(
         pop_listener,
         config.pop_connections_max,
@@ -270,14 +284,18 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         move |stream, peer| {
             let (config, proxy, shutdown) =
                 (pop_config.clone(), retrieval.clone(), pop_shutdown.clone());
+            let auth = Arc::new(crate::login::PeerAuth {
+                proxy: proxy.clone(),
+                guard: login_guard.clone(),
+                peer,
+            });
             async move {
                 let _open = SessionGauge::open("pop");
                 let client = pop::ClientInfo {
                     peer: Some(peer),
                     tls: false,
                 };
-                let session =
-                    pop::serve_client(stream, client, config, proxy.clone(), proxy, shutdown);
+                let session = pop::serve_client(stream, client, config, auth, proxy, shutdown);
                 if let Err(e) = session.await {
                     tracing::debug!(%peer, error = %e, "pop session ended with an error");
                 }
@@ -308,6 +326,11 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
                     pop_shutdown.clone(),
                     acceptor.clone(),
                 );
+                let auth = Arc::new(crate::login::PeerAuth {
+                    proxy: proxy.clone(),
+                    guard: pop3s_guard.clone(),
+                    peer,
+                });
                 async move {
                     let _open = SessionGauge::open("pop3s");
                     let stream = match acceptor.handshake(stream).await {
@@ -323,8 +346,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
                         peer: Some(peer),
                         tls: true,
                     };
-                    let session =
-                        pop::serve_client(stream, client, config, proxy.clone(), proxy, shutdown);
+                    let session = pop::serve_client(stream, client, config, auth, proxy, shutdown);
                     if let Err(e) = session.await {
                         tracing::debug!(%peer, error = %e, "pop3s session ended with an error");
                     }
@@ -415,6 +437,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         admin = %me.admin,
         rpc = %me.rpc,
         data = %config.data.display(),
+        admin_token_file = %token_path.display(),
         "porcupine node ready"
     );
 

@@ -11,6 +11,7 @@ use hyper::Method;
 use tokio::process::{Child, Command};
 
 use crate::cli::AdminClient;
+use crate::token::AdminToken;
 
 /// Flags of `porcupine up`.
 #[derive(Args, Debug)]
@@ -86,6 +87,10 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
             port(i, 2),
             "--rpc".into(),
             port(i, 3),
+            "--admin-token-file".into(),
+            data.join(crate::token::TOKEN_FILE_NAME)
+                .display()
+                .to_string(),
             "--replicas".into(),
             replicas.to_string(),
         ];
@@ -183,10 +188,14 @@ fn spawn(n: &Planned) -> anyhow::Result<Child> {
 async fn wait_agreed(
     nodes: &[Planned],
     children: &mut [Child],
+    token: &AdminToken,
     wait: Duration,
 ) -> anyhow::Result<u64> {
     let deadline = Instant::now() + wait;
-    let clients: Vec<AdminClient> = nodes.iter().map(|n| AdminClient::new(&n.admin)).collect();
+    let clients: Vec<AdminClient> = nodes
+        .iter()
+        .map(|n| AdminClient::new(&n.admin).with_token(token.clone()))
+        .collect();
     loop {
         for (n, child) in nodes.iter().zip(children.iter_mut()) {
             if let Ok(Some(status)) = child.try_wait() {
@@ -245,6 +254,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     check_ports_free(&nodes)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
+    // One admin token for the whole local cluster, made once and kept with its data.
+    let token_path = std::path::absolute(args.data.join(crate::token::TOKEN_FILE_NAME))
+        .context("resolving the admin token path")?;
+    let token = crate::token::load_for_serve(&token_path, &nodes[0].admin)?;
     let mut children = Vec::new();
     for n in &nodes {
         match spawn(n) {
@@ -258,7 +271,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let agreed = tokio::select! {
-        r = wait_agreed(&nodes, &mut children, Duration::from_secs(args.wait_secs)) => r,
+        r = wait_agreed(&nodes, &mut children, &token, Duration::from_secs(args.wait_secs)) => r,
         _ = crate::serve::stop_signal() => Err(anyhow::anyhow!("interrupted during start-up")),
     };
     let epoch = match agreed {
@@ -298,8 +311,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("  node {}: {}", n.id, shell_line(&n.args));
         let _ = &n.data;
     }
+    println!("admin token: {}", token_path.display());
+    // From the directory holding the default data dir the CLI finds the token itself.
+    let token_flag = if args.data == Path::new("porcupine-data") {
+        String::new()
+    } else {
+        format!(
+            " --token-file {}",
+            shell_line(&[token_path.display().to_string()])
+        )
+    };
     println!(
-        "add a user:  porcupine user add alice@example.test --password s3cret --admin http://{}",
+        "add a user:  porcupine user add alice@example.test --password s3cret --admin http://{}{token_flag}",
         nodes[0].admin
     );
     println!("press Ctrl-C to stop");

@@ -112,13 +112,20 @@ async fn http_server(timeouts: HttpTimeouts, max: usize) -> (String, watch::Send
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(serve_http(listener, max, timeouts, rx, |req| async move {
-        let text = match req.into_body().collect().await {
-            Ok(body) => format!("ok {}", body.to_bytes().len()),
-            Err(e) => format!("body error: {e}"),
-        };
-        hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)))
-    }));
+    tokio::spawn(serve_http(
+        listener,
+        max,
+        timeouts,
+        None,
+        rx,
+        |req| async move {
+            let text = match req.into_body().collect().await {
+                Ok(body) => format!("ok {}", body.to_bytes().len()),
+                Err(e) => format!("body error: {e}"),
+            };
+            hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)))
+        },
+    ));
     (addr, tx)
 }
 

@@ -85,6 +85,18 @@ impl Drop for TestDir {
 /// all four listeners and reports the addresses in its ports file, so no port is
 /// chosen before the node holds it.
 fn start(id: u64, dir: &Path, seeds: &[String], bootstrap: bool) -> NodeProc {
+    // One admin token for every node of the test, as `up` does it.
+    let token_file = dir.join("admin.token");
+    if !token_file.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .unwrap();
+        writeln!(f, "{ADMIN_TOKEN}").unwrap();
+    }
     let log = dir.join(format!("n{id}.log"));
     let ports_file = dir.join(format!("n{id}.ports.json"));
     let out = File::create(&log).unwrap();
@@ -97,6 +109,8 @@ fn start(id: u64, dir: &Path, seeds: &[String], bootstrap: bool) -> NodeProc {
         .args(["--smtp", "127.0.0.1:0", "--pop", "127.0.0.1:0"])
         .args(["--admin", "127.0.0.1:0", "--rpc", "127.0.0.1:0"])
         .args(["--pop-auth-failure-delay-ms", "100"])
+        .arg("--admin-token-file")
+        .arg(&token_file)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -188,12 +202,15 @@ fn assert_advertises_bound_addresses(view: &str, nodes: &[&NodeProc]) {
 }
 
 /// A minimal HTTP/1.1 client: returns (status, body).
+/// The admin token every test node is given.
+const ADMIN_TOKEN: &str = "real-sockets-test-token";
+
 fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;

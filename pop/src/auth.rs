@@ -14,6 +14,11 @@ pub enum AuthError {
     /// `-ERR [SYS/TEMP] ...` without delay, and not counted as a failed login.
     #[error("temporary failure: {0}")]
     TempFail(String),
+    /// Too many failed logins from this client or against this account lately; the
+    /// password was not checked. Answered `-ERR [SYS/TEMP] too many login failures,
+    /// try later` after the configured delay, and counted as a failed login.
+    #[error("too many login failures")]
+    RateLimited,
 }
 
 /// Checks a user name and password.

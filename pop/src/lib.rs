@@ -9,6 +9,7 @@
 //! Module map:
 //! - `config`: [`PopConfig`], the session's limits.
 //! - `auth`, `mailbox`: the traits the session calls and their errors.
+//! - `limit`: [`LoginLimiter`], failed-login windows per address and account (sans-IO).
 //! - `error`: [`SessionError`], how a session can fail.
 //! - `line`: splits input into command lines with a length cap (sans-IO).
 //! - `command`: parses one command line (pure).
@@ -22,6 +23,7 @@ mod auth;
 mod command;
 mod config;
 mod error;
+mod limit;
 mod line;
 mod mailbox;
 mod maildrop;
@@ -32,5 +34,6 @@ mod session;
 pub use auth::{AuthError, Authenticate};
 pub use config::{PlaintextAuth, PopConfig};
 pub use error::SessionError;
+pub use limit::{Limited, LoginLimiter, LoginLimits};
 pub use mailbox::{Mailbox, MailboxError, MailboxSession, MessageEntry};
 pub use session::{ClientInfo, serve, serve_client};

@@ -314,3 +314,45 @@ async fn quit_in_authorization_closes_without_commit() {
     finish(h.task).await.unwrap();
     assert_eq!(store.commits(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_login_is_a_failed_login_with_its_own_answer() {
+    let store = sample_store();
+    let mut h = start(test_config(), &store);
+    h.client.line().await;
+    store.set_auth_rate_limited(true);
+    // Even the right password: the limiter answers before any password check.
+    assert_eq!(
+        h.client.login("alice", "wonderland").await,
+        "-ERR [SYS/TEMP] too many login failures, try later"
+    );
+    assert!(!store.is_locked("alice"));
+    store.set_auth_rate_limited(false);
+    assert!(
+        h.client
+            .login("alice", "wonderland")
+            .await
+            .starts_with("+OK")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_logins_count_towards_the_attempt_cap() {
+    let store = sample_store();
+    let mut h = start(test_config(), &store);
+    h.client.line().await;
+    store.set_auth_rate_limited(true);
+    let attempts = test_config().auth_attempts_max;
+    for i in 1..=attempts {
+        let answer = h.client.login("alice", "x").await;
+        if i < attempts {
+            assert_eq!(answer, "-ERR [SYS/TEMP] too many login failures, try later");
+        } else {
+            assert_eq!(
+                answer,
+                "-ERR [SYS/TEMP] too many login failures, try later, too many failures"
+            );
+        }
+    }
+    assert!(h.client.at_eof().await);
+}

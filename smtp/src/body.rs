@@ -14,6 +14,8 @@ pub(crate) enum BodyFault {
     TooLarge,
     /// A line grew past `text_line_max`.
     LineTooLong,
+    /// A CR not followed by LF, or an LF not preceded by CR (DATA and BDAT alike).
+    BareNewline,
 }
 
 /// One of smtp-proto's body receivers.
@@ -61,6 +63,9 @@ pub(crate) struct MessageBody {
     line_len_bytes: usize,
     /// Prefix of `bytes` already checked for line lengths.
     scanned_bytes: usize,
+    /// Prefix of `bytes` already checked for bare CR and LF; a CR at the very end
+    /// waits here until the byte after it (or the end of the message) is known.
+    newline_scanned_bytes: usize,
     fault: Option<BodyFault>,
 }
 
@@ -73,6 +78,7 @@ impl MessageBody {
             line_max_bytes,
             line_len_bytes: 0,
             scanned_bytes: 0,
+            newline_scanned_bytes: 0,
             fault: None,
         }
     }
@@ -106,6 +112,7 @@ impl MessageBody {
         }
         // A DATA receiver may have taken back a byte it had already handed over.
         self.scanned_bytes = self.scanned_bytes.min(self.bytes.len());
+        self.newline_scanned_bytes = self.newline_scanned_bytes.min(self.bytes.len());
         let size_allowed_bytes = if complete {
             self.size_max_bytes
         } else {
@@ -113,6 +120,10 @@ impl MessageBody {
         };
         if self.bytes.len() > size_allowed_bytes {
             self.fail(BodyFault::TooLarge);
+            return;
+        }
+        if !self.newlines_paired() {
+            self.fail(BodyFault::BareNewline);
             return;
         }
         let mut rest = &self.bytes[self.scanned_bytes..];
@@ -129,6 +140,51 @@ impl MessageBody {
         // An unterminated line already over the limit can only get longer.
         if self.line_len_bytes > self.line_max_bytes {
             self.fail(BodyFault::LineTooLong);
+        }
+    }
+
+    /// Scan the new bytes: every LF must follow a CR and every CR precede an LF. A
+    /// final CR is left for later (its LF may be in the next input).
+    fn newlines_paired(&mut self) -> bool {
+        let bytes = &self.bytes;
+        let mut i = self.newline_scanned_bytes;
+        while let Some(pos) = memchr::memchr2(b'\r', b'\n', &bytes[i..]) {
+            let at = i + pos;
+            if bytes[at] == b'\n' {
+                if at == 0 || bytes[at - 1] != b'\r' {
+                    return false;
+                }
+            } else {
+                match bytes.get(at + 1) {
+                    Some(b'\n') => {}
+                    Some(_) => return false,
+                    None => {
+                        self.newline_scanned_bytes = at;
+                        return true;
+                    }
+                }
+            }
+            i = at + 1;
+        }
+        self.newline_scanned_bytes = bytes.len();
+        true
+    }
+
+    /// The message is complete: a CR left at its very end is bare too.
+    pub(crate) fn finish(&mut self) {
+        if self.fault.is_none() && self.bytes.last() == Some(&b'\r') {
+            self.fail(BodyFault::BareNewline);
+        }
+    }
+
+    /// A BDAT chunk of `chunk_bytes` was announced: refuse the message now if it
+    /// cannot fit, so the verdict is about size (not whatever the chunk would break
+    /// first) and none of the chunk is kept.
+    pub(crate) fn announce_chunk(&mut self, chunk_bytes: usize) {
+        if self.fault.is_none()
+            && self.bytes.len().saturating_add(chunk_bytes) > self.size_max_bytes
+        {
+            self.fail(BodyFault::TooLarge);
         }
     }
 

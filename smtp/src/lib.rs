@@ -17,8 +17,10 @@
 //!   line-length limits.
 //! - `reply`: reply formatting (enhanced status codes via smtp-proto).
 //! - `trace`: the `Return-Path` and `Received` header fields and queue ids.
+//! - `address`: re-quoting a mailbox's local part for header fields.
 #![warn(missing_docs)]
 
+mod address;
 mod body;
 pub mod config;
 mod connection;

@@ -45,9 +45,12 @@ pub(crate) const NON_ASCII_ADDRESS: Reply = Reply::new(
     [5, 5, 4],
     "Non-ASCII address needs SMTPUTF8, not offered",
 );
-/// A MAIL/RCPT parameter of an extension we do not advertise.
+/// A MAIL/RCPT parameter we do not recognise or of an extension we do not advertise
+/// (RFC 5321 4.1.1.11 asks for 555).
 pub(crate) const UNSUPPORTED_PARAMETER: Reply =
-    Reply::new(501, [5, 5, 4], "Parameter not supported");
+    Reply::new(555, [5, 5, 4], "Parameter not supported");
+/// MAIL with SMTPUTF8, which we do not advertise (RFC 6531 3.4 / RFC 5321 4.1.1.11).
+pub(crate) const NO_SMTPUTF8: Reply = Reply::new(555, [5, 5, 4], "SMTPUTF8 not supported");
 /// MAIL before EHLO/HELO.
 pub(crate) const NEED_HELLO: Reply = Reply::new(503, [5, 5, 1], "Send EHLO or HELO first");
 /// MAIL inside a transaction.
@@ -64,6 +67,12 @@ pub(crate) const TOO_BIG: Reply = Reply::new(
     [5, 3, 4],
     "Message size exceeds fixed maximum message size",
 );
+/// A body with a bare CR or LF (one not part of a CRLF): refused as Postfix's
+/// `smtpd_forbid_bare_newline = reject` does, against SMTP smuggling.
+pub(crate) const BARE_NEWLINE: Reply = Reply::new(554, [5, 5, 2], "bare <CR> or <LF> not allowed");
+/// A command line ending in a bare LF or holding a bare CR.
+pub(crate) const BARE_NEWLINE_COMMAND: Reply =
+    Reply::new(500, [5, 5, 2], "bare <CR> or <LF> in command not allowed");
 /// A text line over `text_line_max`.
 pub(crate) const TEXT_LINE_TOO_LONG: Reply = Reply::new(552, [5, 3, 4], "Line too long");
 /// Over `recipients_max`.

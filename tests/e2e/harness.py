@@ -118,14 +118,43 @@ def pick_base_port(nodes: int) -> int:
 # Loopback calls must never go through a proxy named in the environment (http_proxy).
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+# Admin token file of every admin API the tests started, by base URL
+# ("http://127.0.0.1:PORT"): http_request and run_cli send its token.
+_TOKEN_FILES: dict[str, str] = {}
+
+
+def register_token_file(admin_url: str, path: str) -> None:
+    """Remember that the admin API at admin_url wants the token in `path`."""
+    _TOKEN_FILES[admin_url.rstrip("/")] = path
+
+
+def token_file_for(url: str) -> str | None:
+    """The registered token file of the admin API that `url` points into, if any."""
+    for base, path in _TOKEN_FILES.items():
+        if url == base or url.startswith(base + "/"):
+            return path
+    return None
+
+
+def read_token(path: str) -> str:
+    """The token in a token file (one line)."""
+    with open(path) as f:
+        return f.read().strip()
+
 
 def http_request(url: str, method: str = "GET", body=None, timeout: float = 30,
-                 headers: dict | None = None) -> tuple[int, dict | str]:
+                 headers: dict | None = None, auth: bool = True) -> tuple[int, dict | str]:
     """One admin HTTP request without any proxy; returns (status, decoded JSON or text),
-    also for 4xx/5xx answers."""
+    also for 4xx/5xx answers. With `auth` (the default) it sends
+    `Authorization: Bearer` with the registered token of that admin API, unless
+    `headers` names its own Authorization."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, method=method, data=data,
-                                 headers={"content-type": "application/json", **(headers or {})})
+    all_headers = {"content-type": "application/json"}
+    token_file = token_file_for(url) if auth else None
+    if token_file is not None and not any(k.lower() == "authorization" for k in (headers or {})):
+        all_headers["authorization"] = f"Bearer {read_token(token_file)}"
+    all_headers.update(headers or {})
+    req = urllib.request.Request(url, method=method, data=data, headers=all_headers)
     try:
         with _OPENER.open(req, timeout=timeout) as r:
             status, raw = r.status, r.read()
@@ -145,10 +174,17 @@ def http_get_json(url: str, timeout: float = 30) -> dict:
     return body
 
 
+def cli_token_args(admin: str) -> list[str]:
+    """`--token-file PATH` for the admin API at `admin` when its token file is known."""
+    path = token_file_for(admin)
+    return [] if path is None else ["--token-file", path]
+
+
 def run_cli(*args: str, admin: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `porcupine ARGS --admin URL` and return the completed process (text mode)."""
+    """Run `porcupine ARGS --admin URL [--token-file PATH]` and return the completed
+    process (text mode)."""
     cp = subprocess.run(
-        [str(BINARY), *args, "--admin", admin],
+        [str(BINARY), *args, "--admin", admin, *cli_token_args(admin)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -297,6 +333,13 @@ class Cluster:
                 self.info[int(m.group(1))].command = shlex.split(m.group(2))
         if sorted(self.info) != list(range(self.nodes)):
             raise RuntimeError(f"could not parse the node table from `up` output:\n{self.output()}")
+        for i in self.info:
+            register_token_file(self.admin_url(i), self.token_file)
+
+    @property
+    def token_file(self) -> str:
+        """The admin token file `up` shares between its nodes (<data>/admin.token)."""
+        return os.path.join(self.data, "admin.token")
 
     def stop(self) -> int | None:
         """SIGTERM the `up` process (only it) and wait; also stop nodes the tests restarted."""

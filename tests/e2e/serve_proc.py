@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 
-from harness import BINARY, HOST, http_request, require_binary
+from harness import BINARY, HOST, http_request, register_token_file, require_binary
 
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
@@ -44,6 +44,7 @@ def _kill_leftovers() -> None:
 atexit.register(_kill_leftovers)
 
 _READY = re.compile(r"porcupine node ready.*?smtp=(\S+) pop=(\S+) admin=(\S+) rpc=(\S+)")
+_TOKEN_FILE = re.compile(r"porcupine node ready.*?admin_token_file=(\S+)")
 
 
 class ServeNode:
@@ -60,6 +61,7 @@ class ServeNode:
         self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
         self.smtp_port = self.pop_port = self.admin_port = self.rpc_port = 0
+        self.token_file: str | None = None
 
     @property
     def admin_url(self) -> str:
@@ -80,6 +82,9 @@ class ServeNode:
             if m:
                 ports = [int(a.rsplit(":", 1)[1]) for a in m.groups()]
                 self.smtp_port, self.pop_port, self.admin_port, self.rpc_port = ports
+                t = _TOKEN_FILE.search(self.log())
+                self.token_file = t.group(1) if t else os.path.join(self.dir, "data", "admin.token")
+                register_token_file(self.admin_url, self.token_file)
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()

@@ -1,6 +1,7 @@
 """The operator CLI and the admin HTTP API, as the README documents them."""
 
 import json
+import os
 import subprocess
 import unittest
 
@@ -21,7 +22,8 @@ class AdminTest(unittest.TestCase):
         return harness.http_request(self.admin + path, method=method, body=body)
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([str(harness.BINARY), *args, "--admin", self.admin],
+        return subprocess.run([str(harness.BINARY), *args, "--admin", self.admin,
+                               *harness.cli_token_args(self.admin)],
                               input=stdin, capture_output=True, text=True, timeout=60)
 
     def pop_login(self, addr: str, pw: str) -> bytes:
@@ -135,7 +137,8 @@ class AdminTest(unittest.TestCase):
     def test_cli_without_server_fails_cleanly(self):
         port = harness.pick_base_port(1)
         cp = subprocess.run([str(harness.BINARY), "user", "list", "--admin", f"http://127.0.0.1:{port}"],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PORCUPINE_TOKEN": "some-token"})
         self.assertNotEqual(cp.returncode, 0)
         self.assertNotIn("panicked", cp.stderr)
 

@@ -21,6 +21,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import BINARY, HOST, DOMAIN, PopRaw, SmtpRaw, header_value, http_get_json, http_request, make_message, pop_session, split_trace
+import harness
 from serve_proc import ServeNode
 
 FILE_HOSTNAME = "file.example.test"
@@ -161,6 +162,7 @@ class ServeNodeTests(unittest.TestCase):
         """Without --admin the CLI talks to $PORCUPINE_ADMIN."""
         env = {k: v for k, v in os.environ.items() if k != "PORCUPINE_ADMIN"}
         env["PORCUPINE_ADMIN"] = self.node.admin_url
+        env["PORCUPINE_TOKEN_FILE"] = self.node.token_file
         cp = subprocess.run([str(BINARY), "status", "--json"], env=env, capture_output=True,
                             text=True, timeout=30)
         self.assertEqual(cp.returncode, 0, cp.stderr)
@@ -258,7 +260,9 @@ class ServeNodeTests(unittest.TestCase):
     def test_admin_connections_max(self):
         """`admin_connections_max`: keep-alive HTTP clients hold the slots; one over the
         cap gets a 503 with a JSON error and EOF."""
-        self._check_cap(self.http_node.admin_port, HTTP_BUSY, b"HTTP/1.1 200 ", None, hello=HTTP_HEALTH)
+        token = harness.read_token(self.http_node.token_file)
+        hello = f"GET /v1/health HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n".encode()
+        self._check_cap(self.http_node.admin_port, HTTP_BUSY, b"HTTP/1.1 200 ", None, hello=hello)
         self.assertEqual(json.loads(HTTP_BUSY.split(b"\r\n\r\n", 1)[1]), {"error": "too many connections"})
 
     def test_rpc_connections_max(self):

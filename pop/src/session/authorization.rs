@@ -114,8 +114,14 @@ where
         let mailbox_name = match self.auth.authenticate(user, password).await {
             Ok(name) => name,
             Err(AuthError::Invalid) => {
-                tracing::info!(user, "pop: login refused");
+                tracing::debug!(user, "pop: login refused");
                 return Ok(self.login_failed().await);
+            }
+            Err(AuthError::RateLimited) => {
+                tracing::debug!(user, "pop: login rate limited");
+                return Ok(self
+                    .login_failed_with("[SYS/TEMP] too many login failures, try later")
+                    .await);
             }
             Err(AuthError::TempFail(why)) => {
                 tracing::warn!(user, %why, "pop: authentication unavailable");
@@ -147,15 +153,20 @@ where
 
     /// Count a failed login, wait out the delay, answer, and close after too many.
     async fn login_failed(&mut self) -> Flow {
+        self.login_failed_with("[AUTH] invalid credentials").await
+    }
+
+    /// [`Self::login_failed`] answering `text` (with `, too many failures` on the last).
+    async fn login_failed_with(&mut self, text: &str) -> Flow {
         self.auth_failures += 1;
         // Slows down guessing; the client gets nothing back until it has passed.
         tokio::time::sleep(self.config.auth_failure_delay).await;
         if self.auth_failures >= self.config.auth_attempts_max {
             self.conn
-                .reply(false, "[AUTH] invalid credentials, too many failures");
+                .reply(false, &format!("{text}, too many failures"));
             Flow::Close
         } else {
-            self.conn.reply(false, "[AUTH] invalid credentials");
+            self.conn.reply(false, text);
             Flow::Continue
         }
     }

@@ -27,6 +27,7 @@ struct Inner {
     locked: HashSet<String>,
     fail_commit: bool,
     auth_tempfail: bool,
+    auth_rate_limited: bool,
     open_tempfail: bool,
     commits: usize,
 }
@@ -86,6 +87,10 @@ impl MemStore {
         self.inner.lock().unwrap().auth_tempfail = fail;
     }
 
+    pub fn set_auth_rate_limited(&self, limited: bool) {
+        self.inner.lock().unwrap().auth_rate_limited = limited;
+    }
+
     pub fn set_open_tempfail(&self, fail: bool) {
         self.inner.lock().unwrap().open_tempfail = fail;
     }
@@ -96,6 +101,9 @@ impl Authenticate for MemStore {
         let inner = self.inner.lock().unwrap();
         if inner.auth_tempfail {
             return Err(AuthError::TempFail("registry down".into()));
+        }
+        if inner.auth_rate_limited {
+            return Err(AuthError::RateLimited);
         }
         // Login names are case-insensitive; the canonical name is lower case.
         let canonical = user.to_lowercase();

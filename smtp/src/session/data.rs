@@ -41,6 +41,7 @@ impl<D: Deliver> Session<D> {
             }
             Some(transaction) => {
                 transaction.chunking = true;
+                transaction.body.announce_chunk(chunk_size_bytes);
                 BodyKind::Chunk {
                     size_bytes: chunk_size_bytes,
                     last,
@@ -124,7 +125,8 @@ impl<D: Deliver> Session<D> {
 
     /// The whole message is in: refuse it if it broke a limit, else deliver it. Either
     /// way the transaction is over.
-    async fn end_of_message(&mut self, transaction: Transaction) -> Flow {
+    async fn end_of_message(&mut self, mut transaction: Transaction) -> Flow {
+        transaction.body.finish();
         if let Some(fault) = transaction.body.fault() {
             return self.answer(fault_reply(fault));
         }
@@ -186,5 +188,6 @@ fn fault_reply(fault: BodyFault) -> Reply {
     match fault {
         BodyFault::TooLarge => reply::TOO_BIG,
         BodyFault::LineTooLong => reply::TEXT_LINE_TOO_LONG,
+        BodyFault::BareNewline => reply::BARE_NEWLINE,
     }
 }

@@ -242,14 +242,21 @@ impl<D: Deliver> Session<D> {
         if self.count_command() == Flow::Close {
             return Flow::Close;
         }
+        // A command line ends in CRLF and holds no other CR (RFC 5321 2.3.8); a bare
+        // LF or CR is refused, as for message text, so no two parsers can disagree
+        // on where a command ends.
+        let text = line.strip_suffix(b"\r\n").unwrap_or(line);
+        if !line.ends_with(b"\r\n") || memchr::memchr(b'\r', text).is_some() {
+            return self.bad(reply::BARE_NEWLINE_COMMAND);
+        }
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request,
-            Err(error) => return self.parse_error(&error),
+            Err(error) => return self.parse_error(&error, line),
         };
         match request {
             Request::Ehlo { host } => self.hello(&host, true),
             Request::Helo { host } => self.hello(&host, false),
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => self.mail(from, line),
             Request::Rcpt { to } => self.rcpt(to, line).await,
             Request::Data => self.data(),
             Request::Bdat {
@@ -272,8 +279,13 @@ impl<D: Deliver> Session<D> {
         }
     }
 
-    fn parse_error(&mut self, error: &ParseError) -> Flow {
+    fn parse_error(&mut self, error: &ParseError, line: &[u8]) -> Flow {
         match error {
+            // smtp-proto refuses a SIZE past usize::MAX as a bad parameter; it is a
+            // size over the limit like any other (RFC 1870: 552).
+            ParseError::InvalidParameter { param: "SIZE" } if mail::size_overflows(line) => {
+                self.answer(reply::TOO_BIG)
+            }
             ParseError::UnknownCommand
             | ParseError::ResponseTooLong
             | ParseError::InvalidResponse { .. } => self.bad(reply::UNRECOGNIZED),

@@ -89,18 +89,19 @@ async fn syntax_errors() {
     );
     assert_reply(
         &h.client.command("MAIL FROM:<a@remote.test> FOO=BAR").await,
-        "501",
+        "555",
         "5.5.4",
     );
-    // Extensions we do not advertise.
+    // Parameters we do not know and extensions we do not advertise: 555 (RFC 5321
+    // 4.1.1.11).
     assert_reply(
         &h.client.command("MAIL FROM:<a@remote.test> SMTPUTF8").await,
-        "501",
+        "555",
         "5.5.4",
     );
     assert_reply(
         &h.client.command("MAIL FROM:<a@remote.test> RET=FULL").await,
-        "501",
+        "555",
         "5.5.4",
     );
     assert_reply(
@@ -123,7 +124,7 @@ async fn syntax_errors() {
         &h.client
             .command("RCPT TO:<alice@example.test> NOTIFY=NEVER")
             .await,
-        "501",
+        "555",
         "5.5.4",
     );
     // None of that disturbed the transaction.

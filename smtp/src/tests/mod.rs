@@ -8,5 +8,6 @@ mod commands;
 mod lifecycle;
 mod limits;
 mod message;
+mod probe;
 mod starttls;
 mod transaction;
