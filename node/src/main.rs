@@ -41,6 +41,16 @@ enum Command {
         #[command(subcommand)]
         command: SimCommand,
     },
+    /// The cluster CA that node certificates come from.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Node certificates from the cluster CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     /// Load generator: drive any SMTP + POP3 server, check every message end to end.
     Load(load::LoadArgs),
     /// Show this node's view of the cluster.
@@ -110,6 +120,44 @@ enum SimCommand {
     Scenario(node::simcli::ScenarioArgs),
     /// Random fault schedules over the real core, checking invariants.
     Vopr(node::simcli::VoprArgs),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a new cluster CA (DIR/ca.pem, DIR/ca.key mode 0600); refuses to
+    /// replace one.
+    Init {
+        /// Where to put it.
+        #[arg(long, default_value = "porcupine-ca")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "Porcupine cluster CA")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Issue node N's certificate (OUT/node-N.pem, OUT/node-N.key mode 0600), good
+    /// for serving clients and for mutual TLS with the other nodes.
+    Issue {
+        /// The node's id.
+        #[arg(long)]
+        node_id: u64,
+        /// The CA made by `porcupine ca init`.
+        #[arg(long, default_value = "porcupine-ca")]
+        ca_dir: PathBuf,
+        /// Where to write the certificate and key.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        /// A host name or IP address the node is reached at (repeat); peers check
+        /// the RPC address they call against these.
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +292,28 @@ struct ServeArgs {
     /// Free space in MiB below which the node takes no new mail (`disk_reserve_mb`).
     #[arg(long)]
     disk_reserve_mb: Option<u64>,
+    /// POP3S (implicit TLS) listen address (`pop3s`).
+    #[arg(long)]
+    pop3s: Option<String>,
+    /// Certificate chain PEM for STARTTLS, STLS and POP3S (`tls_cert`).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// Private key PEM of the certificate (`tls_key`).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Where POP3 passwords may be sent outside TLS: loopback, always, never
+    /// (`pop_plaintext_auth`).
+    #[arg(long)]
+    pop_plaintext_auth: Option<String>,
+    /// Cluster CA certificate PEM: RPC becomes mutual TLS (`cluster_ca`).
+    #[arg(long)]
+    cluster_ca: Option<PathBuf>,
+    /// This node's certificate from the cluster CA (`cluster_cert`).
+    #[arg(long)]
+    cluster_cert: Option<PathBuf>,
+    /// Private key of `cluster_cert` (`cluster_key`).
+    #[arg(long)]
+    cluster_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -285,6 +355,20 @@ impl ServeArgs {
         if self.ports_file.is_some() {
             c.ports_file = self.ports_file;
         }
+        if let Some(v) = self.pop_plaintext_auth {
+            c.pop_plaintext_auth = v;
+        }
+        macro_rules! set_some {
+            ($($f:ident),*) => { $( if self.$f.is_some() { c.$f = self.$f; } )* };
+        }
+        set_some!(
+            pop3s,
+            tls_cert,
+            tls_key,
+            cluster_ca,
+            cluster_cert,
+            cluster_key
+        );
         if self.admin_token_file.is_some() {
             c.admin_token_file = self.admin_token_file;
         }
@@ -363,6 +447,41 @@ async fn main() -> std::process::ExitCode {
             SimCommand::Scenario(args) => node::simcli::scenario(&args),
             SimCommand::Vopr(args) => node::simcli::vopr(&args),
         }),
+        Command::Ca {
+            command: CaCommand::Init { dir, name },
+        } => tls::pki::init_ca(&dir, &name)
+            .map(|paths| {
+                println!("CA certificate: {}", paths.cert.display());
+                println!(
+                    "CA key (keep it safe, off the nodes if you can): {}",
+                    paths.key.display()
+                );
+            })
+            .map_err(Into::into),
+        Command::Cert {
+            command:
+                CertCommand::Issue {
+                    node_id,
+                    ca_dir,
+                    out_dir,
+                    sans,
+                    days,
+                },
+        } => {
+            let spec = tls::pki::NodeCertSpec {
+                common_name: format!("porcupine node {node_id}"),
+                subject_alt_names: sans,
+                validity_days: days,
+            };
+            let cert = out_dir.join(format!("node-{node_id}.pem"));
+            let key = out_dir.join(format!("node-{node_id}.key"));
+            tls::pki::issue(&tls::pki::CaPaths::in_dir(&ca_dir), &spec, &cert, &key)
+                .map(|()| {
+                    println!("certificate: {}", cert.display());
+                    println!("key: {}", key.display());
+                })
+                .map_err(Into::into)
+        }
         Command::Load(args) => load::run(args).await.map(drop).map_err(Into::into),
     };
     match result {

@@ -19,7 +19,7 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 1)]
     pub nodes: u16,
-    /// Node i listens on P+10i (SMTP), +1 (POP3), +2 (admin), +3 (RPC).
+    /// Node i listens on P+10i (SMTP), +1 (POP3), +2 (admin), +3 (RPC), +4 (POP3S).
     #[arg(long, default_value_t = 2500)]
     pub base_port: u16,
     /// Data directory; node i keeps its state in DIR/node-i.
@@ -52,14 +52,23 @@ struct Planned {
     pop: String,
     admin: String,
     rpc: String,
+    pop3s: String,
     data: PathBuf,
     log: PathBuf,
+    /// This node's certificate and key (for clients and for the cluster).
+    cert: PathBuf,
+    key: PathBuf,
     args: Vec<String>,
+}
+
+/// Where `up` keeps the local CA and the node certificates: `DATA/tls`.
+fn tls_dir(data: &Path) -> PathBuf {
+    data.join("tls")
 }
 
 fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
     anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    let top = args.base_port as u32 + 10 * (args.nodes as u32 - 1) + 3;
+    let top = args.base_port as u32 + 10 * (args.nodes as u32 - 1) + 4;
     anyhow::ensure!(
         top <= 65535,
         "ports would run past 65535 (base port {} with {} nodes)",
@@ -70,8 +79,12 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
     let port = |i: u16, k: u16| format!("127.0.0.1:{}", args.base_port + 10 * i + k);
     let replicas = args.replicas.unwrap_or(if args.nodes > 1 { 2 } else { 1 });
     let mut out = Vec::new();
+    let tls = tls_dir(&data);
+    let ca = tls::pki::CaPaths::in_dir(&tls);
     for i in 0..args.nodes {
         let node_data = data.join(format!("node-{i}"));
+        let cert = tls.join(format!("node-{i}.pem"));
+        let key = tls.join(format!("node-{i}.key"));
         let mut a = vec![
             exe.display().to_string(),
             "serve".into(),
@@ -91,9 +104,23 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
             data.join(crate::token::TOKEN_FILE_NAME)
                 .display()
                 .to_string(),
+            "--pop3s".into(),
+            port(i, 4),
             "--replicas".into(),
             replicas.to_string(),
         ];
+        // One certificate per node, from up's own CA: clients see it on STARTTLS,
+        // STLS and POP3S, and the nodes use it for mutual TLS between them.
+        for (flag, path) in [
+            ("--tls-cert", &cert),
+            ("--tls-key", &key),
+            ("--cluster-ca", &ca.cert),
+            ("--cluster-cert", &cert),
+            ("--cluster-key", &key),
+        ] {
+            a.push(flag.into());
+            a.push(path.display().to_string());
+        }
         if let Some(b) = &args.balance {
             a.push("--balance".into());
             a.push(b.clone());
@@ -125,8 +152,11 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
             pop: port(i, 1),
             admin: port(i, 2),
             rpc: port(i, 3),
+            pop3s: port(i, 4),
             data: node_data,
             log: data.join(format!("node-{i}.log")),
+            cert,
+            key,
             args: a,
         });
     }
@@ -140,6 +170,7 @@ fn check_ports_free(nodes: &[Planned]) -> anyhow::Result<()> {
             ("POP3", &n.pop),
             ("admin", &n.admin),
             ("RPC", &n.rpc),
+            ("POP3S", &n.pop3s),
         ] {
             if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
                 bail!(
@@ -150,6 +181,30 @@ fn check_ports_free(nodes: &[Planned]) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Make the local CA and each node's certificate where they are missing (kept across
+/// runs, so clients keep trusting the same CA). Returns the CA certificate's path.
+fn ensure_certificates(data: &Path, nodes: &[Planned]) -> anyhow::Result<PathBuf> {
+    let data = std::path::absolute(data).context("resolving --data")?;
+    let ca = tls::pki::CaPaths::in_dir(&tls_dir(&data));
+    if !ca.exist() {
+        tls::pki::init_ca(&tls_dir(&data), "Porcupine local CA (porcupine up)")
+            .context("creating the local CA")?;
+    }
+    for n in nodes {
+        if n.cert.is_file() && n.key.is_file() {
+            continue;
+        }
+        let spec = tls::pki::NodeCertSpec {
+            common_name: format!("porcupine node {}", n.id),
+            subject_alt_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            validity_days: tls::pki::CA_VALIDITY_DAYS,
+        };
+        tls::pki::issue(&ca, &spec, &n.cert, &n.key)
+            .with_context(|| format!("issuing the certificate of node {}", n.id))?;
+    }
+    Ok(ca.cert)
 }
 
 fn shell_line(args: &[String]) -> String {
@@ -258,6 +313,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let token_path = std::path::absolute(args.data.join(crate::token::TOKEN_FILE_NAME))
         .context("resolving the admin token path")?;
     let token = crate::token::load_for_serve(&token_path, &nodes[0].admin)?;
+    let ca_cert = ensure_certificates(&args.data, &nodes)?;
     let mut children = Vec::new();
     for n in &nodes {
         match spawn(n) {
@@ -312,6 +368,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let _ = &n.data;
     }
     println!("admin token: {}", token_path.display());
+    println!("tls ca: {}", ca_cert.display());
+    for n in &nodes {
+        println!(
+            "pop3s of node {}: {} (and STARTTLS on smtp, STLS on pop3)",
+            n.id, n.pop3s
+        );
+    }
     // From the directory holding the default data dir the CLI finds the token itself.
     let token_flag = if args.data == Path::new("porcupine-data") {
         String::new()

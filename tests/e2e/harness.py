@@ -90,9 +90,9 @@ def require_tool(name: str, package: str | None = None) -> str:
 
 
 def ports_free(base: int, nodes: int, reuse: bool = False) -> bool:
-    """True when every port P+10i+k (k = 0..3) for the N nodes can be bound on 127.0.0.1."""
+    """True when every port P+10i+k (k = 0..4) for the N nodes can be bound on 127.0.0.1."""
     for i in range(nodes):
-        for k in range(4):
+        for k in range(5):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             if reuse:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -107,7 +107,7 @@ def ports_free(base: int, nodes: int, reuse: bool = False) -> bool:
 
 def pick_base_port(nodes: int) -> int:
     """A random base port in 20000..32000 (below Linux's ephemeral range, so outgoing
-    connections cannot take it) whose 4*N ports are all free right now."""
+    connections cannot take it) whose 5*N ports are all free right now."""
     for _ in range(200):
         base = random.randrange(20000, 32000 - 10 * nodes)
         if ports_free(base, nodes):
@@ -490,6 +490,18 @@ class Cluster:
     def pop_port(self, i: int = 0) -> int:
         """POP3 port of node i."""
         return self.info[i].pop_port
+
+    def pop3s_port(self, i: int = 0) -> int:
+        """POP3S port of node i (`up` puts it on P+10i+4)."""
+        assert self.base_port is not None
+        return self.base_port + 10 * i + 4
+
+    def tls_ca(self) -> str:
+        """The CA certificate path `up` printed on its `tls ca: PATH` line."""
+        for line in self.output().splitlines():
+            if line.startswith("tls ca: "):
+                return line[len("tls ca: "):].strip()
+        raise AssertionError("up printed no 'tls ca:' line")
 
     def admin_url(self, i: int = 0) -> str:
         """Admin base URL of node i (http://127.0.0.1:P+10i+2)."""

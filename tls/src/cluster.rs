@@ -58,12 +58,12 @@ impl ClusterTls {
 
     /// The RPC client's configuration: presents this node's certificate and trusts
     /// only servers whose certificate the cluster CA issued for the address called.
+    /// ALPN is left to the HTTP connector, which offers `h2`.
     pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
-        let mut config = ClientConfig::builder_with_provider(crate::provider())
+        let config = ClientConfig::builder_with_provider(crate::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(self.roots.clone())
             .with_client_cert_resolver(self.cert.clone());
-        config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(config)
     }
 }
