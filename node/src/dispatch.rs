@@ -60,7 +60,9 @@ impl Node {
                 if !self.soft_current() {
                     return Response::NotReady(Unready::Behind);
                 }
-                match self.manager.with(|s| s.open(&user, session)) {
+                let now = self.cluster.now();
+                let lease = self.cluster.view_lease_until();
+                match self.manager.with(|s| s.open(now, lease, &user, session)) {
                     Ok(map) => Response::MailMap(map),
                     Err(Refused::InUse) => Response::InUse,
                     Err(e) => Response::NotReady(e.into()),
