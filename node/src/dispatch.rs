@@ -116,7 +116,12 @@ impl Node {
                 Ok(()) => Response::Ack,
                 Err(e) => Response::Error(Failure::storage(StorageOp::Delete, e)),
             },
-            Request::Report(report) => taken(self.manager.with(|s| s.handle_report(report))),
+            Request::Report(report) => {
+                let r = self.manager.with(|s| s.handle_report(report));
+                // A full report may make us owe one back (we missed a view).
+                self.soft_kick.notify_one();
+                taken(r)
+            }
             Request::Announce(note) => taken(self.manager.with(|s| s.handle_announce(note))),
             Request::Handoff(note) => {
                 let now = self.cluster.now();

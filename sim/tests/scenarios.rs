@@ -168,6 +168,11 @@ const REGRESSION_SEEDS: &[(u64, u64)] = &[
     (258, 8),
     (401, 8),
     (959, 8),
+    // 910: node 3, dropped and re-added on a lossy network while it saw neither
+    // change, owed the managers a full report it did not know of; they waited for
+    // their Ask (2 s) and the run ended 1.9 s after the change (fixed: a full
+    // report from a manager makes a node owe it one back).
+    (910, 8),
 ];
 
 #[test]

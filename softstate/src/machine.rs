@@ -237,6 +237,8 @@ pub struct SoftState {
     /// Sessions closed in this view while not holding the lock: a report that still
     /// names one (built before the close) must not lock the mailbox again.
     closed: BTreeSet<SessionId>,
+    /// Managers owed (or sent) a full report in the installed view.
+    full_reported: BTreeSet<NodeId>,
     ask_at: Option<Millis>,
     // --- reporter side ---
     sessions: BTreeMap<SessionId, String>,
@@ -286,6 +288,7 @@ impl SoftState {
             view: None,
             buckets: BTreeMap::new(),
             closed: BTreeSet::new(),
+            full_reported: BTreeSet::new(),
             ask_at: None,
             sessions: BTreeMap::new(),
             session_seq: 0,
@@ -537,6 +540,11 @@ impl SoftState {
             );
         }
         self.needs_scan = owed.keys().copied().collect();
+        self.full_reported = owed
+            .iter()
+            .filter(|(_, o)| o.buckets.is_none())
+            .map(|(m, _)| *m)
+            .collect();
         self.owed = owed;
         self.scan = None;
         self.scan_retry_at = None;
@@ -1106,6 +1114,21 @@ impl SoftState {
             Scope::All => {
                 for bucket in self.buckets.values_mut() {
                     bucket.waiting.remove(&from);
+                }
+                // A full report says its sender takes us for fresh (joined): its
+                // previous view lacked us, so it waits for our full report too. If
+                // we missed that view (dropped and re-added while we saw no change),
+                // we do not know: owe it one now rather than after its `Ask`.
+                if from != self.me && self.full_reported.insert(from) {
+                    self.owed.insert(
+                        from,
+                        Owed {
+                            buckets: None,
+                            users: Vec::new(),
+                            status: Status::NeedsScan,
+                        },
+                    );
+                    self.needs_scan.insert(from);
                 }
             }
             Scope::Buckets(bs) => {
@@ -1960,5 +1983,52 @@ mod tests {
         let kept = user_of(&v1, 1, 0);
         let other = s.begin_session(&kept);
         assert_eq!(s.open(Millis(100), None, &kept, other), Ok(vec![]));
+    }
+
+    /// vopr seed 910: node 3 was dropped (view 2) and re-added (view 3) while it saw
+    /// neither change; managers took it for fresh and waited for its full report,
+    /// which it did not know it owed, until their `Ask` 2 s later. A full report
+    /// from a manager that it did not owe one to makes it owe one back at once.
+    #[test]
+    fn a_node_that_missed_its_own_removal_reports_when_taken_for_fresh() {
+        let v1 = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let v3 = view(3, &[(1, 10), (2, 20), (3, 30)]);
+        let mut s = SoftState::new(3, 30, SoftStateConfig::default());
+        s.install_settled(v1.clone(), []);
+        s.install_view(Millis(0), v3.clone());
+        if let Some(scan) = s.poll_scan() {
+            s.handle_scan(Millis(0), scan.id, vec![]);
+        }
+        assert_eq!(drain(&mut s), vec![], "no change seen: nothing owed");
+        let full = |from| Report {
+            epoch: epoch(3),
+            from,
+            scope: Scope::All,
+            users: vec![],
+            locks: vec![],
+        };
+        s.handle_report(full(1)).expect("taken");
+        let scan = s.poll_scan().expect("a scan for node 1");
+        assert_eq!(scan.buckets, None);
+        s.handle_scan(Millis(1), scan.id, vec![]);
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            (out[0].to, &out[0].note),
+            (
+                1,
+                &Note::Report(Report {
+                    epoch: epoch(3),
+                    from: 3,
+                    scope: Scope::All,
+                    users: vec![],
+                    locks: vec![],
+                })
+            )
+        );
+        // Once per view: a second full report from node 1 asks for nothing more.
+        s.handle_delivered(out[0].token);
+        s.handle_report(full(1)).expect("taken");
+        assert_eq!(s.poll_scan(), None);
     }
 }
