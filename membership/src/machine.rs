@@ -281,7 +281,12 @@ impl Membership {
                 };
                 self.send(Dest::Node(from.clone()), reply);
             }
-            Message::PingAck { .. } => {}
+            Message::PingAck { .. } => {
+                let successor = self.detector.successor.as_ref().map(|s| s.id);
+                if successor == Some(from.id) && header.epoch == self.view.epoch {
+                    self.detector.confirmed();
+                }
+            }
             Message::Probe { .. } => {
                 let reply = Message::ProbeAck {
                     header: self.header(),
@@ -481,6 +486,23 @@ impl Membership {
         self.known
             .iter()
             .filter_map(|k| k.load.map(|load| (k.info.id, load)))
+    }
+
+    /// Until when this node may take its view as current for grants that must be
+    /// exclusive (POP3 locks): `suspect_after_ms` after the send time of the last
+    /// ping its ring successor answered from the same epoch (or after the install).
+    /// A node cut off, paused or overloaded lets it run out before the others can
+    /// have removed it (they wait `suspect_after_ms` of silence too), and only a
+    /// fresh answer in the same epoch renews it, so it stays out until the node has
+    /// caught up with a newer view. `None` in a one-node view: nobody to ask, nobody
+    /// to conflict with.
+    pub fn view_lease_until(&self) -> Option<Millis> {
+        self.detector.successor.as_ref()?;
+        Some(
+            self.detector
+                .confirmed_at
+                .plus_ms(self.config.suspect_after_ms),
+        )
     }
 
     /// When we last heard directly from `id`, if ever.
@@ -1220,6 +1242,7 @@ impl Membership {
             Timer::Ping => {
                 self.detector.next_ping_at = now.plus_ms(self.config.ping_interval_ms);
                 if let Some(s) = self.detector.successor.clone() {
+                    self.detector.ping_sent(now);
                     let target = self.freshest(&s);
                     let msg = Message::Ping {
                         header: self.header(),

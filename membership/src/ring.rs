@@ -28,6 +28,11 @@ pub(crate) struct Detector {
     pub last_chance_at: Option<Millis>,
     /// The silence has already been turned into a suspicion.
     pub suspected: bool,
+    /// When the oldest ping not answered yet went out.
+    pub ping_sent_at: Option<Millis>,
+    /// The send time of the last ping the successor answered from our epoch (or
+    /// when we started watching): the view was current then, for certain.
+    pub confirmed_at: Millis,
 }
 
 impl Detector {
@@ -39,6 +44,23 @@ impl Detector {
             next_ping_at: now,
             last_chance_at: None,
             suspected: false,
+            ping_sent_at: None,
+            confirmed_at: now,
+        }
+    }
+
+    /// Notes a ping to the successor sent at `now`.
+    pub fn ping_sent(&mut self, now: Millis) {
+        self.ping_sent_at.get_or_insert(now);
+    }
+
+    /// Notes a ping answer from the successor in our own epoch. Answers carry no
+    /// ping id, so it is credited with the oldest unanswered ping's send time (the
+    /// answer is at least that recent) and later answers of those pings with
+    /// nothing: a late answer never makes the view look more current than it was.
+    pub fn confirmed(&mut self) {
+        if let Some(sent) = self.ping_sent_at.take() {
+            self.confirmed_at = self.confirmed_at.max(sent);
         }
     }
 

@@ -1037,3 +1037,49 @@ fn messages_round_trip_through_postcard() {
     .unwrap();
     assert!(postcard::from_bytes::<Message>(&bytes[..bytes.len() - 1]).is_err());
 }
+
+/// The view lease (for POP3 locks) runs from the send time of the last ping the
+/// successor answered in our epoch: silence lets it run out, an answer renews it from
+/// the ping's send time (not the answer's arrival), an answer from another epoch or
+/// a second answer of the same ping renews nothing, and a lone node has no lease.
+#[test]
+fn the_view_lease_runs_from_the_last_answered_ping_in_our_epoch() {
+    let e = epoch(2, 1);
+    let v = view(e, &[1, 2]);
+    let mut m = member_of(1, &v);
+    let suspect_ms = config().suspect_after_ms;
+    assert_eq!(
+        m.view_lease_until(),
+        Some(Millis(suspect_ms)),
+        "from the install"
+    );
+    let ack = |epoch| Message::PingAck {
+        header: header(info(2), epoch),
+    };
+    // A ping at 0 (due at once), answered at 400: the lease runs from 0.
+    m.handle_timeout(Millis(0));
+    assert!(
+        drain(&mut m)
+            .iter()
+            .any(|(d, msg)| *d == to(2) && matches!(msg, Message::Ping { .. }))
+    );
+    m.handle_message(Millis(400), ack(e));
+    assert_eq!(m.view_lease_until(), Some(Millis(suspect_ms)));
+    // Pings at 500 and 1,000; the one answer (at 1,200) counts from 500, a second
+    // answer from nothing.
+    m.handle_timeout(Millis(500));
+    m.handle_timeout(Millis(1_000));
+    drain(&mut m);
+    m.handle_message(Millis(1_200), ack(e));
+    assert_eq!(m.view_lease_until(), Some(Millis(500 + suspect_ms)));
+    m.handle_message(Millis(1_300), ack(e));
+    assert_eq!(m.view_lease_until(), Some(Millis(500 + suspect_ms)));
+    // An answer from a newer epoch (node 2 moved on without us) renews nothing.
+    m.handle_timeout(Millis(1_500));
+    drain(&mut m);
+    m.handle_message(Millis(1_600), ack(epoch(3, 2)));
+    assert_eq!(m.view_lease_until(), Some(Millis(500 + suspect_ms)));
+
+    let alone = Membership::new(info(3), Vec::new(), config(), Millis(0));
+    assert_eq!(alone.view_lease_until(), None, "a one-node view");
+}

@@ -76,6 +76,9 @@ pub struct Cluster {
     peer_heard_ms: AtomicU64,
     /// Whether a view with other members has been installed since start.
     ever_joined: AtomicBool,
+    /// Membership's lease on the view, ms on this node's clock (`u64::MAX`: none,
+    /// a one-node view); see [`Cluster::view_lease_until`].
+    lease_until_ms: AtomicU64,
 }
 
 impl Cluster {
@@ -110,6 +113,7 @@ impl Cluster {
             input,
             peer_heard_ms: AtomicU64::new(u64::MAX),
             ever_joined: AtomicBool::new(false),
+            lease_until_ms: AtomicU64::new(u64::MAX),
         };
         (Arc::new(cluster), rx)
     }
@@ -213,6 +217,16 @@ impl Cluster {
             || (now < JOIN_WAIT_MAX_MS && heard != u64::MAX && now.saturating_sub(heard) < grace_ms)
     }
 
+    /// Until when the membership core takes the view as current for exclusive grants
+    /// (POP3 locks), as `membership::Membership::view_lease_until`; `None` in a
+    /// one-node view.
+    pub fn view_lease_until(&self) -> Option<Millis> {
+        match self.lease_until_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(Millis(ms)),
+        }
+    }
+
     /// Milliseconds on this node's monotonic clock (shared by the membership driver,
     /// the load table and the soft-state driver).
     pub fn now(&self) -> Millis {
@@ -304,6 +318,8 @@ pub async fn drive(
     // Copying every gossiped load is O(N): at most every LOADS_PUBLISH_MS, not per input.
     let mut loads_published: Option<Millis> = None;
     let mut publish = |core: &mut Membership, cluster: &Cluster| {
+        let lease_ms = core.view_lease_until().map_or(u64::MAX, |m| m.0);
+        cluster.lease_until_ms.store(lease_ms, Ordering::Relaxed);
         while let Some(event) = core.poll_event() {
             match event {
                 Event::ViewChanged(view) => {

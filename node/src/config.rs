@@ -201,6 +201,16 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// The membership timings this node runs with (the failure detector from the
+    /// config, the rest the protocol's defaults).
+    pub fn membership(&self) -> membership::MembershipConfig {
+        membership::MembershipConfig {
+            ping_interval_ms: self.ping_interval_ms,
+            suspect_after_ms: self.suspect_after_ms,
+            ..membership::MembershipConfig::default()
+        }
+    }
+
     /// Read a `node.toml`.
     pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
         let text = std::fs::read_to_string(path)

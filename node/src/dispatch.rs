@@ -60,7 +60,9 @@ impl Node {
                 if !self.soft_current() {
                     return Response::NotReady(Unready::Behind);
                 }
-                match self.manager.with(|s| s.open(&user, session)) {
+                let now = self.cluster.now();
+                let lease = self.cluster.view_lease_until();
+                match self.manager.with(|s| s.open(now, lease, &user, session)) {
                     Ok(map) => Response::MailMap(map),
                     Err(Refused::InUse) => Response::InUse,
                     Err(e) => Response::NotReady(e.into()),
@@ -114,7 +116,12 @@ impl Node {
                 Ok(()) => Response::Ack,
                 Err(e) => Response::Error(Failure::storage(StorageOp::Delete, e)),
             },
-            Request::Report(report) => taken(self.manager.with(|s| s.handle_report(report))),
+            Request::Report(report) => {
+                let r = self.manager.with(|s| s.handle_report(report));
+                // A full report may make us owe one back (we missed a view).
+                self.soft_kick.notify_one();
+                taken(r)
+            }
             Request::Announce(note) => taken(self.manager.with(|s| s.handle_announce(note))),
             Request::Handoff(note) => {
                 let now = self.cluster.now();

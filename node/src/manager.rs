@@ -15,12 +15,19 @@ pub struct UserManager {
 
 impl UserManager {
     /// The soft state of process (`me`, `incarnation`), no view yet, placing new
-    /// mail by `balance`.
-    pub fn new(me: NodeId, incarnation: u64, balance: softstate::place::Balance) -> Self {
+    /// mail by `balance`, with a lock grace of `lock_grace_ms` for buckets taken over
+    /// from a manager that left the view (see `SoftStateConfig::lock_grace_ms`).
+    pub fn new(
+        me: NodeId,
+        incarnation: u64,
+        balance: softstate::place::Balance,
+        lock_grace_ms: u64,
+    ) -> Self {
         let config = SoftStateConfig {
             // Any seed does; the driver picks one, the machine stays deterministic.
             seed: incarnation ^ me.rotate_left(32),
             balance,
+            lock_grace_ms,
             ..SoftStateConfig::default()
         };
         UserManager {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use membership::{MembershipConfig, NodeInfo};
+use membership::NodeInfo;
 use registry::raft::{RaftLog, RaftTransport};
 use registry::{Registry, RegistryState};
 use storage::{Store, StoreConfig};
@@ -414,11 +414,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let membership_config = MembershipConfig {
-        ping_interval_ms: config.ping_interval_ms,
-        suspect_after_ms: config.suspect_after_ms,
-        ..MembershipConfig::default()
-    };
+    let membership_config = config.membership();
     let load_node = node.clone();
     tasks.spawn(cluster::drive(
         cluster.clone(),

@@ -84,7 +84,12 @@ impl Node {
         cluster: Arc<Cluster>,
         rpc: RpcClient,
     ) -> Arc<Self> {
-        let manager = UserManager::new(cluster.me().id, cluster.me().incarnation, config.balance);
+        let manager = UserManager::new(
+            cluster.me().id,
+            cluster.me().incarnation,
+            config.balance,
+            softstate::SoftStateConfig::lock_grace_for(&config.membership()),
+        );
         let disk = Arc::new(crate::disk::DiskWatch::new(
             &config.data,
             config.disk_reserve_mb.saturating_mul(1024 * 1024),

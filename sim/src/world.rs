@@ -628,10 +628,18 @@ impl<'a> World<'a> {
             self.report.pop_4xx += 1;
             return;
         };
+        let now = Millis((t / 1000.0) as u64);
+        // The manager's membership lease on its view (no membership: views never
+        // go stale, no lease).
+        let lease = self
+            .members
+            .as_ref()
+            .and_then(|c| c.machine(manager))
+            .and_then(|m| m.view_lease_until());
         let opened = self
             .soft
             .node_mut_silent(manager)
-            .map(|s| s.open(name, session));
+            .map(|s| s.open(now, lease, name, session));
         let map = match opened {
             Some(Ok(map)) => {
                 if self.cfg.check_invariants {

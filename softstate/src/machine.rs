@@ -60,6 +60,26 @@ pub struct SoftStateConfig {
     pub seed: u64,
     /// Where new mail goes.
     pub balance: Balance,
+    /// How long a manager refuses new POP3 locks in a bucket it gained from a manager
+    /// that left its view without a handover: long enough for that old manager (on
+    /// the other side of a partition, or merely slower to notice) to install a view
+    /// without us and stop granting. See [`SoftStateConfig::lock_grace_for`].
+    pub lock_grace_ms: u64,
+}
+
+impl SoftStateConfig {
+    /// The lock grace for a cluster running membership with `m`: one failure
+    /// detection (`suspect_after_ms`, a ping interval for the last-chance ping and the
+    /// ping phase) plus one view change (`proposal_wait_ms`, `commit_wait_ms` for a
+    /// lost commit's repair). A node that stops hearing from us starts its view change
+    /// no later than a detection after we stopped hearing from it, since both
+    /// silences start with the same cut.
+    pub fn lock_grace_for(m: &membership::MembershipConfig) -> u64 {
+        m.suspect_after_ms
+            .saturating_add(m.ping_interval_ms)
+            .saturating_add(m.proposal_wait_ms)
+            .saturating_add(m.commit_wait_ms)
+    }
 }
 
 impl Default for SoftStateConfig {
@@ -69,6 +89,7 @@ impl Default for SoftStateConfig {
             ask_after_ms: 2000,
             seed: 0,
             balance: Balance::Porcupine,
+            lock_grace_ms: SoftStateConfig::lock_grace_for(&membership::MembershipConfig::default()),
         }
     }
 }
@@ -99,6 +120,14 @@ pub enum Refused {
     /// Another session holds the mailbox lock.
     #[error("mailbox in use")]
     InUse,
+    /// Membership's lease on the installed view ran out: this node has not heard
+    /// from its ring successor in its epoch lately, and may have been replaced.
+    #[error("view not confirmed lately (lease expired)")]
+    LeaseExpired,
+    /// The bucket's previous manager left the view without a handover and may not
+    /// have noticed yet: no new POP3 lock until its grace has passed.
+    #[error("bucket {0} in its lock grace after a manager change")]
+    LockGrace(u16),
     /// Every live node's disk is nearly full: no node may take new mail.
     #[error("no live node has disk space for new mail")]
     NoSpace,
@@ -155,6 +184,9 @@ struct Bucket {
     waiting: BTreeSet<NodeId>,
     /// Old managers that must still hand this bucket over.
     handoff_from: BTreeSet<NodeId>,
+    /// No new POP3 lock before this time: a former manager that left the view without
+    /// a handover may still be granting in its older view.
+    no_lock_before: Option<Millis>,
 }
 
 impl Bucket {
@@ -205,6 +237,8 @@ pub struct SoftState {
     /// Sessions closed in this view while not holding the lock: a report that still
     /// names one (built before the close) must not lock the mailbox again.
     closed: BTreeSet<SessionId>,
+    /// Managers owed (or sent) a full report in the installed view.
+    full_reported: BTreeSet<NodeId>,
     ask_at: Option<Millis>,
     // --- reporter side ---
     sessions: BTreeMap<SessionId, String>,
@@ -254,6 +288,7 @@ impl SoftState {
             view: None,
             buckets: BTreeMap::new(),
             closed: BTreeSet::new(),
+            full_reported: BTreeSet::new(),
             ask_at: None,
             sessions: BTreeMap::new(),
             session_seq: 0,
@@ -317,6 +352,7 @@ impl SoftState {
 
     fn apply_view(&mut self, now: Millis, view: Arc<ViewInfo>, t: &Transition) {
         let me = self.me;
+        let lock_grace_ms = self.config.lock_grace_ms;
         // Manager side. Buckets moving to another live manager leave first (they are
         // handed over), then the buckets no longer ours; only the rest is scrubbed, so
         // the work is O(buckets kept + moved), not O(buckets once managed).
@@ -344,7 +380,15 @@ impl SoftState {
                 bucket.waiting.retain(|n| !t.stale.contains(n));
                 if bucket.handoff_from.iter().any(|n| t.stale.contains(n)) {
                     // The old manager died before handing over: everyone must report
-                    // (they do not know it; they are asked at once).
+                    // (they do not know it; they are asked at once). If it only left
+                    // (a partition), it may still grant locks for a while.
+                    if bucket
+                        .handoff_from
+                        .iter()
+                        .any(|n| !view.members.contains_key(n))
+                    {
+                        bucket.no_lock_before = Some(now.plus_ms(lock_grace_ms));
+                    }
                     bucket.handoff_from.retain(|n| !t.stale.contains(n));
                     bucket.waiting.extend(view.ids.iter().copied());
                     ask_soon |= ours;
@@ -383,11 +427,20 @@ impl SoftState {
             self.queue_handoff(to, hb);
         }
         if let Some(gained) = t.gained.get(&me) {
+            let prev = self.view.as_deref();
+            let resized = prev.is_some_and(|p| p.buckets() != view.buckets());
             for &b in gained {
+                // The old manager left the view (not restarted: its new process knows
+                // nothing, its old one is gone): it may not know yet, and grant on.
+                let departed = prev.is_some_and(|p| {
+                    let old = p.map.manager(b);
+                    resized || (old != me && !view.members.contains_key(&old))
+                });
                 self.buckets.insert(
                     b,
                     Bucket {
                         waiting: view.ids.iter().copied().collect(),
+                        no_lock_before: departed.then(|| now.plus_ms(lock_grace_ms)),
                         ..Bucket::default()
                     },
                 );
@@ -487,6 +540,11 @@ impl SoftState {
             );
         }
         self.needs_scan = owed.keys().copied().collect();
+        self.full_reported = owed
+            .iter()
+            .filter(|(_, o)| o.buckets.is_none())
+            .map(|(m, _)| *m)
+            .collect();
         self.owed = owed;
         self.scan = None;
         self.scan_retry_at = None;
@@ -779,8 +837,10 @@ impl SoftState {
             } else if view.members.contains_key(&n) {
                 bucket.handoff_from.insert(n);
             } else {
-                // It died before handing over: its map is lost.
+                // It died (or was cut off) before handing over: its map is lost, and
+                // if it lives it may still grant locks for a while.
                 orphaned = true;
+                bucket.no_lock_before = Some(now.plus_ms(self.config.lock_grace_ms));
             }
         }
         bucket.handoff_from.remove(&from);
@@ -1055,6 +1115,21 @@ impl SoftState {
                 for bucket in self.buckets.values_mut() {
                     bucket.waiting.remove(&from);
                 }
+                // A full report says its sender takes us for fresh (joined): its
+                // previous view lacked us, so it waits for our full report too. If
+                // we missed that view (dropped and re-added while we saw no change),
+                // we do not know: owe it one now rather than after its `Ask`.
+                if from != self.me && self.full_reported.insert(from) {
+                    self.owed.insert(
+                        from,
+                        Owed {
+                            buckets: None,
+                            users: Vec::new(),
+                            status: Status::NeedsScan,
+                        },
+                    );
+                    self.needs_scan.insert(from);
+                }
             }
             Scope::Buckets(bs) => {
                 for b in bs {
@@ -1114,17 +1189,34 @@ impl SoftState {
         Ok((b, view))
     }
 
-    /// Lock `user`'s mailbox for `session`; the user's mail map (sorted) on success.
-    /// Refused while the user's bucket is rebuilding, never a partial map.
-    pub fn open(&mut self, user: &str, session: SessionId) -> Result<Vec<NodeId>, Refused> {
+    /// Lock `user`'s mailbox for `session` at `now`; the user's mail map (sorted) on
+    /// success. `view_lease_until` is membership's lease on the view
+    /// (`Membership::view_lease_until`: `None` for a one-node view). Refused while
+    /// the user's bucket is rebuilding (never a partial map), once the lease has run
+    /// out (this node may have been cut off or paused long enough for the others to
+    /// hand its buckets to new managers), and, for a new holder, during the bucket's
+    /// lock grace.
+    pub fn open(
+        &mut self,
+        now: Millis,
+        view_lease_until: Option<Millis>,
+        user: &str,
+        session: SessionId,
+    ) -> Result<Vec<NodeId>, Refused> {
         let (b, _) = self.complete(user)?;
+        if view_lease_until.is_some_and(|t| now >= t) {
+            return Err(Refused::LeaseExpired);
+        }
         let bucket = self.buckets.get_mut(&b).ok_or(Refused::NotManager(b))?;
-        if bucket
-            .locks
-            .get(user)
-            .is_some_and(|holder| *holder != session)
-        {
-            return Err(Refused::InUse);
+        match bucket.locks.get(user) {
+            Some(holder) if *holder != session => return Err(Refused::InUse),
+            Some(_) => {}
+            None => {
+                if bucket.no_lock_before.is_some_and(|t| now < t) {
+                    return Err(Refused::LockGrace(b));
+                }
+                bucket.no_lock_before = None;
+            }
         }
         bucket.locks.insert(user.to_string(), session);
         Ok(bucket
@@ -1416,7 +1508,7 @@ mod tests {
         let v = view(1, &[(1, 10)]);
         let mut s = SoftState::new(1, 10, SoftStateConfig::default());
         let sess = s.begin_session("a");
-        assert_eq!(s.open("a", sess), Err(Refused::NoView));
+        assert_eq!(s.open(Millis(0), None, "a", sess), Err(Refused::NoView));
         s.install_view(Millis(0), v);
         assert_eq!(
             s.poll_scan(),
@@ -1427,15 +1519,15 @@ mod tests {
         );
         assert_eq!(s.poll_scan(), None, "one scan at a time");
         assert_eq!(
-            s.open("a", sess),
+            s.open(Millis(0), None, "a", sess),
             Err(Refused::Rebuilding(bucket_of("a", B)))
         );
         s.handle_scan(Millis(1), 1, vec![(bucket_of("a", B), "a".into())]);
         assert_eq!(drain(&mut s), vec![], "reports to itself stay local");
         assert!(s.is_quiet());
-        assert_eq!(s.open("a", sess), Ok(vec![1]));
+        assert_eq!(s.open(Millis(0), None, "a", sess), Ok(vec![1]));
         let other = SessionId { seq: 99, ..sess };
-        assert_eq!(s.open("a", other), Err(Refused::InUse));
+        assert_eq!(s.open(Millis(0), None, "a", other), Err(Refused::InUse));
     }
 
     #[test]
@@ -1486,14 +1578,14 @@ mod tests {
         );
         // The kept bucket serves at once, node 3 dropped from its map...
         let sess = s.begin_session(&kept_user);
-        assert_eq!(s.open(&kept_user, sess), Ok(vec![1]));
+        assert_eq!(s.open(Millis(0), None, &kept_user, sess), Ok(vec![1]));
         // ...the gained ones wait for node 2.
         let gained_user = user_of(&v2, 1, 0);
         let gained_b = bucket_of(&gained_user, B);
         let gained_here = to1.contains(&gained_b);
         if gained_here {
             assert_eq!(
-                s.open(&gained_user, sess),
+                s.open(Millis(0), None, &gained_user, sess),
                 Err(Refused::Rebuilding(gained_b))
             );
         }
@@ -1550,7 +1642,7 @@ mod tests {
             incarnation: 20,
             seq: 1,
         };
-        assert_eq!(old.open(&mine, dead), Ok(vec![1, 2]));
+        assert_eq!(old.open(Millis(0), None, &mine, dead), Ok(vec![1, 2]));
         old.install_view(Millis(0), v2.clone());
         let scan = old.poll_scan().expect("scan");
         assert_eq!(scan.buckets, None, "a full report to the fresh node");
@@ -1577,7 +1669,7 @@ mod tests {
             seq: 5,
         };
         assert_eq!(
-            old.open(&mine, s1),
+            old.open(Millis(0), None, &mine, s1),
             Err(Refused::Rebuilding(bucket_of(&mine, B)))
         );
         let mut new = SoftState::new(2, 21, SoftStateConfig::default());
@@ -1607,7 +1699,7 @@ mod tests {
         );
         old.handle_report(r).expect("taken");
         // Node 2 was dropped and re-added; the dead session's lock is gone.
-        assert_eq!(old.open(&mine, s1), Ok(vec![1, 2]));
+        assert_eq!(old.open(Millis(0), None, &mine, s1), Ok(vec![1, 2]));
     }
 
     #[test]
@@ -1640,16 +1732,16 @@ mod tests {
             incarnation: 10,
             seq: 7,
         };
-        assert_eq!(s.open(&a, mine), Err(Refused::InUse));
-        assert_eq!(s.open(&b, mine), Ok(vec![]));
+        assert_eq!(s.open(Millis(0), None, &a, mine), Err(Refused::InUse));
+        assert_eq!(s.open(Millis(0), None, &b, mine), Ok(vec![]));
         s.close(&a, mine);
         assert_eq!(
-            s.open(&a, mine),
+            s.open(Millis(0), None, &a, mine),
             Err(Refused::InUse),
             "only the holder releases"
         );
         s.close(&a, held);
-        assert_eq!(s.open(&a, mine), Ok(vec![]));
+        assert_eq!(s.open(Millis(0), None, &a, mine), Ok(vec![]));
     }
 
     #[test]
@@ -1808,7 +1900,7 @@ mod tests {
         };
         let mut o = SoftState::new(old, inc(old), SoftStateConfig::default());
         o.install_settled(v1.clone(), [(user.clone(), vec![old, 1, new])]);
-        assert_eq!(o.open(&user, lock), Ok(vec![1, old, new]));
+        assert_eq!(o.open(Millis(0), None, &user, lock), Ok(vec![1, old, new]));
         o.install_view_with(Millis(0), v2.clone(), &t);
         if let Some(scan) = o.poll_scan() {
             o.handle_scan(Millis(0), scan.id, vec![]);
@@ -1839,10 +1931,104 @@ mod tests {
         let mut m = SoftState::new(new, inc(new), SoftStateConfig::default());
         m.install_settled(v1.clone(), []);
         m.install_view_with(Millis(0), v2.clone(), &t);
-        assert_eq!(m.open(&user, lock), Err(Refused::Rebuilding(b)));
+        assert_eq!(
+            m.open(Millis(0), None, &user, lock),
+            Err(Refused::Rebuilding(b))
+        );
         m.handle_handoff(Millis(1), h).expect("taken");
-        assert_eq!(m.open(&user, lock), Ok(vec![old, new]));
+        assert_eq!(m.open(Millis(0), None, &user, lock), Ok(vec![old, new]));
         let other = SessionId { seq: 4, ..lock };
-        assert_eq!(m.open(&user, other), Err(Refused::InUse), "the lock moved");
+        assert_eq!(
+            m.open(Millis(0), None, &user, other),
+            Err(Refused::InUse),
+            "the lock moved"
+        );
+    }
+
+    /// vopr seed 303: node 5, cut off, installed {5} and granted a lock in a bucket
+    /// of node 2, while node 2, still in the old view with node 5, granted the same
+    /// mailbox. A bucket gained from a manager that left the view takes no new lock
+    /// for the grace (a bucket handed over by a live manager takes one at once: see
+    /// the handover test above).
+    #[test]
+    fn a_bucket_taken_from_a_departed_manager_takes_no_new_lock_during_the_grace() {
+        let v1 = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let config = SoftStateConfig {
+            lock_grace_ms: 1_000,
+            ..SoftStateConfig::default()
+        };
+        // Node 1 alone: it gains node 2's and node 3's buckets, both left.
+        let alone = view(2, &[(1, 10)]);
+        let user = user_of(&v1, 2, 0);
+        let mut s = SoftState::new(1, 10, config.clone());
+        s.install_settled(v1.clone(), []);
+        s.install_view(Millis(100), alone);
+        let scan = s.poll_scan().expect("scan");
+        s.handle_scan(Millis(100), scan.id, vec![]);
+        assert!(s.is_complete(), "alone, only our own report is owed");
+        let b = bucket_of(&user, B);
+        let mine = s.begin_session(&user);
+        assert_eq!(
+            s.open(Millis(100), None, &user, mine),
+            Err(Refused::LockGrace(b))
+        );
+        assert_eq!(
+            s.open(Millis(1_099), None, &user, mine),
+            Err(Refused::LockGrace(b))
+        );
+        // Reads need no lock: the map is served.
+        assert_eq!(s.mail_map(&user), Ok(vec![]));
+        assert_eq!(s.open(Millis(1_100), None, &user, mine), Ok(vec![]));
+        // A bucket it kept never waits.
+        let kept = user_of(&v1, 1, 0);
+        let other = s.begin_session(&kept);
+        assert_eq!(s.open(Millis(100), None, &kept, other), Ok(vec![]));
+    }
+
+    /// vopr seed 910: node 3 was dropped (view 2) and re-added (view 3) while it saw
+    /// neither change; managers took it for fresh and waited for its full report,
+    /// which it did not know it owed, until their `Ask` 2 s later. A full report
+    /// from a manager that it did not owe one to makes it owe one back at once.
+    #[test]
+    fn a_node_that_missed_its_own_removal_reports_when_taken_for_fresh() {
+        let v1 = view(1, &[(1, 10), (2, 20), (3, 30)]);
+        let v3 = view(3, &[(1, 10), (2, 20), (3, 30)]);
+        let mut s = SoftState::new(3, 30, SoftStateConfig::default());
+        s.install_settled(v1.clone(), []);
+        s.install_view(Millis(0), v3.clone());
+        if let Some(scan) = s.poll_scan() {
+            s.handle_scan(Millis(0), scan.id, vec![]);
+        }
+        assert_eq!(drain(&mut s), vec![], "no change seen: nothing owed");
+        let full = |from| Report {
+            epoch: epoch(3),
+            from,
+            scope: Scope::All,
+            users: vec![],
+            locks: vec![],
+        };
+        s.handle_report(full(1)).expect("taken");
+        let scan = s.poll_scan().expect("a scan for node 1");
+        assert_eq!(scan.buckets, None);
+        s.handle_scan(Millis(1), scan.id, vec![]);
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(
+            (out[0].to, &out[0].note),
+            (
+                1,
+                &Note::Report(Report {
+                    epoch: epoch(3),
+                    from: 3,
+                    scope: Scope::All,
+                    users: vec![],
+                    locks: vec![],
+                })
+            )
+        );
+        // Once per view: a second full report from node 1 asks for nothing more.
+        s.handle_delivered(out[0].token);
+        s.handle_report(full(1)).expect("taken");
+        assert_eq!(s.poll_scan(), None);
     }
 }

@@ -35,10 +35,13 @@
 //! - `stats`: [`StoreStats`] and the counters behind it.
 //! - `kv`: [`KvTree`].
 //! - `store`: [`Store`] and [`StoreConfig`].
+//! - `fuzzing` (hidden): entry points for the `cargo fuzz` targets in `fuzz/`.
 
 #![warn(missing_docs)]
 
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod id;
 mod index;
 mod keys;
