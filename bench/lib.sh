@@ -7,7 +7,7 @@
 log() { echo "bench: $*" >&2; }
 join() { local IFS=,; echo "$*"; }
 
-# A base port P with P+10i+{0,1,2,3} free for every node i; `up` checks again and
+# A base port P with P+10i+{0,1,2,3,4} free for every node i; `up` checks again and
 # fails cleanly if something took one in between, so a retry covers the race.
 free_base() {
   python3 - "$K" <<'PY'
@@ -18,7 +18,7 @@ for _ in range(200):
     socks = []
     try:
         for i in range(k):
-            for j in range(4):
+            for j in range(5):
                 s = socket.socket(); s.bind(("127.0.0.1", base + 10 * i + j)); socks.append(s)
         print(base); break
     except OSError:
