@@ -25,7 +25,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "e2e"))
 import harness  # noqa: E402  (free ports, token-aware admin calls)
 
-MSG = b"Subject: bench\r\n\r\n" + b"x" * 2000 + b"\r\n"
+MSG = b"Subject: bench\r\n\r\n" + (b"x" * 78 + b"\r\n") * 25
 
 
 def run_for(seconds: float, workers: int, job) -> float:
