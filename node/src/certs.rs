@@ -62,13 +62,17 @@ impl NodeTls {
             .map_err(|e: tls::TlsError| anyhow::anyhow!("client TLS configuration: {e}"))
     }
 
-    /// The acceptor of the RPC listener (client certificates required).
-    pub fn rpc_acceptor(&self) -> anyhow::Result<Option<tls::Acceptor>> {
+    /// The acceptor of the RPC listener (client certificates required), whose
+    /// handshakes must finish within `handshake_timeout`.
+    pub fn rpc_acceptor(
+        &self,
+        handshake_timeout: std::time::Duration,
+    ) -> anyhow::Result<Option<tls::Acceptor>> {
         self.cluster
             .as_ref()
             .map(|cluster| {
                 let config = cluster.server_config()?;
-                Ok(tls::Acceptor::new(config, tls::HANDSHAKE_TIMEOUT))
+                Ok(tls::Acceptor::new(config, handshake_timeout))
             })
             .transpose()
             .map_err(|e: tls::TlsError| anyhow::anyhow!("cluster TLS configuration: {e}"))

@@ -278,19 +278,19 @@ pub async fn serve_http<H, Fut>(
                 serve_http_connection(stream, peer, timeouts, handler).await;
                 return;
             };
-            // The handshake counts against the time a new connection has to send its
-            // first request.
-            match tokio::time::timeout(timeouts.request, acceptor.handshake(stream)).await {
-                Ok(Ok(tls_stream)) => {
+            // The acceptor's own deadline bounds the handshake (serve sets it to the
+            // time a new connection has to send its first request).
+            match acceptor.handshake(stream).await {
+                Ok(tls_stream) => {
                     serve_http_connection(tls_stream, peer, timeouts, handler).await;
                 }
-                Ok(Err(error)) => {
+                Err(tls::HandshakeError::Timeout(_)) => {
+                    tracing::debug!(%peer, "TLS handshake too slow, dropped");
+                }
+                Err(error) => {
                     metrics::counter!("porcupine_tls_handshake_failures_total", "listener" => "rpc")
                         .increment(1);
                     tracing::info!(%peer, %error, "TLS handshake refused");
-                }
-                Err(_elapsed) => {
-                    tracing::debug!(%peer, "TLS handshake too slow, dropped");
                 }
             }
         });

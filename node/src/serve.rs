@@ -97,7 +97,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     // Certificates and the RPC credentials rule are checked before anything binds.
     let node_tls = crate::certs::NodeTls::load(&config)?;
     let client_tls = node_tls.client_acceptor()?;
-    let rpc_tls = node_tls.rpc_acceptor()?;
+    let rpc_tls = node_tls.rpc_acceptor(Duration::from_secs(config.http_request_timeout_secs))?;
     // Credentials first: a node that may not serve its admin API binds nothing.
     let token_path =
         crate::token::serve_token_path(config.admin_token_file.as_deref(), &config.data);

@@ -62,22 +62,19 @@ where
     /// The negotiated protocol version and cipher suite, for `Received` headers and
     /// logs (`None` in plain text).
     pub fn tls_description(&self) -> Option<String> {
-        match self {
-            Stream::Tls(tls) => {
-                let (_, conn) = tls.get_ref();
-                let version = conn.protocol_version().map(|v| format!("{v:?}"));
-                let suite = conn
-                    .negotiated_cipher_suite()
-                    .map(|s| format!("{:?}", s.suite()));
-                Some(format!(
-                    "{} {}",
-                    version.as_deref().unwrap_or("TLS"),
-                    suite.as_deref().unwrap_or("")
-                ))
-                .map(|s| s.trim_end().replace('_', "-"))
-            }
-            _ => None,
+        let Stream::Tls(tls) = self else {
+            return None;
+        };
+        let (_, conn) = tls.get_ref();
+        let mut text = match conn.protocol_version() {
+            Some(version) => format!("{version:?}"),
+            None => "TLS".to_string(),
+        };
+        if let Some(suite) = conn.negotiated_cipher_suite() {
+            text = format!("{text} {:?}", suite.suite());
         }
+        // rustls names read `TLSv1_3`, `TLS13_AES_128_GCM_SHA256`: dashes read better.
+        Some(text.replace('_', "-"))
     }
 }
 
