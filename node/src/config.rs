@@ -33,6 +33,18 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     /// Initialise the account registry as its first voter if it has never been initialised.
     pub bootstrap: bool,
+    /// Form the account registry once this many nodes see each other (the lowest id
+    /// among them initialises it, after checking none belongs to one): the same value
+    /// on every node replaces `bootstrap` on one. 0: off.
+    pub bootstrap_expect: usize,
+    /// Host (name or address) other nodes and clients should use for this node's
+    /// listeners that are bound to an unspecified address (`0.0.0.0`, `::`);
+    /// `{hostname}` is replaced by the OS host name. Without it, such a listener is
+    /// announced with the source address of the route to the first reachable seed.
+    pub advertise: Option<String>,
+    /// Take `node_id` from the trailing digits of the OS host name (`porcupine-2` → 2),
+    /// as StatefulSet pods are named.
+    pub node_id_from_hostname: bool,
     /// Copies of each message (issue 4); 1 stores one copy.
     pub replicas: usize,
     /// Soft upper bound on the nodes holding one user's fragments.
@@ -146,6 +158,9 @@ impl Default for NodeConfig {
             metrics_public: false,
             seeds: Vec::new(),
             bootstrap: false,
+            bootstrap_expect: 0,
+            advertise: None,
+            node_id_from_hostname: false,
             replicas: 2,
             spread: 4,
             balance: softstate::place::Balance::Porcupine,

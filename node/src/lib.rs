@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod advertise;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
@@ -28,6 +29,8 @@ pub mod config;
 pub mod deliver;
 pub mod disk;
 pub mod dispatch;
+pub mod format;
+pub mod formation;
 pub mod fragments;
 pub mod gather;
 pub mod listen;

@@ -234,6 +234,15 @@ struct ServeArgs {
     /// implied when there are no seeds.
     #[arg(long)]
     bootstrap: bool,
+    /// Form the registry once this many nodes see each other (`bootstrap_expect`).
+    #[arg(long)]
+    bootstrap_expect: Option<usize>,
+    /// Host other nodes use for listeners bound to 0.0.0.0 or :: (`advertise`).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Take the node id from the host name's trailing digits (`node_id_from_hostname`).
+    #[arg(long)]
+    node_id_from_hostname: bool,
     /// Copies of each message (`replicas`).
     #[arg(long)]
     replicas: Option<usize>,
@@ -333,6 +342,7 @@ impl ServeArgs {
             pop,
             admin,
             rpc,
+            bootstrap_expect,
             replicas,
             spread,
             balance,
@@ -372,10 +382,28 @@ impl ServeArgs {
         if self.admin_token_file.is_some() {
             c.admin_token_file = self.admin_token_file;
         }
+        if self.advertise.is_some() {
+            c.advertise = self.advertise;
+        }
+        c.node_id_from_hostname |= self.node_id_from_hostname;
+        if c.node_id_from_hostname {
+            anyhow::ensure!(
+                self.node_id.is_none(),
+                "--node-id and node_id_from_hostname exclude each other"
+            );
+            c.node_id = node::advertise::node_id_from_hostname()?;
+        }
         if !self.seeds.is_empty() {
             c.seeds = self.seeds;
         }
-        c.bootstrap |= self.bootstrap || c.seeds.is_empty();
+        // A node without seeds is a cluster of its own, unless others are expected
+        // to find it (`bootstrap_expect`).
+        c.bootstrap |= self.bootstrap || (c.seeds.is_empty() && c.bootstrap_expect <= 1);
+        anyhow::ensure!(
+            !(c.bootstrap && c.bootstrap_expect > 1),
+            "bootstrap and bootstrap_expect = {} exclude each other: bootstrap_expect forms the registry by itself",
+            c.bootstrap_expect
+        );
         anyhow::ensure!(c.replicas >= 1, "replicas must be at least 1");
         anyhow::ensure!(
             c.repair_interval_secs >= 1,
