@@ -202,6 +202,10 @@ struct ServeArgs {
     /// A node.toml; flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the configuration, print it as the node would run with it (TOML), and
+    /// exit without binding or touching the data directory.
+    #[arg(long)]
+    check: bool,
     /// Cluster-unique node id (`node_id`).
     #[arg(long)]
     node_id: Option<u64>,
@@ -234,6 +238,9 @@ struct ServeArgs {
     /// implied when there are no seeds.
     #[arg(long)]
     bootstrap: bool,
+    /// On the small side of a partition: quorum (refuse) or available (`partition_policy`).
+    #[arg(long, value_enum)]
+    partition_policy: Option<node::config::PartitionPolicy>,
     /// Form the registry once this many nodes see each other (`bootstrap_expect`).
     #[arg(long)]
     bootstrap_expect: Option<usize>,
@@ -343,6 +350,7 @@ impl ServeArgs {
             admin,
             rpc,
             bootstrap_expect,
+            partition_policy,
             replicas,
             spread,
             balance,
@@ -386,11 +394,8 @@ impl ServeArgs {
             c.advertise = self.advertise;
         }
         c.node_id_from_hostname |= self.node_id_from_hostname;
-        if c.node_id_from_hostname {
-            anyhow::ensure!(
-                self.node_id.is_none(),
-                "--node-id and node_id_from_hostname exclude each other"
-            );
+        // `--node-id` overrides the host name, as every flag overrides the file.
+        if c.node_id_from_hostname && self.node_id.is_none() {
             c.node_id = node::advertise::node_id_from_hostname()?;
         }
         if !self.seeds.is_empty() {
@@ -439,7 +444,9 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Serve(args) => {
             init_logs();
+            let check = args.check;
             match args.into_config() {
+                Ok(config) if check => node::config::check(&config),
                 Ok(config) => node::serve::run(config).await,
                 Err(e) => Err(e),
             }

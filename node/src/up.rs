@@ -140,6 +140,10 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
         if i == 0 {
             a.push("--bootstrap".into());
         }
+        // One host: nodes fail but the network between them does not partition, so
+        // a node left alone keeps serving (see partition_policy).
+        a.push("--partition-policy".into());
+        a.push("available".into());
         for j in 0..args.nodes {
             if j != i {
                 a.push("--seed".into());

@@ -269,6 +269,10 @@ class NetCluster:
             sh(str(BINARY), "cert", "issue", "--node-id", str(i), "--ca-dir", str(tls),
                "--out-dir", str(tls), "--san", host_ip(i),
                "--san", f"porcupine-{i}")
+        # The certificate mail clients see on STLS / STARTTLS, for every host.
+        mail_sans = [a for i in range(self.n) for a in ("--san", host_ip(i))]
+        sh(str(BINARY), "cert", "issue", "--node-id", "999", "--ca-dir", str(tls),
+           "--out-dir", str(tls), *mail_sans)
         token = self.work / "admin.token"
         token.write_text(secrets.token_hex(32) + "\n")
         token.chmod(0o600)
@@ -284,6 +288,8 @@ class NetCluster:
             f"bootstrap_expect = {self.n}\n"
             f'admin_token_file = "{token}"\n'
             f'cluster_ca = "{tls / "ca.pem"}"\n'
+            f'tls_cert = "{tls / "node-999.pem"}"\n'
+            f'tls_key = "{tls / "node-999.key"}"\n'
             "ping_interval_ms = 250\n"
             "suspect_after_ms = 1500\n"
             "repair_interval_secs = 3\n"
@@ -390,6 +396,9 @@ class NetCluster:
     def client(self):
         """Context in which new sockets live in the client namespace."""
         return in_netns(self.ns(CLIENT_PORT_NAME))
+
+    def ca_file(self) -> str:
+        return str(self.work / "tls" / "ca.pem")
 
     def admin_url(self, i: int) -> str:
         return f"http://{host_ip(i)}:{ADMIN_PORT}"
