@@ -95,9 +95,9 @@ fn write_ports_file(path: &Path, me: &NodeInfo, pop3s: Option<&str>) -> anyhow::
 /// Run one node until a stop signal.
 pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     // A data directory of a newer format is refused before anything touches it.
-    std::fs::create_dir_all(&config.data)
-        .with_context(|| format!("creating data directory {}", config.data.display()))?;
-    crate::format::check(&config.data)?;
+    if config.data.is_dir() {
+        crate::format::check(&config.data)?;
+    }
     // Certificates and the RPC credentials rule are checked before anything binds.
     let node_tls = crate::certs::NodeTls::load(&config)?;
     let client_tls = node_tls.client_acceptor()?;
@@ -109,6 +109,10 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         token: crate::token::load_for_serve(&token_path, &config.admin)?,
         metrics_public: config.metrics_public,
     });
+    // A configuration refused above never created the data directory.
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("creating data directory {}", config.data.display()))?;
+    crate::format::check(&config.data)?;
     let smtp_listener = bind("SMTP", &config.smtp).await?;
     let pop_listener = bind("POP3", &config.pop).await?;
     let admin_listener = bind("admin HTTP", &config.admin).await?;
