@@ -6,11 +6,15 @@
 //! replica in the same order. Passwords are hashed with Argon2 before they leave the
 //! admin request, so neither the log nor the state ever holds one in clear.
 //!
-//! Modules: [`state`] (the local replica and the commands that change it) and [`raft`]
-//! (the Raft group: log and state machine on disk, peer RPC, membership upkeep).
+//! Modules: [`state`] (the local replica and the commands that change it), [`address`]
+//! (RFC 5321/5322 address and domain checks), [`resolve`] (recipient routing: aliases,
+//! subaddresses, postmaster, catch-all) and [`raft`] (the Raft group: log and state
+//! machine on disk, peer RPC, membership upkeep).
 
+pub mod address;
 pub mod argon;
 pub mod raft;
+pub mod resolve;
 pub mod state;
 
 use std::collections::HashMap;
@@ -21,16 +25,74 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, SaltString};
 use blake2::{Blake2b512, Digest};
 
+pub use address::{AddressError, canonical_domain};
 pub use argon::{ArgonError, ArgonPool};
 pub use raft::{Formation, RaftLog, RaftOptions, RaftStatus, RaftTransport};
-pub use state::{RegistryCommand, RegistryOutcome, RegistryState, UserRecord};
+pub use state::{Limit, Quota, RegistryCommand, RegistryOutcome, RegistryState, UserRecord};
 
 /// Registry failures, each mapped to an HTTP status by the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The address is not `local@domain` with sane characters.
-    #[error("invalid address {0:?}: expected local@domain")]
-    InvalidAddress(String),
+    /// The address or domain breaks a rule of RFC 5321/5322/1035 (named in the text).
+    #[error("invalid address {address:?}: {rule}")]
+    InvalidAddress {
+        /// As given.
+        address: String,
+        /// The rule it breaks.
+        rule: AddressError,
+    },
+    /// The domain name breaks a rule of RFC 1035 (named in the text).
+    #[error("invalid domain {domain:?}: {rule}")]
+    InvalidDomain {
+        /// As given.
+        domain: String,
+        /// The rule it breaks.
+        rule: AddressError,
+    },
+    /// The domain is local already.
+    #[error("domain {0} already exists")]
+    DomainExists(String),
+    /// The domain is not local.
+    #[error("no such domain {0} (add it with `porcupine domain add`)")]
+    NoSuchDomain(String),
+    /// `domain del` of a domain that still has accounts or aliases.
+    #[error(
+        "domain {domain} still has {users} account(s) and {aliases} alias(es); delete \
+         them first or pass --force to delete them with the domain"
+    )]
+    DomainInUse {
+        /// The domain.
+        domain: String,
+        /// Its accounts.
+        users: u64,
+        /// Its aliases.
+        aliases: u64,
+    },
+    /// The alias exists already.
+    #[error("alias {0} already exists")]
+    AliasExists(String),
+    /// No such alias.
+    #[error("no such alias {0}")]
+    NoSuchAlias(String),
+    /// An alias where an account is, or the other way round.
+    #[error("{0} is already an account or an alias")]
+    AddressTaken(String),
+    /// An alias target that is not a local account or alias.
+    #[error(
+        "alias target {0} is not a local account or alias (mail is only forwarded to local mailboxes)"
+    )]
+    BadTarget(String),
+    /// An alias without targets, or with too many.
+    #[error("an alias needs 1 to {max} targets, got {got}")]
+    TargetCount {
+        /// Targets given.
+        got: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// The stored state is of a format this binary cannot read.
+    #[error("registry state: {0}")]
+    Format(String),
     /// Empty or oversize password.
     #[error("invalid password: {0}")]
     InvalidPassword(&'static str),
@@ -63,27 +125,36 @@ pub trait RegistryLog: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<RegistryOutcome, RegistryError>> + Send;
 }
 
-/// Lowercase and check an address; returns the canonical `local@domain`.
+/// Check a written address (RFC 5321/5322, see [`address`]); returns the canonical
+/// `local@domain` (lowercase, the local part unquoted).
 pub fn canonical_address(raw: &str) -> Result<String, RegistryError> {
-    let address = raw.trim().trim_start_matches('<').trim_end_matches('>');
-    let address = address.to_ascii_lowercase();
-    let bad = || RegistryError::InvalidAddress(raw.to_string());
-    let (local, domain) = address.rsplit_once('@').ok_or_else(bad)?;
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c);
-    if local.is_empty()
-        || domain.is_empty()
-        || address.len() > 254
-        || local.len() > 64
-        || !local.chars().all(ok_char)
-        || !domain
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-        || domain.starts_with('.')
-        || domain.ends_with('.')
-    {
-        return Err(bad());
+    address::canonical_address(raw).map_err(|rule| RegistryError::InvalidAddress {
+        address: raw.to_string(),
+        rule,
+    })
+}
+
+/// Check a domain name (RFC 1035 labels and lengths); returns it lowercase.
+pub fn checked_domain(raw: &str) -> Result<String, RegistryError> {
+    address::canonical_domain(raw).map_err(|rule| RegistryError::InvalidDomain {
+        domain: raw.to_string(),
+        rule,
+    })
+}
+
+/// Check an alias source: `local@domain`, or `@domain` for the domain's catch-all.
+pub fn canonical_source(raw: &str) -> Result<String, RegistryError> {
+    match address::catch_all_domain(raw) {
+        Some(domain) => {
+            domain
+                .map(|d| format!("@{d}"))
+                .map_err(|rule| RegistryError::InvalidAddress {
+                    address: raw.to_string(),
+                    rule,
+                })
+        }
+        None => canonical_address(raw),
     }
-    Ok(address)
 }
 
 /// Argon2id hash of a password, as a PHC string.
@@ -147,27 +218,166 @@ impl<L: RegistryLog> Registry<L> {
         &self.log
     }
 
-    /// Create an account with a fresh Argon2 hash.
+    /// Create an account with a fresh Argon2 hash (its domain becomes local if it is
+    /// not; a new domain has no quota).
     pub async fn add_user(&self, address: &str, password: &str) -> Result<String, RegistryError> {
+        self.add_account(address, password, Quota::default()).await
+    }
+
+    /// Create an account with its own quota (`Default` limits follow the domain's).
+    pub async fn add_account(
+        &self,
+        address: &str,
+        password: &str,
+        quota: Quota,
+    ) -> Result<String, RegistryError> {
         let address = canonical_address(address)?;
         let hash = self.hash(password).await?;
-        match self
-            .log
-            .submit(RegistryCommand::AddUser {
+        // Format 1's command when there is nothing format 2 adds: a log that a
+        // rolled-back binary might still read.
+        let cmd = if quota == Quota::default() {
+            RegistryCommand::AddUser {
                 address: address.clone(),
                 password_hash: hash,
+            }
+        } else {
+            RegistryCommand::AddAccount {
+                address: address.clone(),
+                password_hash: hash,
+                quota,
+            }
+        };
+        let outcome = self.log.submit(cmd).await?;
+        done(outcome, &address)
+    }
+
+    /// Change an account's own limits (`None` leaves a limit as it is).
+    pub async fn set_user_quota(
+        &self,
+        address: &str,
+        bytes: Option<Limit>,
+        messages: Option<Limit>,
+    ) -> Result<String, RegistryError> {
+        let address = canonical_address(address)?;
+        let outcome = self
+            .log
+            .submit(RegistryCommand::SetUserQuota {
+                address: address.clone(),
+                bytes,
+                messages,
+            })
+            .await?;
+        done(outcome, &address)
+    }
+
+    /// Make a domain local, with default limits for its accounts.
+    pub async fn add_domain(&self, domain: &str, quota: Quota) -> Result<String, RegistryError> {
+        let domain = checked_domain(domain)?;
+        let outcome = self
+            .log
+            .submit(RegistryCommand::AddDomain {
+                domain: domain.clone(),
+                quota,
+            })
+            .await?;
+        done(outcome, &domain)
+    }
+
+    /// Change a domain's default limits (`None` leaves a limit as it is).
+    pub async fn set_domain_quota(
+        &self,
+        domain: &str,
+        bytes: Option<Limit>,
+        messages: Option<Limit>,
+    ) -> Result<String, RegistryError> {
+        let domain = checked_domain(domain)?;
+        let outcome = self
+            .log
+            .submit(RegistryCommand::SetDomainQuota {
+                domain: domain.clone(),
+                bytes,
+                messages,
+            })
+            .await?;
+        done(outcome, &domain)
+    }
+
+    /// Remove a local domain: refused while it has accounts or aliases unless `force`.
+    /// Returns the domain and how many accounts and aliases went with it.
+    pub async fn del_domain(
+        &self,
+        domain: &str,
+        force: bool,
+    ) -> Result<(String, u64, u64), RegistryError> {
+        // A domain written by format 1 may break today's rules (`-bad-.test`): it can
+        // still be deleted, so it is only lowercased here.
+        let domain = domain.trim().to_ascii_lowercase();
+        let users = self.state.users_of(&domain)?;
+        for u in &users {
+            self.forget_verified(u);
+        }
+        match self
+            .log
+            .submit(RegistryCommand::DelDomain {
+                domain: domain.clone(),
+                force,
             })
             .await?
         {
-            RegistryOutcome::Done => Ok(address),
-            RegistryOutcome::UserExists => Err(RegistryError::UserExists(address)),
-            RegistryOutcome::NoSuchUser => Err(RegistryError::NoSuchUser(address)),
+            RegistryOutcome::DomainRemoved { users, aliases } => Ok((domain, users, aliases)),
+            outcome => done(outcome, &domain).map(|d| (d, 0, 0)),
         }
+    }
+
+    /// Create an alias (`source` `local@domain`, or `@domain` for a catch-all) to local
+    /// accounts or aliases.
+    pub async fn add_alias(
+        &self,
+        source: &str,
+        targets: &[String],
+    ) -> Result<(String, Vec<String>), RegistryError> {
+        let source = canonical_source(source)?;
+        if targets.is_empty() || targets.len() > resolve::ALIAS_MAILBOXES_MAX {
+            return Err(RegistryError::TargetCount {
+                got: targets.len(),
+                max: resolve::ALIAS_MAILBOXES_MAX,
+            });
+        }
+        let mut canonical = Vec::with_capacity(targets.len());
+        for t in targets {
+            let t = canonical_address(t)?;
+            if t == source || !resolve::is_local_target(&self.state, &t)? {
+                return Err(RegistryError::BadTarget(t));
+            }
+            canonical.push(t);
+        }
+        canonical.sort();
+        canonical.dedup();
+        let outcome = self
+            .log
+            .submit(RegistryCommand::AddAlias {
+                source: source.clone(),
+                targets: canonical.clone(),
+            })
+            .await?;
+        done(outcome, &source).map(|s| (s, canonical))
+    }
+
+    /// Remove an alias or catch-all.
+    pub async fn del_alias(&self, source: &str) -> Result<String, RegistryError> {
+        let source = canonical_source(source)?;
+        let outcome = self
+            .log
+            .submit(RegistryCommand::DelAlias {
+                source: source.clone(),
+            })
+            .await?;
+        done(outcome, &source)
     }
 
     /// Remove an account (its stored mail stays until deleted by POP3).
     pub async fn del_user(&self, address: &str) -> Result<String, RegistryError> {
-        let address = canonical_address(address)?;
+        let address = self.existing_address(address)?;
         self.forget_verified(&address);
         match self
             .log
@@ -187,7 +397,7 @@ impl<L: RegistryLog> Registry<L> {
         address: &str,
         password: &str,
     ) -> Result<String, RegistryError> {
-        let address = canonical_address(address)?;
+        let address = self.existing_address(address)?;
         let hash = self.hash(password).await?;
         self.forget_verified(&address);
         match self
@@ -200,6 +410,24 @@ impl<L: RegistryLog> Registry<L> {
         {
             RegistryOutcome::Done => Ok(address),
             _ => Err(RegistryError::NoSuchUser(address)),
+        }
+    }
+
+    /// The canonical form of an address that names an account or alias: checked as
+    /// [`canonical_address`] does, except that an account written by format 1 under
+    /// rules since tightened (`x@-bad-.test`) is still found by its lowercase text, so
+    /// it can log in, be changed and be deleted (never created).
+    pub fn existing_address(&self, raw: &str) -> Result<String, RegistryError> {
+        match canonical_address(raw) {
+            Ok(address) => Ok(address),
+            Err(e) => {
+                let legacy = raw.trim().to_ascii_lowercase();
+                if self.state.user(&legacy)?.is_some() {
+                    Ok(legacy)
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 
@@ -234,7 +462,7 @@ impl<L: RegistryLog> Registry<L> {
         address: &str,
         password: &str,
     ) -> Result<Option<String>, RegistryError> {
-        let address = canonical_address(address).ok();
+        let address = self.existing_address(address).ok();
         let record = match &address {
             Some(address) => self.state.user(address)?,
             None => None,
@@ -279,6 +507,32 @@ impl<L: RegistryLog> Registry<L> {
         }
         Ok(Some(address))
     }
+}
+
+/// `Ok(subject)` for `Done`, else the error the outcome means.
+fn done(outcome: RegistryOutcome, subject: &str) -> Result<String, RegistryError> {
+    let s = subject.to_string();
+    Err(match outcome {
+        RegistryOutcome::Done => return Ok(s),
+        RegistryOutcome::UserExists => RegistryError::UserExists(s),
+        RegistryOutcome::NoSuchUser => RegistryError::NoSuchUser(s),
+        RegistryOutcome::DomainExists => RegistryError::DomainExists(s),
+        RegistryOutcome::NoSuchDomain => RegistryError::NoSuchDomain(
+            subject
+                .rsplit_once('@')
+                .map_or(subject, |(_, d)| d)
+                .to_string(),
+        ),
+        RegistryOutcome::DomainInUse { users, aliases } => RegistryError::DomainInUse {
+            domain: s,
+            users,
+            aliases,
+        },
+        RegistryOutcome::AliasExists => RegistryError::AliasExists(s),
+        RegistryOutcome::NoSuchAlias => RegistryError::NoSuchAlias(s),
+        RegistryOutcome::AddressTaken => RegistryError::AddressTaken(s),
+        RegistryOutcome::DomainRemoved { .. } => return Ok(s),
+    })
 }
 
 /// Argon2 pool failures as registry errors: busy or stopped is "unavailable" (`503`,
@@ -342,7 +596,17 @@ mod tests {
             "alice@example.test"
         );
         assert_eq!(canonical_address("<bob@x.y>").unwrap(), "bob@x.y");
-        for bad in ["", "alice", "@x", "a@", "a b@x", "a@x..", "a@.x", "a@x/y"] {
+        for bad in [
+            "",
+            "alice",
+            "@x",
+            "a@",
+            "a b@x",
+            "a@x..",
+            "a@.x",
+            "a@x/y",
+            "x@-bad-.test",
+        ] {
             assert!(
                 canonical_address(bad).is_err(),
                 "{bad:?} should be rejected"

@@ -45,6 +45,11 @@ impl StateMachine {
             read_json(&meta, LAST_APPLIED_KEY, ErrorSubject::StateMachine)?;
         let last_membership: StoredMembership =
             read_json(&meta, LAST_MEMBERSHIP_KEY, ErrorSubject::StateMachine)?.unwrap_or_default();
+        // An older format is upgraded in place (deterministic, so replicas agree); a
+        // newer one stops the node here rather than be misread.
+        state
+            .migrate()
+            .map_err(|e| io_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
         let mut machine = StateMachine {
             state,
             meta,

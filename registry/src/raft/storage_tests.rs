@@ -247,3 +247,91 @@ async fn open_finishes_an_install_cut_short() {
     assert_eq!(o.machine.applied_state().await.unwrap().0, meta.last_log_id);
     assert_eq!(o.state.users().unwrap(), vec!["a@x.test"]);
 }
+
+#[tokio::test]
+async fn a_format_1_store_opens_and_takes_new_commands() {
+    // What the users-only registry left on disk: a snapshot of format-1 entries (no
+    // version key, empty domain values) and log entries in its JSON.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let meta = store.kv("raft_meta").unwrap();
+        let user = |hash: &str| {
+            postcard::to_allocvec(&crate::state::UserRecord {
+                password_hash: hash.into(),
+            })
+            .unwrap()
+        };
+        let old_entries: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"d/-bad-.test".to_vec(), Vec::new()),
+            (b"d/old.test".to_vec(), Vec::new()),
+            (b"u/a@old.test".to_vec(), user("ha")),
+            (b"u/x@-bad-.test".to_vec(), user("hx")),
+        ];
+        let snapshot_meta = openraft::SnapshotMeta {
+            last_log_id: Some(log_id(1, 4)),
+            last_membership: StoredMembership::new(Some(log_id(1, 0)), membership(&[1])),
+            snapshot_id: "1-1-4-old".into(),
+        };
+        write_snapshot(
+            &meta,
+            &snapshot_meta,
+            &postcard::to_allocvec(&old_entries).unwrap(),
+        )
+        .await
+        .unwrap();
+        let log = store.kv("raft_log").unwrap();
+        let json = r#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":5},"payload":{"Normal":{"AddUser":{"address":"b@old.test","password_hash":"hb"}}}}"#;
+        log.insert(&super::codec::index_key(5), json.as_bytes())
+            .unwrap();
+        store.close().await.unwrap();
+    }
+    let mut o = open(dir.path()).await;
+    assert_eq!(
+        o.machine.applied_state().await.unwrap().0,
+        Some(log_id(1, 4))
+    );
+    assert_eq!(o.state.version().unwrap(), crate::state::STATE_VERSION);
+    assert_eq!(o.state.users().unwrap(), vec!["a@old.test", "x@-bad-.test"]);
+    let logged = o.log.try_get_log_entries(5..=5).await.unwrap();
+    assert_eq!(logged.len(), 1, "a format-1 JSON log entry decodes");
+    let outcomes = o
+        .machine
+        .apply(vec![
+            logged[0].clone(),
+            entry(
+                1,
+                6,
+                EntryPayload::Normal(RegistryCommand::DelDomain {
+                    domain: "old.test".into(),
+                    force: false,
+                }),
+            ),
+            entry(
+                1,
+                7,
+                EntryPayload::Normal(RegistryCommand::DelDomain {
+                    domain: "-bad-.test".into(),
+                    force: true,
+                }),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            RegistryOutcome::Done,
+            RegistryOutcome::DomainInUse {
+                users: 2,
+                aliases: 0
+            },
+            RegistryOutcome::DomainRemoved {
+                users: 1,
+                aliases: 0
+            },
+        ]
+    );
+    assert_eq!(o.state.users().unwrap(), vec!["a@old.test", "b@old.test"]);
+    assert_eq!(o.state.domains().unwrap(), vec!["old.test"]);
+}
