@@ -18,9 +18,9 @@ use crate::token::AdminToken;
 /// Largest admin request body.
 const ADMIN_BODY_BYTES_MAX: usize = 64 * 1024;
 
-type HttpResponse = hyper::Response<Full<Bytes>>;
+pub(crate) type HttpResponse = hyper::Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: Value) -> HttpResponse {
+pub(crate) fn json_response(status: StatusCode, body: Value) -> HttpResponse {
     let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -30,17 +30,25 @@ fn json_response(status: StatusCode, body: Value) -> HttpResponse {
     r
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
     json_response(status, json!({ "error": message.into() }))
 }
 
-fn registry_error(e: RegistryError) -> HttpResponse {
+pub(crate) fn registry_error(e: RegistryError) -> HttpResponse {
     let status = match &e {
-        RegistryError::InvalidAddress(_) | RegistryError::InvalidPassword(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        RegistryError::UserExists(_) => StatusCode::CONFLICT,
-        RegistryError::NoSuchUser(_) => StatusCode::NOT_FOUND,
+        RegistryError::InvalidAddress { .. }
+        | RegistryError::InvalidDomain { .. }
+        | RegistryError::InvalidPassword(_)
+        | RegistryError::BadTarget(_)
+        | RegistryError::TargetCount { .. } => StatusCode::BAD_REQUEST,
+        RegistryError::UserExists(_)
+        | RegistryError::DomainExists(_)
+        | RegistryError::DomainInUse { .. }
+        | RegistryError::AliasExists(_)
+        | RegistryError::AddressTaken(_) => StatusCode::CONFLICT,
+        RegistryError::NoSuchUser(_)
+        | RegistryError::NoSuchDomain(_)
+        | RegistryError::NoSuchAlias(_) => StatusCode::NOT_FOUND,
         RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -48,17 +56,11 @@ fn registry_error(e: RegistryError) -> HttpResponse {
 }
 
 #[derive(Deserialize)]
-struct NewUser {
-    address: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
 struct NewPassword {
     password: String,
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn body_json<T: serde::de::DeserializeOwned>(
     req: hyper::Request<crate::listen::TimedBody>,
 ) -> Result<T, HttpResponse> {
     let bytes = Limited::new(req.into_body(), ADMIN_BODY_BYTES_MAX)
@@ -77,7 +79,7 @@ async fn body_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -178,19 +180,16 @@ pub async fn handle(
         (&Method::GET, ["v1", "health"]) => {
             json_response(StatusCode::OK, json!({"ok": true, "node": node.id()}))
         }
-        (&Method::GET, ["v1", "users"]) => match node.registry.state().users() {
-            Ok(users) => json_response(StatusCode::OK, json!({ "users": users })),
-            Err(e) => registry_error(e),
-        },
-        (&Method::POST, ["v1", "users"]) => {
-            let body: NewUser = match body_json(req).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            match node.registry.add_user(&body.address, &body.password).await {
-                Ok(address) => json_response(StatusCode::CREATED, json!({ "address": address })),
-                Err(e) => registry_error(e),
-            }
+        (&Method::GET, ["v1", "users"]) => crate::accounts_api::list_users(&node, &req).await,
+        (&Method::POST, ["v1", "users"]) => crate::accounts_api::add_user(&node, req).await,
+        (&Method::GET, ["v1", "users", address]) => {
+            crate::accounts_api::get_user(&node, &percent_decode(address)).await
+        }
+        (&Method::PUT, ["v1", "users", address, "quota"]) => {
+            crate::accounts_api::set_user_quota(&node, &percent_decode(address), req).await
+        }
+        (_, ["v1", "domains", ..]) | (_, ["v1", "aliases", ..]) => {
+            crate::accounts_api::handle(&node, &method, &parts, req).await
         }
         (&Method::DELETE, ["v1", "users", address]) => {
             match node.registry.del_user(&percent_decode(address)).await {
@@ -212,10 +211,6 @@ pub async fn handle(
         (&Method::GET, ["v1", "mailboxes", address]) => {
             mailbox(&node, &percent_decode(address)).await
         }
-        (&Method::GET, ["v1", "domains"]) => match node.registry.state().domains() {
-            Ok(domains) => json_response(StatusCode::OK, json!({ "domains": domains })),
-            Err(e) => registry_error(e),
-        },
         (&Method::POST, ["v1", "nodes", id, "remove"]) => {
             let Ok(id) = id.parse::<u64>() else {
                 return error(StatusCode::BAD_REQUEST, format!("bad node id {id:?}"));

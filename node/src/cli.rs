@@ -64,7 +64,7 @@ fn read_token(path: &Path) -> anyhow::Result<AdminToken> {
 }
 
 /// Percent-encode one path segment.
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~@+".contains(&b) {
@@ -139,7 +139,9 @@ impl AdminClient {
         Ok((status, value))
     }
 
-    async fn expect_ok(
+    /// Send one request and return its JSON body; a non-2xx answer is an error
+    /// carrying the API's message.
+    pub async fn expect_ok(
         &self,
         method: Method,
         path: &str,
@@ -164,19 +166,6 @@ impl AdminClient {
     }
 }
 
-/// `porcupine user add`.
-pub async fn user_add(c: &AdminClient, address: &str, password: &str) -> anyhow::Result<()> {
-    let v = c
-        .expect_ok(
-            Method::POST,
-            "/v1/users",
-            Some(json!({"address": address, "password": password})),
-        )
-        .await?;
-    println!("added {}", v["address"].as_str().unwrap_or(address));
-    Ok(())
-}
-
 /// `porcupine user del`.
 pub async fn user_del(c: &AdminClient, address: &str) -> anyhow::Result<()> {
     let v = c
@@ -199,15 +188,6 @@ pub async fn user_passwd(c: &AdminClient, address: &str, password: &str) -> anyh
     )
     .await?;
     println!("password changed for {address}");
-    Ok(())
-}
-
-/// `porcupine user list`.
-pub async fn user_list(c: &AdminClient) -> anyhow::Result<()> {
-    let v = c.expect_ok(Method::GET, "/v1/users", None).await?;
-    for u in v["users"].as_array().into_iter().flatten() {
-        println!("{}", u.as_str().unwrap_or_default());
-    }
     Ok(())
 }
 

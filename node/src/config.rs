@@ -148,6 +148,15 @@ pub struct NodeConfig {
     pub cluster_cert: Option<PathBuf>,
     /// Private key (PEM) of `cluster_cert`.
     pub cluster_key: Option<PathBuf>,
+    // Accounts (issue 14).
+    /// Account (or alias) that receives `postmaster@` and `abuse@` every local domain
+    /// and the bare `postmaster`, where the domain has no such account or alias of its
+    /// own. Unset: such mail is answered `451 4.3.0` (kept queued at the sender) and a
+    /// warning is logged. Same value on every node.
+    pub postmaster: Option<String>,
+    /// Subaddress separator (RFC 5233): `user+tag@domain` is delivered to
+    /// `user@domain`. Empty disables subaddressing. Same value on every node.
+    pub recipient_delimiter: String,
 }
 
 impl Default for NodeConfig {
@@ -211,6 +220,8 @@ impl Default for NodeConfig {
             http_request_timeout_secs: 10,
             rpc_idle_timeout_secs: 120,
             admin_idle_timeout_secs: 60,
+            postmaster: None,
+            recipient_delimiter: "+".into(),
             pop3s: None,
             tls_cert: None,
             tls_key: None,

@@ -12,6 +12,7 @@ use storage::MessageKey;
 
 use crate::rpc::{Request, Response, Unready};
 use crate::service::Node;
+use registry::resolve::Route;
 use softstate::Refused;
 
 /// Implements [`smtp::Deliver`] for a node.
@@ -56,50 +57,85 @@ impl DeliveryProxy {
 }
 
 impl DeliveryProxy {
-    /// The account a recipient address names. The bare `postmaster` (RFC 5321 4.5.1,
-    /// which every server must accept) goes to `postmaster@` the first local domain
-    /// that has such an account.
-    fn resolve(&self, address: &str) -> Option<String> {
-        if address.eq_ignore_ascii_case("postmaster") {
-            let state = self.0.registry.state();
-            return state.domains().ok()?.into_iter().find_map(|d| {
-                let a = format!("postmaster@{d}");
-                matches!(state.user(&a), Ok(Some(_))).then_some(a)
-            });
+    /// The final mailboxes of every envelope recipient, deduplicated (one stored copy
+    /// each), after the quota check with the message's size: a recipient whose every
+    /// mailbox is full fails the whole message (`552 5.2.2`, nothing stored); a full
+    /// member of an alias with others that have room is left out (and logged).
+    async fn mailboxes(
+        &self,
+        envelope: &Envelope,
+        size_bytes: u64,
+    ) -> Result<Vec<String>, DeliverError> {
+        let node = &self.0;
+        let mut users = std::collections::BTreeSet::new();
+        for rcpt in &envelope.rcpt_to {
+            let boxes = match crate::recipients::route(node, rcpt) {
+                Ok(Route::Mailboxes(boxes)) => boxes,
+                Ok(other) => {
+                    // Changed since RCPT (an account or alias removed meanwhile).
+                    tracing::warn!(%rcpt, ?other, "recipient no longer routes; left out");
+                    continue;
+                }
+                Err(e) => return Err(DeliverError::Temporary(e.to_string())),
+            };
+            let checks = futures::future::join_all(
+                boxes
+                    .iter()
+                    .map(|b| crate::quota::check(node, b, Some(size_bytes))),
+            )
+            .await;
+            let mut full = Vec::new();
+            let mut room = 0;
+            for (b, check) in boxes.iter().zip(checks) {
+                match check {
+                    Ok(()) => {
+                        room += 1;
+                        users.insert(b.clone());
+                    }
+                    Err(why) => full.push(why),
+                }
+            }
+            if room == 0 && !full.is_empty() {
+                return Err(DeliverError::OverQuota(full.join("; ")));
+            }
+            for why in full {
+                tracing::warn!(%rcpt, %why, "alias member over quota; left out");
+            }
         }
-        registry::canonical_address(address).ok()
+        Ok(users.into_iter().collect())
     }
 }
 
 impl smtp::Deliver for DeliveryProxy {
     async fn check_recipient(&self, address: &str) -> RcptVerdict {
-        let state = self.0.registry.state();
-        let Some(canonical) = self.resolve(address) else {
-            return RcptVerdict::UnknownUser;
-        };
-        let domain = canonical.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-        match state.is_local_domain(domain) {
-            Ok(false) => return RcptVerdict::RelayDenied,
-            Ok(true) => {}
+        let node = &self.0;
+        let boxes = match crate::recipients::route(node, address) {
+            Ok(Route::Mailboxes(boxes)) => boxes,
+            Ok(Route::NotLocal) => return RcptVerdict::RelayDenied,
+            Ok(Route::Unknown) => return RcptVerdict::UnknownUser,
+            Ok(Route::NoPostmaster) => {
+                return RcptVerdict::TempFail(
+                    "no postmaster configured here yet, try again later".into(),
+                );
+            }
+            Ok(Route::Unroutable(why)) => return RcptVerdict::Unroutable(why),
             Err(e) => return RcptVerdict::TempFail(e.to_string()),
+        };
+        // Refused now only when every mailbox it reaches is known to be full.
+        let checks =
+            futures::future::join_all(boxes.iter().map(|b| crate::quota::check(node, b, None)))
+                .await;
+        let full: Vec<String> = checks.into_iter().filter_map(Result::err).collect();
+        if full.len() == boxes.len() {
+            return RcptVerdict::OverQuota(full.join("; "));
         }
-        match state.user(&canonical) {
-            Ok(Some(_)) => RcptVerdict::Accept,
-            Ok(None) => RcptVerdict::UnknownUser,
-            Err(e) => RcptVerdict::TempFail(e.to_string()),
-        }
+        RcptVerdict::Accept
     }
 
     async fn deliver(&self, envelope: &Envelope, message: Bytes) -> Result<(), DeliverError> {
         let node = &self.0;
         let id = node.next_message_id();
-        let mut users: Vec<String> = envelope
-            .rcpt_to
-            .iter()
-            .filter_map(|r| self.resolve(r))
-            .collect();
-        users.sort();
-        users.dedup();
+        let users = self.mailboxes(envelope, message.len() as u64).await?;
         if users.is_empty() {
             return Err(DeliverError::Permanent("no valid recipients".into()));
         }

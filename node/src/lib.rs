@@ -12,14 +12,19 @@
 //!   [`login`]: POP3 login failure limits and the `auth` log line.
 //! - [`fragments`]: the local store as `softstate`'s fragment index.
 //! - [`gather`]: one user's mailbox read from every fragment node and merged.
+//! - [`recipients`]: RCPT address to final mailboxes (aliases, subaddresses,
+//!   postmaster, catch-all); [`quota`]: mailbox usage against quotas.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
 //! - [`stats`]: the repair counters status and metrics read.
 //! - [`rpc`]: inter-node RPC over HTTP/2.
-//! - [`admin`]: the admin HTTP API; [`token`]: its bearer token; [`cli`]: its client;
+//! - [`admin`]: the admin HTTP API ([`accounts_api`]: its domain, alias and quota
+//!   routes; [`accounts_cli`]: their CLI side); [`token`]: its bearer token; [`cli`]: its client;
 //!   [`listen`]: accept loops.
 //! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
 #![warn(missing_docs)]
 
+pub mod accounts_api;
+pub mod accounts_cli;
 pub mod admin;
 pub mod advertise;
 pub mod certs;
@@ -36,6 +41,8 @@ pub mod gather;
 pub mod listen;
 pub mod login;
 pub mod manager;
+pub mod quota;
+pub mod recipients;
 pub mod release;
 pub mod repair;
 pub mod retrieve;

@@ -29,6 +29,20 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Manage local domains (and their default quotas).
+    Domain {
+        #[command(subcommand)]
+        command: node::accounts_cli::DomainCommand,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Manage aliases and catch-alls (forwarding to local accounts).
+    Alias {
+        #[command(subcommand)]
+        command: node::accounts_cli::AliasCommand,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
     /// Operate on cluster nodes.
     Node {
         #[command(subcommand)]
@@ -95,13 +109,22 @@ enum UserCommand {
         address: String,
         #[command(flatten)]
         password: PasswordArgs,
+        #[command(flatten)]
+        quota: node::accounts_cli::QuotaFlags,
+    },
+    /// Change an account's quota.
+    Set {
+        /// The address.
+        address: String,
+        #[command(flatten)]
+        quota: node::accounts_cli::QuotaFlags,
     },
     /// Delete an account.
     Del {
         /// The address.
         address: String,
     },
-    /// List accounts.
+    /// List accounts with their usage and quotas.
     List,
     /// Change an account's password.
     Passwd {
@@ -330,6 +353,12 @@ struct ServeArgs {
     /// Private key of `cluster_cert` (`cluster_key`).
     #[arg(long)]
     cluster_key: Option<PathBuf>,
+    /// Account receiving postmaster@ and abuse@ every local domain (`postmaster`).
+    #[arg(long)]
+    postmaster: Option<String>,
+    /// Subaddress separator, "" to disable (`recipient_delimiter`).
+    #[arg(long)]
+    recipient_delimiter: Option<String>,
 }
 
 impl ServeArgs {
@@ -385,8 +414,12 @@ impl ServeArgs {
             tls_key,
             cluster_ca,
             cluster_cert,
-            cluster_key
+            cluster_key,
+            postmaster
         );
+        if let Some(v) = self.recipient_delimiter {
+            c.recipient_delimiter = v;
+        }
         if self.admin_token_file.is_some() {
             c.admin_token_file = self.admin_token_file;
         }
@@ -454,17 +487,34 @@ async fn main() -> std::process::ExitCode {
         Command::User { command, admin } => match admin.client() {
             Err(e) => Err(e),
             Ok(client) => match command {
-                UserCommand::Add { address, password } => match password.read() {
-                    Ok(p) => cli::user_add(&client, &address, &p).await,
+                UserCommand::Add {
+                    address,
+                    password,
+                    quota,
+                } => match password.read() {
+                    Ok(p) => {
+                        node::accounts_cli::user_add(&client, &address, &p, quota.into()).await
+                    }
                     Err(e) => Err(e),
                 },
+                UserCommand::Set { address, quota } => {
+                    node::accounts_cli::user_set(&client, &address, quota.into()).await
+                }
                 UserCommand::Del { address } => cli::user_del(&client, &address).await,
-                UserCommand::List => cli::user_list(&client).await,
+                UserCommand::List => node::accounts_cli::user_list(&client).await,
                 UserCommand::Passwd { address, password } => match password.read() {
                     Ok(p) => cli::user_passwd(&client, &address, &p).await,
                     Err(e) => Err(e),
                 },
             },
+        },
+        Command::Domain { command, admin } => match admin.client() {
+            Ok(c) => node::accounts_cli::domain(&c, command).await,
+            Err(e) => Err(e),
+        },
+        Command::Alias { command, admin } => match admin.client() {
+            Ok(c) => node::accounts_cli::alias(&c, command).await,
+            Err(e) => Err(e),
         },
         Command::Node {
             command: NodeCommand::Remove { id },

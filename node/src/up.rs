@@ -41,6 +41,13 @@ pub struct UpArgs {
     /// (passed on to every node as `--tombstone-min-age-secs`).
     #[arg(long)]
     pub tombstone_min_age_secs: Option<u64>,
+    /// Account receiving postmaster@ and abuse@ every local domain, on every node
+    /// (passed on as `--postmaster`).
+    #[arg(long)]
+    pub postmaster: Option<String>,
+    /// Subaddress separator on every node, "" to disable (`--recipient-delimiter`).
+    #[arg(long)]
+    pub recipient_delimiter: Option<String>,
     /// Seconds to wait for the nodes to agree on one view.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -136,6 +143,13 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
         if let Some(secs) = args.tombstone_min_age_secs {
             a.push("--tombstone-min-age-secs".into());
             a.push(secs.to_string());
+        }
+        if let Some(p) = &args.postmaster {
+            a.push("--postmaster".into());
+            a.push(p.clone());
+        }
+        if let Some(d) = &args.recipient_delimiter {
+            a.push(format!("--recipient-delimiter={d}"));
         }
         if i == 0 {
             a.push("--bootstrap".into());

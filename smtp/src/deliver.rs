@@ -16,6 +16,11 @@ pub enum RcptVerdict {
     RelayDenied,
     /// Cannot decide now (registry unreachable, ...); the text goes into `451 4.3.0`.
     TempFail(String),
+    /// The mailbox is full (RFC 3463 X.2.2); the text goes into `552 5.2.2`.
+    OverQuota(String),
+    /// The address expands beyond a bound (alias loop or fan-out); the text goes into
+    /// `550 5.4.6`.
+    Unroutable(String),
 }
 
 /// What the session hands over at end of DATA/BDAT LAST.
@@ -41,6 +46,10 @@ pub enum DeliverError {
     /// the client gets `452 4.3.1` and retries later.
     #[error("insufficient storage: {0}")]
     NoSpace(String),
+    /// A recipient's mailbox cannot take the message (RFC 3463 X.2.2); the client gets
+    /// `552 5.2.2` and bounces it.
+    #[error("mailbox full: {0}")]
+    OverQuota(String),
     /// Will never succeed; the client gets `554 5.3.0` and bounces the message.
     #[error("permanent failure: {0}")]
     Permanent(String),

@@ -174,6 +174,10 @@ impl<D: Deliver> Session<D> {
                 tracing::debug!(queue_id, %reason, "no storage for the message");
                 self.replies.push_text(452, [4, 3, 1], &reason);
             }
+            Err(DeliverError::OverQuota(reason)) => {
+                tracing::debug!(queue_id, %reason, "a recipient is over quota");
+                self.replies.push_text(552, [5, 2, 2], &reason);
+            }
             Err(DeliverError::Permanent(reason)) => {
                 tracing::debug!(queue_id, %reason, "delivery failed permanently");
                 self.replies.push_text(554, [5, 3, 0], &reason);

@@ -62,6 +62,14 @@ impl<D: Deliver> Session<D> {
                 self.replies.push_text(451, [4, 3, 0], &reason);
                 Flow::Continue
             }
+            RcptVerdict::OverQuota(reason) => {
+                self.replies.push_text(552, [5, 2, 2], &reason);
+                Flow::Continue
+            }
+            RcptVerdict::Unroutable(reason) => {
+                self.replies.push_text(550, [5, 4, 6], &reason);
+                Flow::Continue
+            }
         }
     }
 }

@@ -29,10 +29,13 @@ pub(crate) enum FailMode {
     Temporary,
     /// Return `DeliverError::Permanent`.
     Permanent,
+    /// Return `DeliverError::OverQuota`.
+    OverQuota,
 }
 
 /// In-memory store: knows alice, bob, postmaster and any `user*` at example.test,
-/// answers TempFail for `tempfail@example.test`, denies relaying to other domains.
+/// answers TempFail for `tempfail@example.test`, OverQuota for `full@`, Unroutable for
+/// `loop@`, denies relaying to other domains.
 #[derive(Debug, Default)]
 pub(crate) struct MemoryDeliver {
     deliveries: Mutex<Vec<(Envelope, Bytes)>>,
@@ -73,6 +76,8 @@ impl Deliver for MemoryDeliver {
         match local.as_str() {
             "alice" | "bob" => RcptVerdict::Accept,
             "tempfail" => RcptVerdict::TempFail("registry unavailable".to_string()),
+            "full" => RcptVerdict::OverQuota("mailbox full".to_string()),
+            "loop" => RcptVerdict::Unroutable("aliases nested too deep".to_string()),
             other if other.starts_with("user") => RcptVerdict::Accept,
             _ => RcptVerdict::UnknownUser,
         }
@@ -85,6 +90,9 @@ impl Deliver for MemoryDeliver {
             Some(FailMode::Permanent) => {
                 Err(DeliverError::Permanent("mailbox disabled".to_string()))
             }
+            Some(FailMode::OverQuota) => Err(DeliverError::OverQuota(
+                "alice@example.test is over quota".to_string(),
+            )),
             None => {
                 self.deliveries
                     .lock()

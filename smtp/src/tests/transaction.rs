@@ -287,6 +287,32 @@ async fn deliver_failures_map_to_451_and_554_and_end_the_transaction() {
     assert_eq!(h.store.deliveries().len(), 1);
 }
 
+#[tokio::test]
+async fn over_quota_is_552_5_2_2_at_rcpt_and_at_end_of_data() {
+    let mut h = start_greeted(config()).await;
+    h.client.envelope("a@remote.test", &[]).await;
+    let reply = h.client.command("RCPT TO:<full@example.test>").await;
+    assert_reply(&reply, "552", "5.2.2");
+    assert!(reply.text().contains("mailbox full"));
+    assert_reply(
+        &h.client.command("RCPT TO:<loop@example.test>").await,
+        "550",
+        "5.4.6",
+    );
+    assert_code(
+        &h.client.command("RCPT TO:<alice@example.test>").await,
+        "250",
+    );
+    h.store.fail_with(Some(FailMode::OverQuota));
+    let reply = h.client.data(b"x\r\n").await;
+    assert_reply(&reply, "552", "5.2.2");
+    assert!(reply.text().contains("over quota"));
+    assert!(h.store.deliveries().is_empty());
+    // The session goes on.
+    h.store.fail_with(None);
+    assert_code(&h.client.command("MAIL FROM:<a@remote.test>").await, "250");
+}
+
 #[test]
 fn serve_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
