@@ -265,5 +265,45 @@ class AccountsTest(unittest.TestCase):
         self.assertEqual(cp.returncode, 0, cp.stdout)
 
 
+class UnconfiguredTest(unittest.TestCase):
+    """One node without a `postmaster` key and with `-` as the subaddress separator."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = harness.Cluster(nodes=1, up_args=("--recipient-delimiter", "-")).start()
+        cls.addClassCleanup(cls.cluster.cleanup)
+        cls.cluster.add_users([("dave@c.test", "pw-dave")])
+        cls.cluster.wait_ready_for_pop("dave@c.test", "pw-dave")
+
+    def rcpt(self, address: str) -> harness.SmtpReply:
+        with harness.SmtpRaw(self.cluster.smtp_port()) as s:
+            s.cmd("EHLO client.test")
+            s.cmd("MAIL FROM:<x@elsewhere.test>")
+            return s.cmd(f"RCPT TO:<{address}>")
+
+    def test_postmaster_without_a_target_is_451_not_a_guess(self):
+        # Not delivered to dave (the domain's only account): kept at the sender.
+        for a in ["postmaster@c.test", "abuse@c.test", "postmaster"]:
+            r = self.rcpt(a)
+            self.assertEqual((r.code, r.text[:5]), (451, "4.3.0"), (a, r))
+            self.assertIn("no postmaster configured", r.text)
+        self.assertIn("postmaster/abuse with no account", self.cluster.logs())
+        # An alias of the domain fixes it for that domain.
+        harness.run_cli("alias", "add", "postmaster@c.test", "dave@c.test",
+                        admin=self.cluster.admin_url())
+        self.assertEqual(self.rcpt("postmaster@c.test").code, 250)
+        self.assertEqual(self.rcpt("abuse@c.test").code, 451)
+
+    def test_the_configured_delimiter_only(self):
+        tag = uuid.uuid4().hex[:8]
+        self.assertEqual(self.rcpt("dave+x@c.test").code, 550)
+        r = harness.deliver(self.cluster.smtp_port(), ["dave-lists@c.test"],
+                            harness.make_message(f"dash-{tag}"))
+        self.assertEqual(r.code, 250, r)
+        got = [harness.header_value(m, "Subject")
+               for _, _, m in harness.fetch_all(self.cluster.pop_port(), "dave@c.test", "pw-dave")]
+        self.assertIn(f"dash-{tag}", got)
+
+
 if __name__ == "__main__":
     unittest.main()
