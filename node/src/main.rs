@@ -443,6 +443,7 @@ impl ServeArgs {
             c.bootstrap_expect
         );
         anyhow::ensure!(c.replicas >= 1, "replicas must be at least 1");
+        node::recipients::check_keys(&c).map_err(anyhow::Error::msg)?;
         anyhow::ensure!(
             c.repair_interval_secs >= 1,
             "repair_interval_secs must be at least 1"

@@ -51,3 +51,46 @@ pub fn route(node: &Node, address: &str) -> Result<Route, registry::RegistryErro
     }
     Ok(route)
 }
+
+/// Characters a `recipient_delimiter` may hold: `atext` specials except the dot (a
+/// dot separates atoms), so `user<delim>tag` stays a dot-atom.
+const DELIMITER_CHARS: &str = "!#$%&'*+-/=?^_`{|}~";
+
+/// Check the `postmaster` and `recipient_delimiter` keys before a node starts.
+pub fn check_keys(config: &crate::config::NodeConfig) -> Result<(), String> {
+    if let Some(p) = &config.postmaster {
+        registry::canonical_address(p).map_err(|e| format!("postmaster = {p:?}: {e}"))?;
+    }
+    let d = &config.recipient_delimiter;
+    if d.len() > 4 || d.chars().any(|c| !DELIMITER_CHARS.contains(c)) {
+        return Err(format!(
+            "recipient_delimiter = {d:?}: use up to 4 of {DELIMITER_CHARS} (\"\" disables \
+             subaddressing)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        let mut c = crate::config::NodeConfig::default();
+        assert_eq!(check_keys(&c), Ok(()));
+        c.recipient_delimiter = String::new();
+        assert_eq!(check_keys(&c), Ok(()));
+        c.recipient_delimiter = "-".into();
+        assert_eq!(check_keys(&c), Ok(()));
+        c.recipient_delimiter = ".".into();
+        assert!(check_keys(&c).is_err());
+        c.recipient_delimiter = "a".into();
+        assert!(check_keys(&c).is_err());
+        c.recipient_delimiter = "+".into();
+        c.postmaster = Some("admin@x.test".into());
+        assert_eq!(check_keys(&c), Ok(()));
+        c.postmaster = Some("admin@-x.test".into());
+        assert!(check_keys(&c).unwrap_err().contains("RFC 1035"));
+    }
+}
