@@ -8,6 +8,7 @@ import time
 import unittest
 import uuid
 
+import faults
 import harness
 
 POSTMASTER = "admin@a.test"
@@ -303,6 +304,63 @@ class UnconfiguredTest(unittest.TestCase):
         got = [harness.header_value(m, "Subject")
                for _, _, m in harness.fetch_all(self.cluster.pop_port(), "dave@c.test", "pw-dave")]
         self.assertIn(f"dash-{tag}", got)
+
+
+class QuotaAcrossRepairTest(unittest.TestCase):
+    """Usage counts each message once on three nodes with two copies each, and stays
+    exact when a node dies and repair makes new copies elsewhere."""
+
+    def test_usage_exact_after_a_node_is_lost_and_repaired(self):
+        c = harness.Cluster(nodes=3, up_args=("--repair-interval-secs", "5")).start()
+        self.addCleanup(c.cleanup)
+        user, pw = "quota@r.test", "pw-quota"
+        harness.run_cli("user", "add", user, "--password", pw, "--quota-messages", "5",
+                        admin=c.admin_url())
+        faults.wait_users_known(c, range(3), [user])
+        faults.wait_view(c, range(3), 20)
+        for k in range(5):
+            deadline = time.monotonic() + 15
+            while True:
+                r = harness.deliver(c.smtp_port(k % 3), user, harness.make_message(f"r{k}"))
+                if r.code == 250 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            self.assertEqual(r.code, 250, r)
+        box = faults.holders_by_id(faults.mailbox(c, 0, user))
+        self.assertEqual(len(box), 5)
+        self.assertEqual(sum(len(set(h)) for h in box.values()), 10, box)
+
+        def used(node: int) -> dict:
+            status, body = harness.http_request(f"{c.admin_url(node)}/v1/users/{user}")
+            self.assertEqual(status, 200, body)
+            return body
+
+        for n in range(3):
+            self.assertEqual(used(n)["used_messages"], 5, f"node {n}")
+        counts = {i: sum(i in h for h in box.values()) for i in (1, 2)}
+        victim = max(counts, key=lambda i: (counts[i], i))
+        survivors = [i for i in range(3) if i != victim]
+        epoch0 = faults.wait_view(c, range(3), 10)
+        c.kill_node(victim)
+        faults.wait_view(c, survivors, 15, epoch_above=epoch0)
+        harness.run_cli("node", "remove", str(victim), admin=c.admin_url(survivors[0]))
+        deadline = time.monotonic() + 60
+        while True:
+            now = faults.holders_by_id(faults.mailbox(c, survivors[0], user))
+            if all(len(set(h)) == 2 and victim not in h for h in now.values()) and len(now) == 5:
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"not repaired in 60 s: {now}")
+            time.sleep(1.0)
+        for n in survivors:
+            u = used(n)
+            self.assertEqual((u["used_messages"], u["usage_known"]), (5, True), f"node {n}: {u}")
+        with harness.SmtpRaw(c.smtp_port(survivors[0])) as s:
+            s.cmd("EHLO client.test")
+            s.cmd("MAIL FROM:<x@elsewhere.test>")
+            r = s.cmd(f"RCPT TO:<{user}>")
+        self.assertEqual((r.code, r.text[:5]), (552, "5.2.2"), r)
+        self.assertIn("holds 5 of 5 messages", r.text)
 
 
 if __name__ == "__main__":
