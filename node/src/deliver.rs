@@ -15,6 +15,10 @@ use crate::service::Node;
 use registry::resolve::Route;
 use softstate::Refused;
 
+/// Most distinct mailboxes one message is stored for, after alias expansion (each
+/// recipient expands to at most `registry::resolve::ALIAS_MAILBOXES_MAX`).
+pub const MESSAGE_MAILBOXES_MAX: usize = 1000;
+
 /// Implements [`smtp::Deliver`] for a node.
 pub struct DeliveryProxy(pub Arc<Node>);
 
@@ -100,6 +104,11 @@ impl DeliveryProxy {
             }
             for why in full {
                 tracing::warn!(%rcpt, %why, "alias member over quota; left out");
+            }
+            if users.len() > MESSAGE_MAILBOXES_MAX {
+                return Err(DeliverError::Permanent(format!(
+                    "the recipients expand to more than {MESSAGE_MAILBOXES_MAX} mailboxes"
+                )));
             }
         }
         Ok(users.into_iter().collect())
