@@ -131,6 +131,40 @@ class AccountsTest(unittest.TestCase):
         cp = self.cli("domain", "del", "empty.test", check=False)
         self.assertIn("no such domain", cp.stderr)
 
+    def test_admin_api_statuses(self):
+        def call(method, path, body=None):
+            status, answer = harness.http_request(f"{self.admin}{path}", method, body)
+            return status, answer
+
+        for method, path, body, want in [
+            ("POST", "/v1/domains", {"domain": "-x.test"}, 400),
+            ("POST", "/v1/domains", {"domain": "a.test"}, 409),
+            ("POST", "/v1/domains", {"domain": "q.test", "quota_bytes": "lots"}, 400),
+            ("DELETE", "/v1/domains/nope.test", None, 404),
+            ("DELETE", "/v1/domains/a.test", None, 409),
+            ("PUT", "/v1/domains/nope.test/quota", {"quota_bytes": 5}, 404),
+            ("POST", "/v1/aliases", {"source": "s@nope.test", "targets": ["alice@a.test"]}, 404),
+            ("POST", "/v1/aliases", {"source": "s@a.test", "targets": []}, 400),
+            ("POST", "/v1/aliases", {"source": "alice@a.test", "targets": ["bob@a.test"]}, 409),
+            ("DELETE", "/v1/aliases/nope@a.test", None, 404),
+            ("PUT", "/v1/users/nobody@a.test/quota", {"quota_messages": 1}, 404),
+            ("GET", "/v1/users/nobody@a.test", None, 404),
+            ("POST", "/v1/users", {"address": "x@-bad-.test", "password": "p"}, 400),
+        ]:
+            status, answer = call(method, path, body)
+            self.assertEqual(status, want, (method, path, answer))
+            self.assertEqual(set(answer), {"error"}, (method, path, answer))
+        status, answer = call("POST", "/v1/domains", {"domain": "Q.test", "quota_bytes": "2M",
+                                                       "quota_messages": 10})
+        self.assertEqual(status, 201, answer)
+        self.assertEqual((answer["domain"], answer["quota_bytes"], answer["quota_messages"]),
+                         ("q.test", 2 << 20, 10))
+        status, answer = call("PUT", "/v1/domains/q.test/quota", {"quota_messages": "unlimited"})
+        self.assertEqual((status, answer["quota_bytes"], answer["quota_messages"]),
+                         (200, 2 << 20, "unlimited"))
+        status, answer = call("DELETE", "/v1/domains/q.test")
+        self.assertEqual((status, answer["deleted"]), (200, "q.test"))
+
     # --- 3. postmaster / abuse ---------------------------------------------------------
 
     def test_postmaster_and_abuse_for_every_domain(self):
