@@ -33,7 +33,7 @@ pub use state::{Limit, Quota, RegistryCommand, RegistryOutcome, RegistryState, U
 /// Registry failures, each mapped to an HTTP status by the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The address or domain breaks a rule of RFC 5321/5322/1035 (named in the text).
+    /// The address breaks a rule of RFC 5321/5322/1035 (named in the text).
     #[error("invalid address {address:?}: {rule}")]
     InvalidAddress {
         /// As given.
