@@ -480,3 +480,85 @@ async fn writes_fail_without_a_quorum() {
     assert!(n1.state.user("lost@q.test").unwrap().is_none());
     n1.log.shutdown().await;
 }
+
+/// Domains, aliases and quotas are Raft commands like accounts: written through any
+/// node, applied alike on every replica (the export, key for key), refusals answered
+/// from the leader's apply, and the same after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_aliases_and_quotas_replicate() {
+    let net = Arc::new(Net::default());
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let n1 = start(&net, 1, dirs[0].path(), RaftOptions::default()).await;
+    let n2 = start(&net, 2, dirs[1].path(), RaftOptions::default()).await;
+    let n3 = start(&net, 3, dirs[2].path(), RaftOptions::default()).await;
+    n1.log.bootstrap().await.unwrap();
+    n1.log.sync_members(live(&[1, 2, 3])).await;
+    eventually("the followers know the leader", || {
+        n2.log.status().leader_id == Some(1) && n3.log.status().leader_id == Some(1)
+    })
+    .await;
+    let reg3 = Registry::new(n3.state.clone(), n3.log.clone());
+    let quota = registry::Quota {
+        bytes: registry::Limit::Max(1 << 20),
+        messages: registry::Limit::Default,
+    };
+    reg3.add_domain("Example.TEST", quota).await.unwrap();
+    assert!(matches!(
+        reg3.add_domain("example.test", quota).await,
+        Err(RegistryError::DomainExists(_))
+    ));
+    assert!(matches!(
+        reg3.add_domain("-bad-.test", quota).await,
+        Err(RegistryError::InvalidDomain { .. })
+    ));
+    reg3.add_user("a@example.test", "pw").await.unwrap();
+    eventually("a@ is on node 3 (an alias target must exist there)", || {
+        has_user(&n3, "a@example.test")
+    })
+    .await;
+    reg3.add_alias("sales@example.test", &["a@example.test".into()])
+        .await
+        .unwrap();
+    reg3.set_user_quota("a@example.test", None, Some(registry::Limit::Max(7)))
+        .await
+        .unwrap();
+    assert!(matches!(
+        reg3.del_domain("example.test", false).await,
+        Err(RegistryError::DomainInUse {
+            users: 1,
+            aliases: 1,
+            ..
+        })
+    ));
+    eventually("every replica holds the same registry", || {
+        let e = [&n1, &n2, &n3].map(|n| n.state.export().unwrap());
+        e[0] == e[1] && e[1] == e[2] && n1.state.alias("sales@example.test").unwrap().is_some()
+    })
+    .await;
+    assert_eq!(
+        n1.state.effective_quota("a@example.test").unwrap(),
+        registry::state::Effective {
+            bytes_max: Some(1 << 20),
+            messages_max: Some(7)
+        }
+    );
+    assert_eq!(
+        reg3.del_domain("example.test", true).await.unwrap(),
+        ("example.test".to_string(), 1, 1)
+    );
+    eventually("the domain is gone everywhere", || {
+        [&n1, &n2, &n3].iter().all(|n| {
+            !n.state.is_local_domain("example.test").unwrap()
+                && n.state.users().unwrap().is_empty()
+                && n.state.aliases().unwrap().is_empty()
+        })
+    })
+    .await;
+    kill(&net, n2).await;
+    let n2 = start(&net, 2, dirs[1].path(), RaftOptions::default()).await;
+    assert!(!n2.state.is_local_domain("example.test").unwrap());
+    assert_eq!(n2.state.version().unwrap(), registry::state::STATE_VERSION);
+    for node in [n1, n2, n3] {
+        node.log.shutdown().await;
+    }
+}
