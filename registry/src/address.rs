@@ -216,7 +216,11 @@ pub fn canonical_address(raw: &str) -> Result<String, AddressError> {
         return Err(AddressError::LocalTooLong(local.len()));
     }
     let content = if local.starts_with('"') {
-        unquote(local)?
+        // `""` is a quoted string, but an empty mailbox name is nobody (and its
+        // canonical form would read as a catch-all source).
+        Some(unquote(local)?)
+            .filter(|c| !c.is_empty())
+            .ok_or(AddressError::EmptyLocal)?
     } else {
         check_dot_atom(local)?;
         local.to_string()
@@ -439,6 +443,11 @@ mod tests {
         ));
         assert!(matches!(err("\"a\tb\"@x.test"), AddressError::QuoteChar(_)));
         assert_eq!(err("é@x.test"), AddressError::NotAscii);
+        assert_eq!(
+            err("\"\"@x.test"),
+            AddressError::EmptyLocal,
+            "an empty quoted string"
+        );
     }
 
     #[test]
@@ -468,6 +477,42 @@ mod tests {
         );
         assert_eq!(catch_all_domain("a@example.test"), None);
         assert!(matches!(catch_all_domain("@-x.test"), Some(Err(_))));
+    }
+
+    /// Seeded random addresses over an alphabet rich in the characters the rules are
+    /// about: never a panic, and whatever is accepted is canonical in both forms (the
+    /// SMTP session finds the account under the same key).
+    #[test]
+    fn random_addresses_never_panic_and_accepted_ones_are_stable() {
+        const ALPHABET: &[u8] = b"aZ09.-_@\" +!~()<>[]\t\x7f";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let len = (next() % 80) as usize;
+            let mut raw: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize] as char)
+                .collect();
+            if next() % 3 == 0 {
+                raw.push_str("@x.test");
+            }
+            if let Ok(c) = canonical_address(&raw) {
+                accepted += 1;
+                assert!(c.len() <= PATH_BYTES_MAX, "{raw:?} -> {c:?}");
+                let (_, domain) = c.rsplit_once('@').unwrap();
+                assert_eq!(canonical_domain(domain).as_deref(), Ok(domain), "{raw:?}");
+                assert_eq!(canonical_smtp(&c).as_deref(), Ok(c.as_str()), "{raw:?}");
+            }
+        }
+        assert!(
+            accepted > 100,
+            "the generator should reach valid addresses: {accepted}"
+        );
     }
 
     #[test]
