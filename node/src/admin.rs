@@ -123,12 +123,21 @@ impl AdminAuth {
 /// state (user and mail maps) complete for it; `503` with the reason otherwise.
 fn readiness(node: &Node) -> HttpResponse {
     let view = node.cluster.view();
-    let ready = node.maps_ready();
+    let complete = node.maps_ready();
+    let quorate = node.quorate();
+    let ready = complete && quorate;
+    let reason = if !complete {
+        Some("view or soft state not complete yet")
+    } else if !quorate {
+        Some("minority side of a partition (partition_policy = quorum)")
+    } else {
+        None
+    };
     let body = json!({
         "ready": ready,
         "epoch": view.view.epoch.counter,
         "live": view.live,
-        "reason": if ready { None } else { Some("view or soft state not complete yet") },
+        "reason": reason,
     });
     let status = if ready {
         StatusCode::OK
@@ -399,6 +408,13 @@ pub fn cluster_status(node: &Node) -> Value {
         "epoch_coordinator": view.view.epoch.coordinator,
         "live": view.live,
         "maps_complete": node.maps_ready(),
+        "version": {
+            "release": env!("CARGO_PKG_VERSION"),
+            "rpc": crate::rpc::RPC_VERSION,
+            "rpc_min": crate::rpc::RPC_VERSION_MIN,
+            "rpc_refused": get(&crate::rpc::VERSION_REFUSED),
+            "data_format": crate::format::DATA_FORMAT,
+        },
         "users_managed": node.manager.users_managed(),
         "fragments": {
             "messages": stats.messages,
