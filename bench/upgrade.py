@@ -59,10 +59,21 @@ def version_of(binary: Path) -> str:
 
 def ready(admin: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{admin}/readyz", timeout=3) as r:
+        with urllib.request.urlopen(f"{admin}/readyz", timeout=3) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def readyz_body(admin: str) -> str:
+    """What /readyz says (its reason when not ready)."""
+    try:
+        with urllib.request.urlopen(f"{admin}/readyz", timeout=3) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        return str(e)
 
 
 def safe_status(c, i: int) -> dict:
@@ -133,9 +144,10 @@ def main() -> int:
             c.info[i].command[0] = str(new)
             t_start = time.monotonic()
             c.restart_node(i)
-            while not ready(c.info[i].admin):
+            while not ready(c.admin_url(i)):
                 if time.monotonic() - t_start > 60:
-                    raise SystemExit(f"node {i} not ready 60 s after the upgrade")
+                    raise SystemExit(f"node {i} not ready 60 s after the upgrade: "
+                                     f"{readyz_body(c.admin_url(i))}")
                 time.sleep(0.2)
             step["ready_s"] = round(time.monotonic() - t_start, 2)
             # Every node sees every node again.
@@ -163,7 +175,7 @@ def main() -> int:
         lost = report.get("missing", 0) + report.get("corrupt", 0)
         print(f"\nupgrade: {args.nodes} nodes one at a time, acknowledged "
               f"{report.get('acknowledged')}, temp_failed {report.get('temp_failed')}, "
-              f"errors {report.get('errors')}, missing {report.get('missing')}, corrupt "
+              f"errors {len(report.get('errors') or [])}, missing {report.get('missing')}, corrupt "
               f"{report.get('corrupt')}; versions after: {versions}; load exit {rc}")
         if args.json:
             args.json.write_text(json.dumps({"timeline": timeline, "load": report,
