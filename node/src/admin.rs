@@ -131,6 +131,25 @@ impl AdminAuth {
     }
 }
 
+/// `200` once this node serves: a view installed (not still joining) and its soft
+/// state (user and mail maps) complete for it; `503` with the reason otherwise.
+fn readiness(node: &Node) -> HttpResponse {
+    let view = node.cluster.view();
+    let ready = node.maps_ready();
+    let body = json!({
+        "ready": ready,
+        "epoch": view.view.epoch.counter,
+        "live": view.live,
+        "reason": if ready { None } else { Some("view or soft state not complete yet") },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body)
+}
+
 /// `401` with a JSON error and `WWW-Authenticate: Bearer` (RFC 6750).
 fn unauthorized() -> HttpResponse {
     let mut r = error(
@@ -154,6 +173,15 @@ pub async fn handle(
 ) -> HttpResponse {
     if req.method() == Method::GET && req.uri().path() == "/dashboard/login" {
         return dashboard_login(&auth, req.uri().query());
+    }
+    // Probes answer without the token (kubelets and load balancers cannot send one);
+    // they say only whether this node is alive and ready.
+    if req.method() == Method::GET {
+        match req.uri().path() {
+            "/healthz" => return json_response(StatusCode::OK, json!({"ok": true})),
+            "/readyz" => return readiness(&node),
+            _ => {}
+        }
     }
     if !auth.allows(&req) {
         if req.method() == Method::GET && req.uri().path() == "/" {

@@ -197,6 +197,35 @@ impl Cluster {
         known_ok && seeds_ok
     }
 
+    /// Whether the current view holds a strict majority of the cluster's nodes: every
+    /// node known (from views, gossip or as a seed) and not removed by the operator.
+    /// Two sides of a partition cannot both hold one.
+    pub fn in_majority(&self) -> bool {
+        let view = self.view();
+        let forgotten = self.forgotten.read().map(|f| f.clone()).unwrap_or_default();
+        let known = self.known();
+        let mut ids: std::collections::BTreeSet<u64> = known
+            .iter()
+            .filter(|k| !forgotten.contains(&k.rpc))
+            .map(|k| k.id)
+            .collect();
+        ids.extend(view.view.members.iter().map(|m| m.id));
+        let addrs: std::collections::BTreeSet<&str> = known
+            .iter()
+            .chain(view.view.members.iter())
+            .map(|k| k.rpc.as_str())
+            .collect();
+        let unidentified_seeds = self
+            .seeds
+            .iter()
+            .filter(|s| {
+                **s != self.me.rpc && !addrs.contains(s.as_str()) && !forgotten.contains(*s)
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        is_majority(view.live.len(), ids.len() + unidentified_seeds)
+    }
+
     /// Whether this node, which has seeds, is still alone in the view it started with
     /// and should wait before serving: within `grace_ms` of starting, and for up to
     /// [`JOIN_WAIT_MAX_MS`] while other nodes talk to it (a merge is under way). A
@@ -391,5 +420,28 @@ pub async fn drive(
             Some(_) = sends.join_next(), if !sends.is_empty() => {},
             _ = tokio::time::sleep_until(deadline.into()) => core.handle_timeout(now()),
         }
+    }
+}
+
+/// Whether `live` nodes are a strict majority of a cluster of `cluster` nodes.
+pub fn is_majority(live: usize, cluster: usize) -> bool {
+    live * 2 > cluster
+}
+
+#[cfg(test)]
+mod majority_tests {
+    use super::is_majority;
+
+    #[test]
+    fn strict_majorities_only() {
+        assert!(is_majority(1, 1));
+        assert!(is_majority(2, 3));
+        assert!(!is_majority(1, 3));
+        assert!(
+            !is_majority(1, 2),
+            "one of two cannot tell a partition from a crash"
+        );
+        assert!(is_majority(3, 5));
+        assert!(!is_majority(2, 4));
     }
 }

@@ -33,6 +33,24 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     /// Initialise the account registry as its first voter if it has never been initialised.
     pub bootstrap: bool,
+    /// Form the account registry once this many nodes see each other (the lowest id
+    /// among them initialises it, after checking none belongs to one): the same value
+    /// on every node replaces `bootstrap` on one. 0: off.
+    pub bootstrap_expect: usize,
+    /// Host (name or address) other nodes and clients should use for this node's
+    /// listeners that are bound to an unspecified address (`0.0.0.0`, `::`);
+    /// `{hostname}` is replaced by the OS host name. Without it, such a listener is
+    /// announced with the source address of the route to the first reachable seed.
+    pub advertise: Option<String>,
+    /// Take `node_id` from the trailing digits of the OS host name (`porcupine-2` → 2),
+    /// as StatefulSet pods are named.
+    pub node_id_from_hostname: bool,
+    /// What a node does when its view holds no majority of the cluster (the small side
+    /// of a partition, or most nodes down): `quorum` (default) grants no POP3 locks and
+    /// takes no mail (`4xx`, `-ERR [SYS/TEMP]`), so two sides never both serve one
+    /// mailbox; `available` serves on with the nodes it has (`up`, on one host, where
+    /// the network cannot partition).
+    pub partition_policy: PartitionPolicy,
     /// Copies of each message (issue 4); 1 stores one copy.
     pub replicas: usize,
     /// Soft upper bound on the nodes holding one user's fragments.
@@ -146,6 +164,10 @@ impl Default for NodeConfig {
             metrics_public: false,
             seeds: Vec::new(),
             bootstrap: false,
+            bootstrap_expect: 0,
+            partition_policy: PartitionPolicy::Quorum,
+            advertise: None,
+            node_id_from_hostname: false,
             replicas: 2,
             spread: 4,
             balance: softstate::place::Balance::Porcupine,
@@ -259,6 +281,51 @@ impl NodeConfig {
             ..pop::PopConfig::default()
         })
     }
+}
+
+/// `serve --check`: validate what can be checked without binding (addresses are
+/// HOST:PORT, policies parse; TLS files missing here are noted) and print the effective config.
+pub fn check(config: &NodeConfig) -> anyhow::Result<()> {
+    config.pop_config(None)?;
+    for (key, path) in [
+        ("tls_cert", &config.tls_cert),
+        ("tls_key", &config.tls_key),
+        ("cluster_ca", &config.cluster_ca),
+        ("cluster_cert", &config.cluster_cert),
+        ("cluster_key", &config.cluster_key),
+    ] {
+        if let Some(p) = path.as_ref().filter(|p| !p.exists()) {
+            // Checked for real at start; a config made for another host names its files.
+            eprintln!("note: {key} {} does not exist on this host", p.display());
+        }
+    }
+    for (key, addr) in [
+        ("smtp", &config.smtp),
+        ("pop", &config.pop),
+        ("admin", &config.admin),
+        ("rpc", &config.rpc),
+    ] {
+        anyhow::ensure!(
+            addr.rsplit_once(':')
+                .is_some_and(|(_, port)| port.parse::<u16>().is_ok()),
+            "{key} = {addr:?}: want HOST:PORT"
+        );
+    }
+    print!(
+        "{}",
+        toml::to_string(config).context("printing the config")?
+    );
+    Ok(())
+}
+
+/// See [`NodeConfig::partition_policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionPolicy {
+    /// Serve only while in a majority view.
+    Quorum,
+    /// Serve with whatever nodes are in the view.
+    Available,
 }
 
 /// Parse a `--balance` value.

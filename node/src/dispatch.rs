@@ -64,6 +64,9 @@ impl Node {
                 if !self.soft_current() {
                     return Response::NotReady(Unready::Behind);
                 }
+                if !self.quorate() {
+                    return Response::NotReady(Unready::Minority);
+                }
                 let now = self.cluster.now();
                 let lease = self.cluster.view_lease_until();
                 match self.manager.with(|s| s.open(now, lease, &user, session)) {
@@ -174,6 +177,9 @@ impl Node {
         if !self.soft_current() {
             return Response::NotReady(Unready::Behind);
         }
+        if !self.quorate() {
+            return Response::NotReady(Unready::Minority);
+        }
         let me = self.id();
         let own = self.load();
         let load = |id: NodeId| {
@@ -203,6 +209,16 @@ fn taken(r: Result<(), Refused>) -> Response {
     match r {
         Ok(()) => Response::Ack,
         Err(e) => Response::NotReady(e.into()),
+    }
+}
+
+impl Node {
+    /// Whether this node may grant mailbox locks and place mail under its
+    /// `partition_policy`: always when `available`; with `quorum` only while its view
+    /// holds a majority of the cluster.
+    pub(crate) fn quorate(&self) -> bool {
+        self.config.partition_policy == crate::config::PartitionPolicy::Available
+            || self.cluster.in_majority()
     }
 }
 

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod advertise;
 pub mod certs;
 pub mod cli;
 pub mod cluster;
@@ -35,6 +36,8 @@ pub mod disk;
 pub mod dispatch;
 pub mod drain;
 pub mod existing;
+pub mod format;
+pub mod formation;
 pub mod fragments;
 pub mod gather;
 pub mod listen;

@@ -202,6 +202,10 @@ struct ServeArgs {
     /// A node.toml; flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Check the configuration, print it as the node would run with it (TOML), and
+    /// exit without binding or touching the data directory.
+    #[arg(long)]
+    check: bool,
     /// Cluster-unique node id (`node_id`).
     #[arg(long)]
     node_id: Option<u64>,
@@ -234,6 +238,18 @@ struct ServeArgs {
     /// implied when there are no seeds.
     #[arg(long)]
     bootstrap: bool,
+    /// On the small side of a partition: quorum (refuse) or available (`partition_policy`).
+    #[arg(long, value_enum)]
+    partition_policy: Option<node::config::PartitionPolicy>,
+    /// Form the registry once this many nodes see each other (`bootstrap_expect`).
+    #[arg(long)]
+    bootstrap_expect: Option<usize>,
+    /// Host other nodes use for listeners bound to 0.0.0.0 or :: (`advertise`).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Take the node id from the host name's trailing digits (`node_id_from_hostname`).
+    #[arg(long)]
+    node_id_from_hostname: bool,
     /// Copies of each message (`replicas`).
     #[arg(long)]
     replicas: Option<usize>,
@@ -333,6 +349,8 @@ impl ServeArgs {
             pop,
             admin,
             rpc,
+            bootstrap_expect,
+            partition_policy,
             replicas,
             spread,
             balance,
@@ -372,10 +390,25 @@ impl ServeArgs {
         if self.admin_token_file.is_some() {
             c.admin_token_file = self.admin_token_file;
         }
+        if self.advertise.is_some() {
+            c.advertise = self.advertise;
+        }
+        c.node_id_from_hostname |= self.node_id_from_hostname;
+        // `--node-id` overrides the host name, as every flag overrides the file.
+        if c.node_id_from_hostname && self.node_id.is_none() {
+            c.node_id = node::advertise::node_id_from_hostname()?;
+        }
         if !self.seeds.is_empty() {
             c.seeds = self.seeds;
         }
-        c.bootstrap |= self.bootstrap || c.seeds.is_empty();
+        // A node without seeds is a cluster of its own, unless others are expected
+        // to find it (`bootstrap_expect`).
+        c.bootstrap |= self.bootstrap || (c.seeds.is_empty() && c.bootstrap_expect <= 1);
+        anyhow::ensure!(
+            !(c.bootstrap && c.bootstrap_expect > 1),
+            "bootstrap and bootstrap_expect = {} exclude each other: bootstrap_expect forms the registry by itself",
+            c.bootstrap_expect
+        );
         anyhow::ensure!(c.replicas >= 1, "replicas must be at least 1");
         anyhow::ensure!(
             c.repair_interval_secs >= 1,
@@ -411,7 +444,9 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Serve(args) => {
             init_logs();
+            let check = args.check;
             match args.into_config() {
+                Ok(config) if check => node::config::check(&config),
                 Ok(config) => node::serve::run(config).await,
                 Err(e) => Err(e),
             }

@@ -94,6 +94,10 @@ fn write_ports_file(path: &Path, me: &NodeInfo, pop3s: Option<&str>) -> anyhow::
 
 /// Run one node until a stop signal.
 pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
+    // A data directory of a newer format is refused before anything touches it.
+    if config.data.is_dir() {
+        crate::format::check(&config.data)?;
+    }
     // Certificates and the RPC credentials rule are checked before anything binds.
     let node_tls = crate::certs::NodeTls::load(&config)?;
     let client_tls = node_tls.client_acceptor()?;
@@ -106,6 +110,10 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         metrics_public: config.metrics_public,
         dashboard: Default::default(),
     });
+    // A configuration refused above never created the data directory.
+    std::fs::create_dir_all(&config.data)
+        .with_context(|| format!("creating data directory {}", config.data.display()))?;
+    crate::format::check(&config.data)?;
     let smtp_listener = bind("SMTP", &config.smtp).await?;
     let pop_listener = bind("POP3", &config.pop).await?;
     let admin_listener = bind("admin HTTP", &config.admin).await?;
@@ -114,27 +122,37 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         Some(addr) => Some(bind("POP3S", addr).await?),
         None => None,
     };
-    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string());
+    let bound = |l: &tokio::net::TcpListener| l.local_addr();
+    let announce = |name: &'static str, l: &tokio::net::TcpListener| -> anyhow::Result<String> {
+        Ok(crate::advertise::advertised(
+            name,
+            bound(l)?,
+            config.advertise.as_deref(),
+            &config.seeds,
+        )?)
+    };
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    // Other nodes and clients get the advertised addresses; a listener bound to a
+    // specific address is advertised as bound.
     let me = NodeInfo {
         id: config.node_id,
         incarnation,
-        rpc: addr(&rpc_listener)?,
-        smtp: addr(&smtp_listener)?,
-        pop: addr(&pop_listener)?,
-        admin: addr(&admin_listener)?,
+        rpc: announce("cluster RPC", &rpc_listener)?,
+        smtp: announce("SMTP", &smtp_listener)?,
+        pop: announce("POP3", &pop_listener)?,
+        admin: announce("admin HTTP", &admin_listener)?,
     };
-    // Listen addresses may ask for port 0: from here on, everything (membership,
-    // the registry, `/v1/cluster`, the node's own config) uses the bound ones.
-    config.smtp = me.smtp.clone();
-    config.pop = me.pop.clone();
-    config.admin = me.admin.clone();
-    config.rpc = me.rpc.clone();
+    // Listen addresses may ask for port 0: from here on the node's own config holds
+    // the bound ones.
+    config.smtp = bound(&smtp_listener)?.to_string();
+    config.pop = bound(&pop_listener)?.to_string();
+    config.admin = bound(&admin_listener)?.to_string();
+    config.rpc = bound(&rpc_listener)?.to_string();
     if let Some(listener) = &pop3s_listener {
-        config.pop3s = Some(addr(listener)?);
+        config.pop3s = Some(bound(listener)?.to_string());
     }
     if let Some(path) = &config.ports_file {
         write_ports_file(path, &me, config.pop3s.as_deref())?;
@@ -406,6 +424,14 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
             sync_node.registry.log().sync_members(live).await;
         }
     });
+
+    if !config.bootstrap {
+        tasks.spawn(crate::formation::run(
+            node.clone(),
+            config.bootstrap_expect,
+            shutdown.clone(),
+        ));
+    }
 
     tasks.spawn(crate::repair::run(
         node.clone(),

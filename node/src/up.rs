@@ -141,6 +141,10 @@ fn plan(args: &UpArgs, count: u16, exe: &Path) -> anyhow::Result<Vec<Planned>> {
         if i == 0 {
             a.push("--bootstrap".into());
         }
+        // One host: nodes fail but the network between them does not partition, so
+        // a node left alone keeps serving (see partition_policy).
+        a.push("--partition-policy".into());
+        a.push("available".into());
         for j in 0..count {
             if j != i {
                 a.push("--seed".into());

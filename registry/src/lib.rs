@@ -22,7 +22,7 @@ use argon2::password_hash::{PasswordHasher, SaltString};
 use blake2::{Blake2b512, Digest};
 
 pub use argon::{ArgonError, ArgonPool};
-pub use raft::{RaftLog, RaftOptions, RaftStatus, RaftTransport};
+pub use raft::{Formation, RaftLog, RaftOptions, RaftStatus, RaftTransport};
 pub use state::{RegistryCommand, RegistryOutcome, RegistryState, UserRecord};
 
 /// Registry failures, each mapped to an HTTP status by the admin API.

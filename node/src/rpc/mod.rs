@@ -16,6 +16,56 @@ use hyper_util::rt::TokioExecutor;
 
 pub use proto::{Failure, Reply, Request, Response, SessionId, StorageOp, Unready};
 
+/// The RPC wire version this node speaks; every request and reply carries it in the
+/// [`VERSION_HEADER`]. Raise it when a change to [`proto`] is not readable by the
+/// previous release (appending enum variants and `#[serde(default)]` fields is).
+pub const RPC_VERSION: u32 = 1;
+/// The oldest RPC version this node still reads (a rolling upgrade mixes two).
+pub const RPC_VERSION_MIN: u32 = 1;
+/// The HTTP header naming the sender's RPC version (absent: version 1).
+pub const VERSION_HEADER: &str = "porcupine-rpc-version";
+
+/// Whether this node reads RPC `version`; the answer's text says why not.
+pub fn check_version(version: u32) -> Result<(), String> {
+    if (RPC_VERSION_MIN..=RPC_VERSION).contains(&version) {
+        Ok(())
+    } else {
+        Err(format!(
+            "rpc version {version} not supported: this node (porcupine {}) reads versions {RPC_VERSION_MIN} to {RPC_VERSION}",
+            env!("CARGO_PKG_VERSION")
+        ))
+    }
+}
+
+/// The sender's RPC version from its headers (absent: 1, the first release).
+fn version_of(headers: &hyper::HeaderMap) -> Result<u32, String> {
+    match headers.get(VERSION_HEADER) {
+        None => Ok(1),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| format!("unreadable {VERSION_HEADER} header {v:?}")),
+    }
+}
+
+/// Log an RPC version this node cannot read once per version, not per call.
+fn note_unreadable_version(from: &str, why: &str) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = SEEN
+        .lock()
+        .map(|mut seen| seen.len() < 64 && seen.insert(why.to_string()))
+        .unwrap_or(false);
+    metrics::counter!("porcupine_rpc_version_refused_total").increment(1);
+    if first {
+        tracing::warn!(
+            from,
+            "{why} (requests in it are refused; this node serves the rest)"
+        );
+    }
+}
+
 /// Largest RPC body accepted (a message of the largest size plus framing).
 pub const RPC_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -120,6 +170,7 @@ impl RpcClient {
             .method(Method::POST)
             .uri(format!("{}://{addr}/rpc", self.scheme))
             .header("content-type", "application/x-porcupine-rpc")
+            .header(VERSION_HEADER, RPC_VERSION.to_string())
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| transport(e.to_string()))?;
         let fut = async {
@@ -129,6 +180,13 @@ impl RpcClient {
                 .await
                 .map_err(|e| transport(format!("{e:?}")))?;
             let status = resp.status();
+            if let Err(why) = version_of(resp.headers()).and_then(check_version) {
+                note_unreadable_version(addr, &why);
+                return Err(RpcError::BadReply {
+                    addr: addr.to_string(),
+                    reason: why,
+                });
+            }
             let bytes = Limited::new(resp.into_body(), RPC_BODY_BYTES_MAX)
                 .collect()
                 .await
@@ -176,6 +234,10 @@ pub async fn serve_http<H: RpcHandler>(
     if req.method() != Method::POST || req.uri().path() != "/rpc" {
         return plain(StatusCode::NOT_FOUND, "not an rpc path".into());
     }
+    if let Err(why) = version_of(req.headers()).and_then(check_version) {
+        note_unreadable_version("a peer", &why);
+        return plain(StatusCode::BAD_REQUEST, why);
+    }
     let bytes = match Limited::new(req.into_body(), RPC_BODY_BYTES_MAX)
         .collect()
         .await
@@ -185,7 +247,12 @@ pub async fn serve_http<H: RpcHandler>(
     };
     let request: Request = match postcard::from_bytes(&bytes) {
         Ok(r) => r,
-        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("decoding request: {e}")),
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("decoding request (rpc version {RPC_VERSION}): {e}"),
+            );
+        }
     };
     let response = handler.handle(request).await;
     let reply = Reply {
@@ -193,7 +260,14 @@ pub async fn serve_http<H: RpcHandler>(
         response,
     };
     match postcard::to_allocvec(&reply) {
-        Ok(body) => hyper::Response::new(Full::new(Bytes::from(body))),
+        Ok(body) => {
+            let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                VERSION_HEADER,
+                hyper::header::HeaderValue::from(RPC_VERSION),
+            );
+            r
+        }
         Err(e) => plain(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding reply: {e}"),

@@ -155,6 +155,11 @@ pub enum Unready {
     /// The soft-state machine refused the request.
     #[error(transparent)]
     Refused(#[from] softstate::Refused),
+    /// The callee's view holds no majority of the cluster's nodes (it is on the small
+    /// side of a partition, or most nodes are down) and `partition_policy = quorum`:
+    /// it grants no mailbox locks and places no mail.
+    #[error("this node's view is a minority of the cluster")]
+    Minority,
 }
 
 /// The local operation a callee's storage failed in.

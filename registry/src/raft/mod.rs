@@ -19,6 +19,7 @@
 #![allow(clippy::result_large_err)]
 
 mod codec;
+mod form;
 mod log_store;
 mod members;
 mod network;
@@ -37,6 +38,7 @@ use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, timeout, timeout_at};
 
+pub use self::form::Formation;
 use self::log_store::LogStore;
 use self::members::MemberView;
 use self::network::{DynTransport, Network};
@@ -243,6 +245,10 @@ impl RaftLog {
                 let deadline = Instant::now() + self.write_timeout();
                 RaftReply::ClientWrite(self.write_here(cmd, deadline).await)
             }
+            Ok(RaftRequest::Initialized) => match self.raft.is_initialized().await {
+                Ok(yes) => RaftReply::Initialized(yes),
+                Err(e) => RaftReply::BadRequest(format!("raft stopped: {e}")),
+            },
         };
         encode_reply(&reply)
     }

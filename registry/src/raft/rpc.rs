@@ -23,6 +23,9 @@ pub(crate) enum RaftRequest {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A registry write forwarded to the node believed to be the leader.
     ClientWrite(RegistryCommand),
+    /// Has this node's raft been initialised (it belongs to a registry)? Asked before
+    /// a `bootstrap_expect` formation so a registry is never created twice.
+    Initialized,
 }
 
 /// The answer to a [`RaftRequest`], variant for variant.
@@ -38,6 +41,8 @@ pub(crate) enum RaftReply {
     ),
     /// Answer to [`RaftRequest::ClientWrite`].
     ClientWrite(WriteReply),
+    /// Answer to [`RaftRequest::Initialized`].
+    Initialized(bool),
     /// The request did not decode (version skew or corruption).
     BadRequest(String),
 }
