@@ -106,7 +106,7 @@ pub struct AdminAuth {
     /// Serve `GET /metrics` without the token (for scrapers that cannot send one).
     pub metrics_public: bool,
     /// Dashboard login codes and browser sessions (read-only access by cookie).
-    pub dashboard: crate::dashboard::Sessions,
+    pub dashboard: Arc<crate::dashboard::Sessions>,
 }
 
 impl AdminAuth {
@@ -259,7 +259,8 @@ pub async fn handle(
             StatusCode::OK,
             crate::overview::cluster_overview(&node).await,
         ),
-        (&Method::POST, ["v1", "nodes", id, "drain"]) | (&Method::DELETE, ["v1", "nodes", id, "drain"]) => {
+        (&Method::POST, ["v1", "nodes", id, "drain"])
+        | (&Method::DELETE, ["v1", "nodes", id, "drain"]) => {
             let Ok(id) = id.parse::<u64>() else {
                 return error(StatusCode::BAD_REQUEST, format!("bad node id {id:?}"));
             };
@@ -341,7 +342,11 @@ async fn drain_node(node: &Arc<Node>, id: u64, draining: bool) -> HttpResponse {
         return error(StatusCode::NOT_FOUND, format!("no known node {id}"));
     }
     let calls = view.live.iter().map(|&n| async move {
-        (n, node.call(n, crate::rpc::Request::Drain { id, draining }).await)
+        (
+            n,
+            node.call(n, crate::rpc::Request::Drain { id, draining })
+                .await,
+        )
     });
     let mut told = Vec::new();
     let mut failed = Vec::new();
@@ -567,6 +572,7 @@ pub fn cluster_status(node: &Node) -> Value {
             "last_pass_draining": node.repair.last_pass_draining.lock().map(|d| d.clone()).unwrap_or_default(),
         },
         "draining": node.drain.ids(),
+        "views": node.views.entries(),
         "load_here": softstate::queue_of(node.load()),
         "traffic": {
             "smtp_messages_accepted": get(&crate::telemetry::SMTP_MESSAGES_ACCEPTED),

@@ -264,11 +264,11 @@ pub fn status_text(v: &Value) -> Vec<String> {
         num(&v["epoch"]),
         num(&v["epoch_coordinator"]),
         nodes.len(),
-        num(&v["asked"]),
-        if v["all_answered"].as_bool() == Some(true) {
+        num(&v["node"]),
+        if v["cluster"]["all_answered"].as_bool() == Some(true) {
             String::new()
         } else {
-            format!(" (answered: {})", id_list(&v["answered"]))
+            format!(" (answered: {})", id_list(&v["cluster"]["answered"]))
         }
     ));
     let r = &v["registry"];
@@ -283,8 +283,8 @@ pub fn status_text(v: &Value) -> Vec<String> {
         id_list(&r["learners"]),
         num(&r["term"]),
     ));
-    let f = &v["fragments"];
-    let t = &v["traffic"];
+    let f = &v["cluster"]["fragments"];
+    let t = &v["cluster"]["traffic"];
     out.push(format!(
         "mail:     {} message copies, {} tombstones, {} in segments; smtp accepted {}, refused {}; pop3 retrieved {}",
         num(&f["messages"]),
@@ -294,7 +294,7 @@ pub fn status_text(v: &Value) -> Vec<String> {
         num(&t["smtp_messages_rejected"]),
         num(&t["pop_messages_retrieved"]),
     ));
-    let rp = &v["repair"];
+    let rp = &v["cluster"]["repair"];
     out.push(format!(
         "repair:   under-replicated {} (pending {}), copies made {}, tombstones spread {}, collected {}, passes {} (summed over the nodes that answered)",
         num(&rp["under_replicated"]),
@@ -304,7 +304,7 @@ pub fn status_text(v: &Value) -> Vec<String> {
         num(&rp["tombstones_collected_total"]),
         num(&rp["passes_total"]),
     ));
-    for d in v["drain"].as_array().into_iter().flatten() {
+    for d in v["cluster"]["drain"].as_array().into_iter().flatten() {
         out.push(format!(
             "drain:    node {}: {}; {} copies moved so far, {} copies still on it",
             num(&d["id"]),
@@ -330,7 +330,9 @@ pub fn status_text(v: &Value) -> Vec<String> {
             "DOWN"
         } else if n["draining"].as_bool() == Some(true) {
             "draining"
-        } else if n["disk"]["nearly_full"].as_bool() == Some(true) || n["nearly_full"].as_bool() == Some(true) {
+        } else if n["disk"]["nearly_full"].as_bool() == Some(true)
+            || n["nearly_full"].as_bool() == Some(true)
+        {
             "FULL"
         } else if n["answered"].as_bool() != Some(true) {
             "silent"
@@ -374,13 +376,21 @@ pub async fn status(c: &AdminClient, as_json: bool) -> anyhow::Result<()> {
 
 /// `porcupine node drain` (or `--undo`): mark a node draining on every live node;
 /// with `wait`, poll the status until it holds nothing needed.
-pub async fn node_drain(c: &AdminClient, id: u64, undo: bool, wait: Option<u64>) -> anyhow::Result<()> {
+pub async fn node_drain(
+    c: &AdminClient,
+    id: u64,
+    undo: bool,
+    wait: Option<u64>,
+) -> anyhow::Result<()> {
     let method = if undo { Method::DELETE } else { Method::POST };
     let v = c
         .expect_ok(method, &format!("/v1/nodes/{id}/drain"), None)
         .await?;
     if undo {
-        crate::outln!("node {id} no longer draining; told nodes {}", id_list(&v["told"]));
+        crate::outln!(
+            "node {id} no longer draining; told nodes {}",
+            id_list(&v["told"])
+        );
         return Ok(());
     }
     crate::outln!(
@@ -394,7 +404,7 @@ pub async fn node_drain(c: &AdminClient, id: u64, undo: bool, wait: Option<u64>)
     let deadline = std::time::Instant::now() + Duration::from_secs(wait_secs);
     loop {
         let s = c.expect_ok(Method::GET, "/v1/status", None).await?;
-        let d = s["drain"]
+        let d = s["cluster"]["drain"]
             .as_array()
             .into_iter()
             .flatten()
@@ -404,7 +414,7 @@ pub async fn node_drain(c: &AdminClient, id: u64, undo: bool, wait: Option<u64>)
         if d["holds_nothing_needed"].as_bool() == Some(true) {
             crate::outln!(
                 "node {id} holds nothing needed ({} copies moved); stop it, then run `porcupine node remove {id}`",
-                num(&s["repair"]["drain_copies_total"])
+                num(&s["cluster"]["repair"]["drain_copies_total"])
             );
             return Ok(());
         }
@@ -444,4 +454,52 @@ pub async fn node_remove(c: &AdminClient, id: u64) -> anyhow::Result<()> {
         id_list(&v["registry"]["learners"])
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_reads_as_text_not_json() {
+        let v = json!({
+            "node": 1, "epoch": 7, "epoch_coordinator": 0, "live": [0, 1],
+            "registry": {"leader": null, "voters": [0, 1], "learners": [], "term": 3},
+            "nodes": [
+                {"id": 0, "alive": true, "answered": true, "load": 2, "buckets": 32768,
+                 "fragments": {"messages": 5, "users": 2}, "disk": {"free_bytes": 2147483648u64},
+                 "maps_complete": true, "smtp": "127.0.0.1:2500", "admin": "http://127.0.0.1:2502"},
+                {"id": 2, "alive": false, "buckets": 0},
+            ],
+            "cluster": {
+                "all_answered": true, "answered": [0, 1],
+                "fragments": {"messages": 9, "tombstones": 1, "segment_bytes": 2048},
+                "traffic": {"smtp_messages_accepted": 4, "smtp_messages_rejected": 0, "pop_messages_retrieved": 1},
+                "repair": {"under_replicated": 0, "pending": 0, "copies_made_total": 3,
+                           "tombstones_spread_total": 0, "tombstones_collected_total": 0, "passes_total": 8,
+                           "drain_copies_total": 2},
+                "drain": [{"id": 2, "pending": 0, "messages_held": null, "holds_nothing_needed": true}],
+            },
+        });
+        let text = status_text(&v).join("\n");
+        assert!(
+            text.contains("leader: none  voters: 0, 1  learners: none"),
+            "{text}"
+        );
+        assert!(!text.contains("null") && !text.contains('['), "{text}");
+        assert!(
+            text.contains("2 of 2 known nodes live; asked node 1"),
+            "{text}"
+        );
+        assert!(text.contains("copies made 3"), "{text}");
+        assert!(text.contains("node 2: holds nothing needed"), "{text}");
+        assert!(text.contains("2.0 GiB"), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("   ")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(rows[0].split_whitespace().take(2).eq(["0", "up"]), "{text}");
+        assert!(
+            rows[1].split_whitespace().take(2).eq(["2", "DOWN"]),
+            "{text}"
+        );
+    }
 }

@@ -101,7 +101,10 @@ pub fn set_cookie(session: &str) -> String {
 /// Whether a cookie session may make this request (read-only pages and figures).
 pub fn cookie_may(method: &hyper::Method, path: &str) -> bool {
     method == hyper::Method::GET
-        && matches!(path.trim_matches('/'), "" | "v1/status" | "v1/cluster" | "metrics")
+        && matches!(
+            path.trim_matches('/'),
+            "" | "v1/status" | "v1/cluster" | "metrics"
+        )
 }
 
 /// The login code in a query string (`code=...`).

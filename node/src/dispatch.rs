@@ -112,7 +112,9 @@ impl Node {
                 match self.registry.log().remove_member(id).await {
                     Ok(true) => tracing::info!(id, "removed node taken out of the registry"),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(id, error = %e, "taking a removed node out of the registry"),
+                    Err(e) => {
+                        tracing::warn!(id, error = %e, "taking a removed node out of the registry")
+                    }
                 }
                 if let Err(e) = self.drain.set(&self.store, id, false).await {
                     tracing::warn!(id, error = %e, "clearing the drain mark of a removed node");
@@ -121,13 +123,15 @@ impl Node {
                 self.repair_kick.notify_one();
                 Response::Ack
             }
-            Request::Drain { id, draining } => match self.drain.set(&self.store, id, draining).await {
-                Ok(_) => {
-                    self.repair_kick.notify_one();
-                    Response::Ack
+            Request::Drain { id, draining } => {
+                match self.drain.set(&self.store, id, draining).await {
+                    Ok(_) => {
+                        self.repair_kick.notify_one();
+                        Response::Ack
+                    }
+                    Err(e) => Response::Error(Failure::storage(StorageOp::Store, e)),
                 }
-                Err(e) => Response::Error(Failure::storage(StorageOp::Store, e)),
-            },
+            }
             Request::Status => Response::Status(crate::admin::cluster_status(self).to_string()),
             Request::Read { key } => match self.store.read(&key).await {
                 Ok(data) => Response::Message(data),

@@ -43,7 +43,10 @@ pub fn nodes_to_start(requested: Option<u16>, found: &[u16], data: &Path) -> Res
     if found.is_empty() {
         return Ok(requested.unwrap_or(1));
     }
-    let contiguous = found.iter().enumerate().all(|(i, id)| usize::from(*id) == i);
+    let contiguous = found
+        .iter()
+        .enumerate()
+        .all(|(i, id)| usize::from(*id) == i);
     if !contiguous {
         return Err(format!(
             "{} holds node directories that are not node-0..node-{}: {}; move the odd ones away or use another --data",
@@ -89,6 +92,9 @@ mod tests {
         }
         std::fs::write(t.path().join("node-7"), b"").unwrap();
         assert_eq!(node_dirs(t.path()).unwrap(), vec![0, 1]);
-        assert_eq!(node_dirs(&t.path().join("absent")).unwrap(), Vec::<u16>::new());
+        assert_eq!(
+            node_dirs(&t.path().join("absent")).unwrap(),
+            Vec::<u16>::new()
+        );
     }
 }

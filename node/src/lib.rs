@@ -21,7 +21,8 @@
 //!   directories `up` finds in a data dir.
 //! - [`overview`]: the cluster-wide status (every live node's figures, summed);
 //!   [`dashboard`]: the browser page and its login; [`telemetry`]: Prometheus series;
-//!   [`drain`]: draining nodes; [`out`]: CLI output that exits quietly on a closed pipe.
+//!   [`drain`]: draining nodes; [`out`]: CLI output that exits quietly on a closed pipe;
+//!   [`viewlog`]: the last views installed; [`logfilter`]: what the log leaves out.
 #![warn(missing_docs)]
 
 pub mod admin;
@@ -30,8 +31,8 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod deliver;
 pub mod dashboard;
+pub mod deliver;
 pub mod disk;
 pub mod dispatch;
 pub mod drain;
@@ -41,6 +42,7 @@ pub mod formation;
 pub mod fragments;
 pub mod gather;
 pub mod listen;
+pub mod logfilter;
 pub mod login;
 pub mod manager;
 pub mod out;
@@ -57,3 +59,4 @@ pub mod stats;
 pub mod telemetry;
 pub mod token;
 pub mod up;
+pub mod viewlog;

@@ -1,6 +1,8 @@
 //! The whole cluster's status from any node (`GET /v1/status`, `porcupine status`, the
 //! dashboard): this node asks every live node for its own figures (the `Status` RPC,
-//! answered with that node's `GET /v1/cluster` body) and sums them.
+//! answered with that node's `GET /v1/cluster` body), puts each in that node's row of
+//! `nodes` and sums them under `cluster`. The rest of the document is the asked node's
+//! own `GET /v1/cluster` body, unchanged.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -10,6 +12,10 @@ use serde_json::{Value, json};
 
 use crate::rpc::{Request, Response};
 use crate::service::Node;
+
+/// How long a node's figures are waited for: a node that is down but not yet out of
+/// the view must not hold up the status (the dashboard asks every second).
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// Figures summed over the answering nodes, by their key under `repair` (or `fragments`).
 const REPAIR_SUMS: &[&str] = &[
@@ -35,9 +41,9 @@ pub async fn cluster_overview(node: &Arc<Node>) -> Value {
     let view = node.cluster.view();
     let others = view.live.iter().copied().filter(|&id| id != node.id());
     let answers = futures::future::join_all(others.map(|id| async move {
-        let r = node.call(id, Request::Status).await;
+        let r = tokio::time::timeout(STATUS_WAIT, node.call(id, Request::Status)).await;
         let v = match r {
-            Ok(Response::Status(text)) => serde_json::from_str::<Value>(&text).ok(),
+            Ok(Ok(Response::Status(text))) => serde_json::from_str::<Value>(&text).ok(),
             _ => None,
         };
         (id, v)
@@ -133,21 +139,21 @@ pub fn combine(own: &Value, answers: &[(NodeId, Value)]) -> Value {
             })
         })
         .collect();
-    json!({
+    // The asked node's own document stays as it was (its `fragments`, `repair`, ...
+    // are its own, as `GET /v1/cluster` has them, which scripts already read); the
+    // nodes' rows gain every node's own figures and `cluster` holds the sums.
+    let mut out = own.clone();
+    out["nodes"] = json!(nodes);
+    out["cluster"] = json!({
         "asked": own["node"],
-        "epoch": own["epoch"],
-        "epoch_coordinator": own["epoch_coordinator"],
-        "live": own["live"],
         "answered": answered,
         "all_answered": all_answered,
-        "registry": own["registry"],
-        "nodes": nodes,
         "fragments": fragments,
         "repair": repair,
         "traffic": traffic,
-        "draining": draining,
         "drain": drain,
-    })
+    });
+    out
 }
 
 #[cfg(test)]
@@ -177,33 +183,43 @@ mod tests {
             (2, status(2, 3, 1, 0, &[2])),
         ];
         let v = combine(&own, &answers);
-        assert_eq!(v["repair"]["copies_made_total"], 3);
-        assert_eq!(v["fragments"]["messages"], 15);
-        assert_eq!(v["traffic"]["smtp_messages_accepted"], 3);
+        assert_eq!(v["cluster"]["repair"]["copies_made_total"], 3);
+        assert_eq!(v["cluster"]["fragments"]["messages"], 15);
+        assert_eq!(v["cluster"]["traffic"]["smtp_messages_accepted"], 3);
         assert_eq!(v["nodes"][1]["fragments"]["messages"], 7);
         assert_eq!(v["nodes"][2]["draining"], true);
-        assert_eq!(v["drain"][0]["holds_nothing_needed"], true);
-        assert_eq!(v["drain"][0]["messages_held"], 3);
+        assert_eq!(
+            v["fragments"]["messages"], 5,
+            "the asked node's own figures stay"
+        );
+        assert_eq!(v["cluster"]["drain"][0]["holds_nothing_needed"], true);
+        assert_eq!(v["cluster"]["drain"][0]["messages_held"], 3);
     }
 
     #[test]
     fn a_drain_is_not_done_while_a_node_is_silent_pending_or_has_not_seen_it() {
         let own = status(0, 5, 0, 0, &[2]);
         let silent = vec![(0, own.clone()), (1, status(1, 7, 0, 0, &[2]))];
-        assert_eq!(combine(&own, &silent)["drain"][0]["holds_nothing_needed"], false);
+        assert_eq!(
+            combine(&own, &silent)["cluster"]["drain"][0]["holds_nothing_needed"],
+            false
+        );
         let pending = vec![
             (0, own.clone()),
             (1, status(1, 7, 0, 4, &[2])),
             (2, status(2, 3, 0, 0, &[2])),
         ];
         let v = combine(&own, &pending);
-        assert_eq!(v["drain"][0]["holds_nothing_needed"], false);
-        assert_eq!(v["drain"][0]["pending"], 4);
+        assert_eq!(v["cluster"]["drain"][0]["holds_nothing_needed"], false);
+        assert_eq!(v["cluster"]["drain"][0]["pending"], 4);
         let unseen = vec![
             (0, own.clone()),
             (1, status(1, 7, 0, 0, &[])),
             (2, status(2, 3, 0, 0, &[2])),
         ];
-        assert_eq!(combine(&own, &unseen)["drain"][0]["holds_nothing_needed"], false);
+        assert_eq!(
+            combine(&own, &unseen)["cluster"]["drain"][0]["holds_nothing_needed"],
+            false
+        );
     }
 }

@@ -255,7 +255,9 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let smtp_config = Arc::new(config.smtp_config(client_tls.clone()));
-    let deliver = Arc::new(crate::telemetry::MeteredDeliver(DeliveryProxy(node.clone())));
+    let deliver = Arc::new(crate::telemetry::MeteredDeliver(DeliveryProxy(
+        node.clone(),
+    )));
     let smtp_shutdown = shutdown.clone();
     tasks.spawn(serve_tcp(
         smtp_listener,
@@ -386,6 +388,15 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         loop {
             let view = views.borrow_and_update().clone();
             metrics::counter!("porcupine_view_changes_total").increment(1);
+            let at_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            view_node.views.record(
+                view.view.epoch.counter,
+                view.view.epoch.coordinator,
+                view.view.members.iter().map(|m| m.id).collect(),
+                at_unix_ms,
+            );
             let live: Vec<(u64, String)> = view
                 .view
                 .members

@@ -70,6 +70,8 @@ pub struct Node {
     pub disk: Arc<crate::disk::DiskWatch>,
     /// Nodes being drained (`porcupine node drain`), saved in the local store.
     pub drain: crate::drain::DrainState,
+    /// The last views installed here (status, dashboard).
+    pub views: crate::viewlog::ViewLog,
     /// Test-only: extra time every `Store` request takes here (a slow disk), from
     /// `PORCUPINE_TEST_STORE_DELAY_MS`; zero in production.
     store_delay: std::time::Duration,
@@ -120,6 +122,7 @@ impl Node {
             soft_kick: tokio::sync::Notify::new(),
             releases: Default::default(),
             drain,
+            views: Default::default(),
             disk,
             store_delay,
             message_seq: AtomicU32::new(0),
@@ -192,8 +195,13 @@ impl Node {
         metrics::histogram!("porcupine_rpc_seconds", "request" => kind)
             .record(started.elapsed().as_secs_f64());
         let outcome = if reply.is_ok() { "ok" } else { "error" };
-        metrics::counter!("porcupine_rpc_calls_total", "request" => kind, "outcome" => outcome)
-            .increment(1);
+        metrics::counter!(
+            "porcupine_rpc_calls_total",
+            "request" => kind,
+            "peer" => node.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
         let Reply { load, response } = reply?;
         self.cluster.set_load(node, load);
         Ok(response)

@@ -27,10 +27,7 @@ pub static POP_MESSAGES_RETRIEVED: AtomicU64 = AtomicU64::new(0);
 /// recorder is already installed in this process.
 pub fn install() -> Option<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            LATENCY_BUCKETS_SECONDS,
-        )
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
         .and_then(|b| b.install_recorder())
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok()?;
@@ -105,12 +102,16 @@ fn describe() {
     );
     describe_counter!(
         "porcupine_rpc_calls_total",
-        "Calls to other nodes, by request kind and outcome (ok, error)"
+        "Calls to other nodes, by request kind, peer node and outcome (ok, error)"
+    );
+    describe_counter!(
+        "porcupine_rpc_version_refused_total",
+        "RPC requests refused for an unreadable protocol version header"
     );
     // Storage.
     describe_histogram!(
         "porcupine_storage_append_seconds",
-        "Durable message appends (write plus fdatasync, group committed)"
+        "Durable message appends as a Store request waits for them (write plus the group-committed fdatasync)"
     );
     describe_histogram!(
         "porcupine_storage_delete_seconds",
@@ -157,10 +158,7 @@ fn describe() {
         "porcupine_repair_tombstones_spread_total",
         "Tombstones spread by repair to copies that missed a delete"
     );
-    describe_counter!(
-        "porcupine_repair_passes_total",
-        "Complete repair passes"
-    );
+    describe_counter!("porcupine_repair_passes_total", "Complete repair passes");
     describe_counter!(
         "porcupine_tombstones_collected_total",
         "Tombstones collected (every replica had them)"
@@ -174,7 +172,10 @@ fn describe() {
         "Messages short of R copies outside draining nodes after the last pass"
     );
     // Membership and load.
-    describe_gauge!("porcupine_load", "This node's load figure (requests in flight)");
+    describe_gauge!(
+        "porcupine_load",
+        "This node's load figure (requests in flight)"
+    );
     describe_gauge!(
         "porcupine_node_load",
         "Each live node's load as this node's load table has it, by node"
@@ -193,10 +194,7 @@ fn describe() {
     );
     describe_gauge!("porcupine_view_epoch", "Epoch counter of the current view");
     describe_gauge!("porcupine_view_members", "Live nodes in the current view");
-    describe_counter!(
-        "porcupine_view_changes_total",
-        "Views this node installed"
-    );
+    describe_counter!("porcupine_view_changes_total", "Views this node installed");
 }
 
 /// The label of one RPC request kind.
@@ -258,8 +256,7 @@ pub struct MeteredDeliver<D>(pub D);
 impl<D: smtp::Deliver> smtp::Deliver for MeteredDeliver<D> {
     async fn check_recipient(&self, address: &str) -> RcptVerdict {
         let v = self.0.check_recipient(address).await;
-        metrics::counter!("porcupine_smtp_recipients_total", "reply" => rcpt_code(&v))
-            .increment(1);
+        metrics::counter!("porcupine_smtp_recipients_total", "reply" => rcpt_code(&v)).increment(1);
         v
     }
 
@@ -288,9 +285,15 @@ mod tests {
     #[test]
     fn reply_codes_follow_the_smtp_crate_mapping() {
         assert_eq!(deliver_code(&Ok(())), "250");
-        assert_eq!(deliver_code(&Err(DeliverError::Temporary("x".into()))), "451");
+        assert_eq!(
+            deliver_code(&Err(DeliverError::Temporary("x".into()))),
+            "451"
+        );
         assert_eq!(deliver_code(&Err(DeliverError::NoSpace("x".into()))), "452");
-        assert_eq!(deliver_code(&Err(DeliverError::Permanent("x".into()))), "554");
+        assert_eq!(
+            deliver_code(&Err(DeliverError::Permanent("x".into()))),
+            "554"
+        );
         assert_eq!(rcpt_code(&RcptVerdict::Accept), "250");
         assert_eq!(rcpt_code(&RcptVerdict::RelayDenied), "550");
         assert_eq!(rcpt_code(&RcptVerdict::TempFail("x".into())), "451");
