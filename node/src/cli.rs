@@ -322,8 +322,18 @@ pub fn status_text(v: &Value) -> Vec<String> {
     }
     out.push(String::new());
     out.push(format!(
-        "{:>4}  {:<9} {:>5} {:>7} {:>9} {:>6} {:>10} {:<10} {:<21} {:<21}",
-        "id", "state", "load", "buckets", "messages", "users", "disk free", "maps", "smtp", "admin"
+        "{:>4}  {:<9} {:>5} {:>7} {:>9} {:>6} {:>10} {:>10} {:<10} {:<21} {}",
+        "id",
+        "state",
+        "load",
+        "buckets",
+        "messages",
+        "users",
+        "stored",
+        "disk free",
+        "maps",
+        "smtp",
+        "admin"
     ));
     for n in nodes {
         let state = if n["alive"].as_bool() != Some(true) {
@@ -345,13 +355,14 @@ pub fn status_text(v: &Value) -> Vec<String> {
             None => "-",
         };
         out.push(format!(
-            "{:>4}  {:<9} {:>5} {:>7} {:>9} {:>6} {:>10} {:<10} {:<21} {:<21}",
+            "{:>4}  {:<9} {:>5} {:>7} {:>9} {:>6} {:>10} {:>10} {:<10} {:<21} {}",
             num(&n["id"]),
             state,
             num(&n["load"]),
             num(&n["buckets"]),
             num(&n["fragments"]["messages"]),
             num(&n["fragments"]["users"]),
+            bytes_text(&n["fragments"]["segment_bytes"]),
             bytes_text(&n["disk"]["free_bytes"]),
             maps,
             n["smtp"].as_str().unwrap_or("-"),

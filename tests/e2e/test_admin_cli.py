@@ -126,11 +126,12 @@ class AdminTest(unittest.TestCase):
         self.assertRegex(lines[2], r"^mail:     \d+ message copies, \d+ tombstones, .* in segments; smtp accepted \d+, refused \d+; pop3 retrieved \d+$")
         self.assertRegex(lines[3], r"^repair:   under-replicated 0 \(pending 0\), copies made \d+, tombstones spread \d+, collected \d+, passes \d+ ")
         self.assertEqual(lines[4], "")
-        self.assertEqual(lines[5].split(), ["id", "state", "load", "buckets", "messages", "users", "disk", "free", "maps", "smtp", "admin"])
+        self.assertEqual(lines[5].split(), ["id", "state", "load", "buckets", "messages", "users", "stored", "disk", "free", "maps", "smtp", "admin"])
         self.assertEqual(len(lines), 7, cp.stdout)
         row = lines[6].split()
         c = self.cluster
         self.assertEqual(row[:2], ["0", "up"], "a fresh node's disk is not nearly full")
+        self.assertEqual(lines[6], lines[6].rstrip(), "no trailing blanks")
         self.assertEqual(int(row[3]), 65536, "a single node holds every bucket")
         self.assertEqual(row[-3:], ["complete", c.info[0].smtp, c.info[0].admin.removeprefix("http://")], cp.stdout)
         self.assertNotIn("null", cp.stdout)

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 import urllib.request
@@ -19,6 +20,11 @@ import faults
 import harness
 
 SHOTS = os.environ.get("PORCUPINE_SHOTS", "/work/briefs/shots")
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 class Browser:
@@ -40,12 +46,12 @@ class Browser:
             start_new_session=True)
         port_file = os.path.join(self.profile, "DevToolsActivePort")
         deadline = time.monotonic() + 30
-        while not (os.path.exists(port_file) and open(port_file).read().count("\n") >= 1):
+        while not (os.path.exists(port_file) and _read(port_file).count("\n") >= 1):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 self.close()
                 raise AssertionError("chromium did not open its DevTools port")
             time.sleep(0.1)
-        port = int(open(port_file).read().split()[0])
+        port = int(_read(port_file).split()[0])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -154,7 +160,29 @@ class DashboardTest(unittest.TestCase):
             body: JSON.stringify({address: 'x@evil.test', password: 'p'})}).then(r => r.status)""",
                    awaitPromise=True, returnByValue=True)
         self.assertEqual(r["result"]["value"], 401)
-        time.sleep(2)  # a few samples on the charts
+        # Some traffic for the charts: mail in through every node, a few retrievals.
+        stop = threading.Event()
+
+        def traffic():
+            k = 0
+            until = time.monotonic() + 60  # bounded even if the test hangs
+            while not stop.is_set() and time.monotonic() < until:
+                try:
+                    harness.deliver(c.smtp_port(k % 2), f"dash@{harness.DOMAIN}", harness.make_message(f"t{k}"))
+                    if k % 20 == 0:
+                        p = harness.pop_session(c.pop_port(k % 2), f"dash@{harness.DOMAIN}", "pw")
+                        p.retr(min(p.listing()))
+                        p.quit()
+                except (OSError, ConnectionError, ValueError, harness.PopError):
+                    pass  # a view change (node 2 is killed below) may refuse some
+                k += 1
+
+        sender = threading.Thread(target=traffic, daemon=True)
+        sender.start()
+        self.addCleanup(stop.set)
+        time.sleep(6)
+        b.wait_js("document.getElementById('rate-legend').textContent.match(/SMTP accepted [1-9]/)", 10,
+                  "a non-zero SMTP rate")
         b.screenshot(os.path.join(SHOTS, "dashboard-3-nodes.png"))
 
         killed_at = time.monotonic()
@@ -169,8 +197,10 @@ class DashboardTest(unittest.TestCase):
         self.assertLess(seen_down, 15)
         b.wait_js("[...document.querySelectorAll('#views tr td:last-child')].some(td => td.textContent === '2')",
                   5, "the view change leaving node 2 out")
-        time.sleep(1)
+        time.sleep(3)
         b.screenshot(os.path.join(SHOTS, "dashboard-node-2-down.png"))
+        stop.set()
+        sender.join(30)
 
 
 if __name__ == "__main__":
