@@ -569,9 +569,15 @@ pub fn cluster_status(node: &Node) -> Value {
             "last_pass_ms": get(&node.repair.last_pass_ms),
             "drain_pending": get(&node.repair.drain_pending),
             "drain_copies_total": get(&node.repair.drain_copies_total),
-            "last_pass_draining": node.repair.last_pass_draining.lock().map(|d| d.clone()).unwrap_or_default(),
         },
         "draining": node.drain.ids(),
+        // Not under `repair`, whose figures are all counts (scripts sum them).
+        "last_pass_draining": node
+            .repair
+            .last_pass_draining
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default(),
         "views": node.views.entries(),
         "load_here": softstate::queue_of(node.load()),
         "traffic": {

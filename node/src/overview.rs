@@ -122,7 +122,7 @@ pub fn combine(own: &Value, answers: &[(NodeId, Value)]) -> Value {
         .map(|&d| {
             let seen_by_all = all_answered
                 && live.iter().filter_map(|&id| by_id(id)).all(|v| {
-                    v["repair"]["last_pass_draining"]
+                    v["last_pass_draining"]
                         .as_array()
                         .is_some_and(|a| a.iter().any(|x| x.as_u64() == Some(d)))
                 });
@@ -168,7 +168,8 @@ mod tests {
             "draining": [2],
             "nodes": [{"id": 0, "alive": true}, {"id": 1, "alive": true}, {"id": 2, "alive": true}],
             "fragments": {"messages": messages, "tombstones": 0, "segment_bytes": 10},
-            "repair": {"copies_made_total": copies, "drain_pending": pending, "last_pass_draining": seen},
+            "repair": {"copies_made_total": copies, "drain_pending": pending},
+            "last_pass_draining": seen,
             "traffic": {"smtp_messages_accepted": 1},
             "registry": {"leader": 0},
         })

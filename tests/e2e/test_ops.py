@@ -218,6 +218,20 @@ class ClusterOverviewTest(unittest.TestCase):
         self.assertRegex(logs, r"INFO.*account added")
         self.assertRegex(logs, r"INFO.*new view")
 
+    def test_z_a_killed_node_rejoins_without_error_lines(self):
+        # Last (by name): it takes node 2 down and back.
+        c = self.cluster
+        offsets = log_offsets(c)
+        c.kill_node(2)
+        faults.wait_view(c, [0, 1], 30)
+        c.restart_node(2)
+        faults.wait_view(c, [0, 1, 2], 40)
+        c.add_users([(f"rejoin@{DOMAIN}", "pw")], node=2)
+        c.wait_users_known([f"rejoin@{DOMAIN}"])
+        self.assertEqual(error_lines(c, offsets), [])
+        logs = all_logs(c)
+        self.assertIn("address=rejoin@", logs)
+
 
 class UpExistingDataTest(unittest.TestCase):
     """`up` on a data dir from an earlier `up --nodes 3`."""
