@@ -154,12 +154,18 @@ async fn drain_user(
             report.drain_pending += 1;
             continue;
         }
-        match copy(node, key(id), &holders, count).await {
-            Ok(made) if made as usize >= count => report.drain_copies += made,
-            Ok(made) => {
-                report.drain_copies += made;
-                report.drain_pending += 1;
-            }
+        let copied = copy(node, key(id), &holders, count).await;
+        if let Ok(made) = copied {
+            report.drain_copies += made;
+            // Counted as they are made (not at the end of the pass), so `status`
+            // shows a drain's progress while a long pass runs.
+            node.repair
+                .drain_copies_total
+                .fetch_add(made, Ordering::Relaxed);
+        }
+        match copied {
+            Ok(made) if made as usize >= count => {}
+            Ok(_) => report.drain_pending += 1,
             Err(e) => {
                 tracing::warn!(%id, error = %e, "copying a message off a draining node");
                 report.drain_pending += 1;
@@ -271,8 +277,6 @@ pub async fn run(
         s.tombstones_collected_total
             .fetch_add(r.tombstones_collected, Ordering::Relaxed);
         s.passes_total.fetch_add(1, Ordering::Relaxed);
-        s.drain_copies_total
-            .fetch_add(r.drain_copies, Ordering::Relaxed);
         s.drain_pending.store(r.drain_pending, Ordering::Relaxed);
         if let Ok(mut d) = s.last_pass_draining.lock() {
             *d = draining_at_start;
