@@ -254,6 +254,47 @@ fn num(v: &Value) -> String {
     }
 }
 
+/// The `versions:` line: one entry per distinct (release, RPC version, data format)
+/// among the nodes that answered, with the nodes running it, so a rolling upgrade's
+/// mix (or a node left behind) shows; RPCs refused for their version are summed.
+fn versions_text(nodes: &[&Value]) -> String {
+    let mut by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut refused = 0;
+    for n in nodes {
+        let ver = &n["version"];
+        if ver.is_null() {
+            continue;
+        }
+        refused += ver["rpc_refused"].as_u64().unwrap_or(0);
+        let key = format!(
+            "{} (rpc {}, reads {}-{}; data format {})",
+            num(&ver["release"]),
+            num(&ver["rpc"]),
+            num(&ver["rpc_min"]),
+            num(&ver["rpc"]),
+            num(&ver["data_format"])
+        );
+        by.entry(key).or_default().push(num(&n["id"]));
+    }
+    let mut text = String::from("versions: ");
+    if by.is_empty() {
+        text.push_str("unknown");
+    } else if by.len() == 1 {
+        let (k, _) = by.iter().next().expect("one entry");
+        text.push_str(&format!("{k} on every node that answered"));
+    } else {
+        let parts: Vec<String> = by
+            .iter()
+            .map(|(k, ids)| format!("{k} on {}", ids.join(", ")))
+            .collect();
+        text.push_str(&format!("MIXED: {}", parts.join("; ")));
+    }
+    if refused > 0 {
+        text.push_str(&format!("; {refused} RPCs refused for their version"));
+    }
+    text
+}
+
 /// The readable table of `porcupine status` for a `GET /v1/status` document.
 pub fn status_text(v: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -283,6 +324,7 @@ pub fn status_text(v: &Value) -> Vec<String> {
         id_list(&r["learners"]),
         num(&r["term"]),
     ));
+    out.push(versions_text(&nodes));
     let f = &v["cluster"]["fragments"];
     let t = &v["cluster"]["traffic"];
     out.push(format!(
@@ -511,6 +553,35 @@ mod tests {
         assert!(
             rows[1].split_whitespace().take(2).eq(["2", "DOWN"]),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_versions_line_shows_a_mix_and_refusals() {
+        let ver = |rpc: u64, refused: u64| json!({"release": "0.1.0", "rpc": rpc, "rpc_min": 1, "rpc_refused": refused, "data_format": 1});
+        let (a, b, c) = (
+            json!({"id": 0, "version": ver(1, 0)}),
+            json!({"id": 1, "version": ver(2, 3)}),
+            json!({"id": 2, "version": ver(1, 0)}),
+        );
+        let mixed = versions_text(&[&a, &b, &c]);
+        assert!(mixed.starts_with("versions: MIXED: "), "{mixed}");
+        assert!(
+            mixed.contains("(rpc 1, reads 1-1; data format 1) on 0, 2"),
+            "{mixed}"
+        );
+        assert!(
+            mixed.contains("(rpc 2, reads 1-2; data format 1) on 1"),
+            "{mixed}"
+        );
+        assert!(
+            mixed.ends_with("; 3 RPCs refused for their version"),
+            "{mixed}"
+        );
+        let same = versions_text(&[&a, &c]);
+        assert_eq!(
+            same,
+            "versions: 0.1.0 (rpc 1, reads 1-1; data format 1) on every node that answered"
         );
     }
 }

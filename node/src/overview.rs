@@ -86,6 +86,7 @@ pub fn combine(own: &Value, answers: &[(NodeId, Value)]) -> Value {
                 out["disk"] = v["disk"].clone();
                 out["repair"] = v["repair"].clone();
                 out["traffic"] = v["traffic"].clone();
+                out["version"] = v["version"].clone();
                 // Its own load figure is fresher than this node's table.
                 out["load"] = v["load_here"].clone();
             }
