@@ -185,7 +185,10 @@ pub async fn add_user(
         .add_account(&body.address, &body.password, quota)
         .await
     {
-        Ok(address) => json_response(StatusCode::CREATED, json!({ "address": address })),
+        Ok(address) => {
+            tracing::info!(%address, "account added");
+            json_response(StatusCode::CREATED, json!({ "address": address }))
+        }
         Err(e) => registry_error(e),
     }
 }
@@ -280,7 +283,10 @@ pub async fn handle(
                 messages: messages.unwrap_or_default(),
             };
             match node.registry.add_domain(&body.domain, quota).await {
-                Ok(d) => json_response(StatusCode::CREATED, domain_json(node, &d)),
+                Ok(d) => {
+                    tracing::info!(domain = %d, "domain added");
+                    json_response(StatusCode::CREATED, domain_json(node, &d))
+                }
                 Err(e) => registry_error(e),
             }
         }
@@ -310,10 +316,13 @@ pub async fn handle(
                 .del_domain(&percent_decode(domain), force)
                 .await
             {
-                Ok((d, users, aliases)) => json_response(
-                    StatusCode::OK,
-                    json!({"deleted": d, "users_removed": users, "aliases_removed": aliases}),
-                ),
+                Ok((d, users, aliases)) => {
+                    tracing::info!(domain = %d, users, aliases, "domain deleted");
+                    json_response(
+                        StatusCode::OK,
+                        json!({"deleted": d, "users_removed": users, "aliases_removed": aliases}),
+                    )
+                }
                 Err(e) => registry_error(e),
             }
         }
@@ -333,16 +342,22 @@ pub async fn handle(
                 Err(r) => return r,
             };
             match node.registry.add_alias(&body.source, &body.targets).await {
-                Ok((source, targets)) => json_response(
-                    StatusCode::CREATED,
-                    json!({"source": source, "targets": targets}),
-                ),
+                Ok((source, targets)) => {
+                    tracing::info!(%source, ?targets, "alias added");
+                    json_response(
+                        StatusCode::CREATED,
+                        json!({"source": source, "targets": targets}),
+                    )
+                }
                 Err(e) => registry_error(e),
             }
         }
         (&Method::DELETE, ["v1", "aliases", source]) => {
             match node.registry.del_alias(&percent_decode(source)).await {
-                Ok(source) => json_response(StatusCode::OK, json!({ "deleted": source })),
+                Ok(source) => {
+                    tracing::info!(%source, "alias deleted");
+                    json_response(StatusCode::OK, json!({ "deleted": source }))
+                }
                 Err(e) => registry_error(e),
             }
         }

@@ -49,7 +49,7 @@ pub async fn user_add(
 ) -> anyhow::Result<()> {
     let body = quota.into_json(json!({"address": address, "password": password}));
     let v = c.expect_ok(Method::POST, "/v1/users", Some(body)).await?;
-    println!("added {}", v["address"].as_str().unwrap_or(address));
+    crate::outln!("added {}", v["address"].as_str().unwrap_or(address));
     Ok(())
 }
 
@@ -66,7 +66,7 @@ pub async fn user_set(c: &AdminClient, address: &str, quota: QuotaArgs) -> anyho
             Some(quota.into_json(json!({}))),
         )
         .await?;
-    println!(
+    crate::outln!(
         "{}: quota {} bytes, {} messages (own: {}, {})",
         v["address"].as_str().unwrap_or(address),
         max_text(&v["quota_bytes_max"]),
@@ -82,16 +82,20 @@ pub async fn user_list(c: &AdminClient) -> anyhow::Result<()> {
     let v = c
         .expect_ok(Method::GET, "/v1/users?usage=true", None)
         .await?;
-    println!(
+    crate::outln!(
         "{:<40} {:>12} {:>12} {:>9} {:>9}",
-        "address", "used_bytes", "quota_bytes", "messages", "quota_msg"
+        "address",
+        "used_bytes",
+        "quota_bytes",
+        "messages",
+        "quota_msg"
     );
     for a in v["accounts"].as_array().into_iter().flatten() {
         let used = |k: &str| {
             a[k].as_u64()
                 .map_or_else(|| "?".to_string(), |n| n.to_string())
         };
-        println!(
+        crate::outln!(
             "{:<40} {:>12} {:>12} {:>9} {:>9}",
             a["address"].as_str().unwrap_or_default(),
             used("used_bytes"),
@@ -112,7 +116,7 @@ pub async fn domain_add(c: &AdminClient, domain: &str, quota: QuotaArgs) -> anyh
             Some(quota.into_json(json!({ "domain": domain }))),
         )
         .await?;
-    println!(
+    crate::outln!(
         "added domain {} (default quota {} bytes, {} messages)",
         v["domain"].as_str().unwrap_or(domain),
         limit_text(&v["quota_bytes"]),
@@ -134,7 +138,7 @@ pub async fn domain_set(c: &AdminClient, domain: &str, quota: QuotaArgs) -> anyh
             Some(quota.into_json(json!({}))),
         )
         .await?;
-    println!(
+    crate::outln!(
         "{}: default quota {} bytes, {} messages",
         v["domain"].as_str().unwrap_or(domain),
         limit_text(&v["quota_bytes"]),
@@ -151,7 +155,7 @@ pub async fn domain_del(c: &AdminClient, domain: &str, force: bool) -> anyhow::R
         if force { "?force=true" } else { "" }
     );
     let v = c.expect_ok(Method::DELETE, &path, None).await?;
-    println!(
+    crate::outln!(
         "deleted domain {} ({} account(s), {} alias(es) removed with it)",
         v["deleted"].as_str().unwrap_or(domain),
         v["users_removed"],
@@ -163,12 +167,16 @@ pub async fn domain_del(c: &AdminClient, domain: &str, force: bool) -> anyhow::R
 /// `porcupine domain list`.
 pub async fn domain_list(c: &AdminClient) -> anyhow::Result<()> {
     let v = c.expect_ok(Method::GET, "/v1/domains", None).await?;
-    println!(
+    crate::outln!(
         "{:<40} {:>6} {:>8} {:>12} {:>10}",
-        "domain", "users", "aliases", "quota_bytes", "quota_msg"
+        "domain",
+        "users",
+        "aliases",
+        "quota_bytes",
+        "quota_msg"
     );
     for d in v["details"].as_array().into_iter().flatten() {
-        println!(
+        crate::outln!(
             "{:<40} {:>6} {:>8} {:>12} {:>10}",
             d["domain"].as_str().unwrap_or_default(),
             d["users"],
@@ -195,7 +203,7 @@ pub async fn alias_add(c: &AdminClient, source: &str, targets: &[String]) -> any
         .iter()
         .filter_map(|t| t.as_str().map(str::to_string))
         .collect();
-    println!(
+    crate::outln!(
         "added alias {} -> {}",
         v["source"].as_str().unwrap_or(source),
         targets.join(", ")
@@ -212,7 +220,7 @@ pub async fn alias_del(c: &AdminClient, source: &str) -> anyhow::Result<()> {
             None,
         )
         .await?;
-    println!("deleted alias {}", v["deleted"].as_str().unwrap_or(source));
+    crate::outln!("deleted alias {}", v["deleted"].as_str().unwrap_or(source));
     Ok(())
 }
 
@@ -226,7 +234,7 @@ pub async fn alias_list(c: &AdminClient) -> anyhow::Result<()> {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        println!(
+        crate::outln!(
             "{} -> {}",
             a["source"].as_str().unwrap_or_default(),
             targets.join(", ")

@@ -107,6 +107,8 @@ pub struct AdminAuth {
     pub token: AdminToken,
     /// Serve `GET /metrics` without the token (for scrapers that cannot send one).
     pub metrics_public: bool,
+    /// Dashboard login codes and browser sessions (read-only access by cookie).
+    pub dashboard: Arc<crate::dashboard::Sessions>,
 }
 
 impl AdminAuth {
@@ -115,9 +117,19 @@ impl AdminAuth {
         if self.metrics_public && req.uri().path().trim_matches('/') == "metrics" {
             return true;
         }
-        req.headers()
+        if req
+            .headers()
             .get(hyper::header::AUTHORIZATION)
             .is_some_and(|v| self.token.matches_header(v.as_bytes()))
+        {
+            return true;
+        }
+        crate::dashboard::cookie_may(req.method(), req.uri().path())
+            && req
+                .headers()
+                .get_all(hyper::header::COOKIE)
+                .iter()
+                .any(|c| self.dashboard.cookie_allows(c.as_bytes()))
     }
 }
 
@@ -125,12 +137,21 @@ impl AdminAuth {
 /// state (user and mail maps) complete for it; `503` with the reason otherwise.
 fn readiness(node: &Node) -> HttpResponse {
     let view = node.cluster.view();
-    let ready = node.maps_ready();
+    let complete = node.maps_ready();
+    let quorate = node.quorate();
+    let ready = complete && quorate;
+    let reason = if !complete {
+        Some("view or soft state not complete yet")
+    } else if !quorate {
+        Some("minority side of a partition (partition_policy = quorum)")
+    } else {
+        None
+    };
     let body = json!({
         "ready": ready,
         "epoch": view.view.epoch.counter,
         "live": view.live,
-        "reason": if ready { None } else { Some("view or soft state not complete yet") },
+        "reason": reason,
     });
     let status = if ready {
         StatusCode::OK
@@ -161,6 +182,9 @@ pub async fn handle(
     auth: Arc<AdminAuth>,
     req: hyper::Request<crate::listen::TimedBody>,
 ) -> HttpResponse {
+    if req.method() == Method::GET && req.uri().path() == "/dashboard/login" {
+        return dashboard_login(&auth, req.uri().query());
+    }
     // Probes answer without the token (kubelets and load balancers cannot send one);
     // they say only whether this node is alive and ready.
     if req.method() == Method::GET {
@@ -171,6 +195,14 @@ pub async fn handle(
         }
     }
     if !auth.allows(&req) {
+        if req.method() == Method::GET && req.uri().path() == "/" {
+            return html(
+                StatusCode::UNAUTHORIZED,
+                "<!doctype html><title>Porcupine</title><p>Not logged in. Run \
+                 <code>porcupine dashboard</code> and open the URL it prints.</p>\n"
+                    .to_string(),
+            );
+        }
         return unauthorized();
     }
     let path = req.uri().path().to_string();
@@ -193,7 +225,10 @@ pub async fn handle(
         }
         (&Method::DELETE, ["v1", "users", address]) => {
             match node.registry.del_user(&percent_decode(address)).await {
-                Ok(address) => json_response(StatusCode::OK, json!({ "deleted": address })),
+                Ok(address) => {
+                    tracing::info!(%address, "account deleted");
+                    json_response(StatusCode::OK, json!({ "deleted": address }))
+                }
                 Err(e) => registry_error(e),
             }
         }
@@ -204,7 +239,10 @@ pub async fn handle(
                 Err(r) => return r,
             };
             match node.registry.set_password(&address, &body.password).await {
-                Ok(address) => json_response(StatusCode::OK, json!({ "address": address })),
+                Ok(address) => {
+                    tracing::info!(%address, "account password changed");
+                    json_response(StatusCode::OK, json!({ "address": address }))
+                }
                 Err(e) => registry_error(e),
             }
         }
@@ -218,6 +256,21 @@ pub async fn handle(
             remove_node(&node, id).await
         }
         (&Method::GET, ["v1", "cluster"]) => json_response(StatusCode::OK, cluster_status(&node)),
+        (&Method::GET, ["v1", "status"]) => json_response(
+            StatusCode::OK,
+            crate::overview::cluster_overview(&node).await,
+        ),
+        (&Method::POST, ["v1", "nodes", id, "drain"])
+        | (&Method::DELETE, ["v1", "nodes", id, "drain"]) => {
+            let Ok(id) = id.parse::<u64>() else {
+                return error(StatusCode::BAD_REQUEST, format!("bad node id {id:?}"));
+            };
+            drain_node(&node, id, method == Method::POST).await
+        }
+        (&Method::POST, ["v1", "dashboard", "code"]) => {
+            json_response(StatusCode::OK, json!({ "code": auth.dashboard.new_code() }))
+        }
+        (&Method::GET, [""]) => html(StatusCode::OK, crate::dashboard::PAGE_HTML.to_string()),
         (&Method::GET, ["metrics"]) => {
             record_gauges(&node);
             let text = metrics.map(|m| m.render()).unwrap_or_default();
@@ -236,6 +289,83 @@ pub async fn handle(
             format!("no route {method} {path}; the API lives under /v1/"),
         ),
     }
+}
+
+fn html(status: StatusCode, body: String) -> HttpResponse {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        hyper::header::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        hyper::header::HeaderName::from_static("content-security-policy"),
+        hyper::header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ),
+    );
+    r
+}
+
+/// `GET /dashboard/login?code=CODE`: trade a one-time code for a session cookie.
+fn dashboard_login(auth: &AdminAuth, query: Option<&str>) -> HttpResponse {
+    let session = crate::dashboard::code_in_query(query).and_then(|c| auth.dashboard.redeem(c));
+    let Some(session) = session else {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            "<!doctype html><title>Porcupine</title><p>This login link is unknown, used or \
+             expired. Run <code>porcupine dashboard</code> for a new one.</p>\n"
+                .to_string(),
+        );
+    };
+    tracing::info!("dashboard login");
+    let mut r = html(StatusCode::SEE_OTHER, String::new());
+    let h = r.headers_mut();
+    h.insert(
+        hyper::header::LOCATION,
+        hyper::header::HeaderValue::from_static("/"),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&crate::dashboard::set_cookie(&session)) {
+        h.insert(hyper::header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// Mark node `id` draining (or not) on every live node.
+async fn drain_node(node: &Arc<Node>, id: u64, draining: bool) -> HttpResponse {
+    let view = node.cluster.view();
+    if !view.live.contains(&id) && !node.cluster.known().iter().any(|k| k.id == id) {
+        return error(StatusCode::NOT_FOUND, format!("no known node {id}"));
+    }
+    let calls = view.live.iter().map(|&n| async move {
+        (
+            n,
+            node.call(n, crate::rpc::Request::Drain { id, draining })
+                .await,
+        )
+    });
+    let mut told = Vec::new();
+    let mut failed = Vec::new();
+    for (n, r) in futures::future::join_all(calls).await {
+        match r {
+            Ok(crate::rpc::Response::Ack) => told.push(n),
+            other => failed.push(json!({"node": n, "error": format!("{other:?}")})),
+        }
+    }
+    tracing::info!(id, draining, ?told, "node drain requested");
+    json_response(
+        if failed.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::BAD_GATEWAY
+        },
+        json!({"node": id, "draining": draining, "told": told, "failed": failed}),
+    )
 }
 
 /// Declare node `id` gone for good: every live node forgets it, and repair passes then
@@ -263,13 +393,28 @@ async fn remove_node(node: &Arc<Node>, id: u64) -> HttpResponse {
             other => failed.push(json!({"node": n, "error": format!("{other:?}")})),
         }
     }
+    tracing::info!(id, ?told, "node remove requested");
+    // The registry leader drops the node from raft; give it a moment, then report.
+    let mut raft = node.registry.log().status();
+    for _ in 0..20 {
+        if !raft.voter_ids.contains(&id) && !raft.learner_ids.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        raft = node.registry.log().status();
+    }
     json_response(
         if failed.is_empty() {
             StatusCode::OK
         } else {
             StatusCode::BAD_GATEWAY
         },
-        json!({"removed": id, "told": told, "failed": failed}),
+        json!({
+            "removed": id,
+            "told": told,
+            "failed": failed,
+            "registry": {"voters": raft.voter_ids, "learners": raft.learner_ids},
+        }),
     )
 }
 
@@ -346,11 +491,20 @@ fn record_gauges(node: &Node) {
         |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
     metrics::gauge!("porcupine_under_replicated_messages").set(get(&r.under_replicated));
     metrics::gauge!("porcupine_repair_pending_messages").set(get(&r.pending));
-    metrics::gauge!("porcupine_repair_copies_made_total").set(get(&r.copies_made_total));
-    metrics::gauge!("porcupine_repair_tombstones_spread_total")
-        .set(get(&r.tombstones_spread_total));
-    metrics::gauge!("porcupine_repair_passes_total").set(get(&r.passes_total));
-    metrics::gauge!("porcupine_tombstones_collected_total").set(get(&r.tombstones_collected_total));
+    let count = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!("porcupine_repair_copies_made_total").absolute(count(&r.copies_made_total));
+    metrics::counter!("porcupine_repair_tombstones_spread_total")
+        .absolute(count(&r.tombstones_spread_total));
+    metrics::counter!("porcupine_repair_passes_total").absolute(count(&r.passes_total));
+    metrics::counter!("porcupine_tombstones_collected_total")
+        .absolute(count(&r.tombstones_collected_total));
+    metrics::counter!("porcupine_drain_copies_total").absolute(count(&r.drain_copies_total));
+    metrics::gauge!("porcupine_drain_pending_messages").set(get(&r.drain_pending));
+    let draining = node.drain.ids();
+    for &id in &view.live {
+        metrics::gauge!("porcupine_node_draining", "node" => id.to_string())
+            .set(f64::from(u8::from(draining.contains(&id))));
+    }
 }
 
 /// This node's view of the cluster, as `GET /v1/cluster` and `porcupine status --json` show it.
@@ -394,6 +548,13 @@ pub fn cluster_status(node: &Node) -> Value {
         "epoch_coordinator": view.view.epoch.coordinator,
         "live": view.live,
         "maps_complete": node.maps_ready(),
+        "version": {
+            "release": env!("CARGO_PKG_VERSION"),
+            "rpc": crate::rpc::RPC_VERSION,
+            "rpc_min": crate::rpc::RPC_VERSION_MIN,
+            "rpc_refused": get(&crate::rpc::VERSION_REFUSED),
+            "data_format": crate::format::DATA_FORMAT,
+        },
         "users_managed": node.manager.users_managed(),
         "fragments": {
             "messages": stats.messages,
@@ -414,6 +575,23 @@ pub fn cluster_status(node: &Node) -> Value {
             "tombstones_collected_total": get(&node.repair.tombstones_collected_total),
             "passes_total": get(&node.repair.passes_total),
             "last_pass_ms": get(&node.repair.last_pass_ms),
+            "drain_pending": get(&node.repair.drain_pending),
+            "drain_copies_total": get(&node.repair.drain_copies_total),
+        },
+        "draining": node.drain.ids(),
+        // Not under `repair`, whose figures are all counts (scripts sum them).
+        "last_pass_draining": node
+            .repair
+            .last_pass_draining
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default(),
+        "views": node.views.entries(),
+        "load_here": softstate::queue_of(node.load()),
+        "traffic": {
+            "smtp_messages_accepted": get(&crate::telemetry::SMTP_MESSAGES_ACCEPTED),
+            "smtp_messages_rejected": get(&crate::telemetry::SMTP_MESSAGES_REJECTED),
+            "pop_messages_retrieved": get(&crate::telemetry::POP_MESSAGES_RETRIEVED),
         },
         "registry": {
             "leader": raft.leader_id,
@@ -444,6 +622,7 @@ mod tests {
         let closed = AdminAuth {
             token: token.clone(),
             metrics_public: false,
+            dashboard: Default::default(),
         };
         for path in ["/v1/users", "/metrics", "/", "/nowhere"] {
             assert!(!closed.allows(&req(path, None)), "{path}");
@@ -453,6 +632,7 @@ mod tests {
         let open = AdminAuth {
             token,
             metrics_public: true,
+            dashboard: Default::default(),
         };
         assert!(open.allows(&req("/metrics", None)));
         assert!(!open.allows(&req("/v1/users", None)));

@@ -37,7 +37,11 @@ impl Node {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                match self.store.append(batch).await {
+                let started = std::time::Instant::now();
+                let appended = self.store.append(batch).await;
+                metrics::histogram!("porcupine_storage_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                match appended {
                     Ok(()) => {
                         // Placed under another view: our report for the current one may
                         // have gone out before this store; the machine tells the manager.
@@ -104,9 +108,31 @@ impl Node {
                         tracing::error!(error = %e, "recording a removed node");
                     }
                 }
+                // The registry leader (whichever node that is) frees the voter seat.
+                match self.registry.log().remove_member(id).await {
+                    Ok(true) => tracing::info!(id, "removed node taken out of the registry"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(id, error = %e, "taking a removed node out of the registry")
+                    }
+                }
+                if let Err(e) = self.drain.set(&self.store, id, false).await {
+                    tracing::warn!(id, error = %e, "clearing the drain mark of a removed node");
+                }
+                tracing::info!(id, "node removed for good");
                 self.repair_kick.notify_one();
                 Response::Ack
             }
+            Request::Drain { id, draining } => {
+                match self.drain.set(&self.store, id, draining).await {
+                    Ok(_) => {
+                        self.repair_kick.notify_one();
+                        Response::Ack
+                    }
+                    Err(e) => Response::Error(Failure::storage(StorageOp::Store, e)),
+                }
+            }
+            Request::Status => Response::Status(crate::admin::cluster_status(self).to_string()),
             Request::Read { key } => match self.store.read(&key).await {
                 Ok(data) => Response::Message(data),
                 Err(e) => Response::Error(Failure::storage(StorageOp::Read, e)),
@@ -115,10 +141,16 @@ impl Node {
                 Ok(_) => Response::Ack,
                 Err(e) => Response::Error(Failure::storage(StorageOp::Purge, e)),
             },
-            Request::Delete { keys } => match self.store.delete(keys).await {
-                Ok(()) => Response::Ack,
-                Err(e) => Response::Error(Failure::storage(StorageOp::Delete, e)),
-            },
+            Request::Delete { keys } => {
+                let started = std::time::Instant::now();
+                let deleted = self.store.delete(keys).await;
+                metrics::histogram!("porcupine_storage_delete_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                match deleted {
+                    Ok(()) => Response::Ack,
+                    Err(e) => Response::Error(Failure::storage(StorageOp::Delete, e)),
+                }
+            }
             Request::Report(report) => {
                 let r = self.manager.with(|s| s.handle_report(report));
                 // A full report may make us owe one back (we missed a view).
@@ -162,7 +194,8 @@ impl Node {
             }
         };
         let spread = self.config.spread;
-        let full = self.cluster.nearly_full_nodes(me, self.disk.nearly_full());
+        let mut full = self.cluster.nearly_full_nodes(me, self.disk.nearly_full());
+        full.extend(self.drain.ids());
         match self.manager.with(|s| {
             s.set_unplaceable(full);
             s.place(user, replicas, spread, &load)

@@ -20,7 +20,12 @@
 //! - [`admin`]: the admin HTTP API ([`accounts_api`]: its domain, alias and quota
 //!   routes; [`accounts_cli`]: their CLI side); [`token`]: its bearer token; [`cli`]: its client;
 //!   [`listen`]: accept loops.
-//! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`.
+//! - [`serve`]: `porcupine serve`; [`up`]: `porcupine up`; [`existing`]: the node
+//!   directories `up` finds in a data dir.
+//! - [`overview`]: the cluster-wide status (every live node's figures, summed);
+//!   [`dashboard`]: the browser page and its login; [`telemetry`]: Prometheus series;
+//!   [`drain`]: draining nodes; [`out`]: CLI output that exits quietly on a closed pipe;
+//!   [`viewlog`]: the last views installed; [`logfilter`]: what the log leaves out.
 #![warn(missing_docs)]
 
 pub mod accounts_api;
@@ -31,16 +36,22 @@ pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod deliver;
 pub mod disk;
 pub mod dispatch;
+pub mod drain;
+pub mod existing;
 pub mod format;
 pub mod formation;
 pub mod fragments;
 pub mod gather;
 pub mod listen;
+pub mod logfilter;
 pub mod login;
 pub mod manager;
+pub mod out;
+pub mod overview;
 pub mod quota;
 pub mod recipients;
 pub mod release;
@@ -52,5 +63,7 @@ pub mod service;
 pub mod simcli;
 pub mod soft;
 pub mod stats;
+pub mod telemetry;
 pub mod token;
 pub mod up;
+pub mod viewlog;

@@ -67,13 +67,18 @@ enum Command {
     },
     /// Load generator: drive any SMTP + POP3 server, check every message end to end.
     Load(load::LoadArgs),
-    /// Show this node's view of the cluster.
+    /// Show the whole cluster (every live node's figures), asked of any node.
     Status {
         #[command(flatten)]
         admin: AdminArg,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a one-time URL that logs a browser into the dashboard (read-only).
+    Dashboard {
+        #[command(flatten)]
+        admin: AdminArg,
     },
 }
 
@@ -185,10 +190,23 @@ enum CertCommand {
 
 #[derive(Subcommand)]
 enum NodeCommand {
-    /// Declare a dead node gone for good; its messages are re-replicated.
+    /// Declare a dead node gone for good; its messages are re-replicated and a
+    /// registry voter seat it held goes to a learner.
     Remove {
         /// The node id.
         id: u64,
+    },
+    /// Take a node out gracefully: no new mail goes there and its messages are
+    /// copied elsewhere; `status` says when it holds nothing needed.
+    Drain {
+        /// The node id.
+        id: u64,
+        /// Stop draining (the node takes new mail again).
+        #[arg(long)]
+        undo: bool,
+        /// Wait up to SECS until the node holds nothing needed.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
     },
 }
 
@@ -461,16 +479,35 @@ impl ServeArgs {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORCUPINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(tracing_subscriber::filter::filter_fn(node::logfilter::keep));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
         .init();
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Sim { .. } | Command::Ca { .. } | Command::Cert { .. } | Command::Load(_)
+    ) {
+        // These print with `println!`: when the reader goes away (`| head`) they end
+        // quietly by SIGPIPE, as other Unix tools do, instead of panicking. The admin
+        // commands print through `node::out` (exit 0 on a closed pipe); the daemons
+        // keep ignoring SIGPIPE (their sockets report EPIPE as an error instead).
+        // SAFETY: called before any other thread writes; SIG_DFL is a valid handler.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Up(args) => {
             init_logs();
@@ -517,11 +554,15 @@ async fn main() -> std::process::ExitCode {
             Ok(c) => node::accounts_cli::alias(&c, command).await,
             Err(e) => Err(e),
         },
-        Command::Node {
-            command: NodeCommand::Remove { id },
-            admin,
-        } => match admin.client() {
-            Ok(c) => cli::node_remove(&c, id).await,
+        Command::Node { command, admin } => match admin.client() {
+            Ok(c) => match command {
+                NodeCommand::Remove { id } => cli::node_remove(&c, id).await,
+                NodeCommand::Drain { id, undo, wait } => cli::node_drain(&c, id, undo, wait).await,
+            },
+            Err(e) => Err(e),
+        },
+        Command::Dashboard { admin } => match admin.client() {
+            Ok(c) => cli::dashboard(&c).await,
             Err(e) => Err(e),
         },
         Command::Status { admin, json } => match admin.client() {

@@ -50,6 +50,10 @@ pub struct PassReport {
     pub pending: u64,
     /// Of `pending`, messages left alone for being younger than [`COPY_MIN_AGE`].
     pub young: u64,
+    /// Copies made because a holder is draining (see [`crate::drain`]).
+    pub drain_copies: u64,
+    /// Messages still short of R copies outside draining nodes after this pass.
+    pub drain_pending: u64,
 }
 
 /// Run one pass over the users this node manages; `None` when the soft state is not
@@ -65,6 +69,7 @@ pub async fn pass(node: &Arc<Node>) -> Option<PassReport> {
     let live: BTreeSet<NodeId> = view.live.iter().copied().collect();
     let all_known_live = node.cluster.all_accounted_for();
     let wanted = node.config.replicas.clamp(1, live.len().max(1));
+    let draining = node.drain.ids();
     for (user, map) in node.manager.snapshot() {
         if node.cluster.view().view.epoch != epoch || node.manager.epoch() != Some(epoch) {
             break; // the next view's pass takes over
@@ -84,6 +89,7 @@ pub async fn pass(node: &Arc<Node>) -> Option<PassReport> {
             tombstone_min_age_micros: node.config.tombstone_min_age_secs.saturating_mul(1_000_000),
         };
         let plan = softstate::repair::plan(&h, &rules, |id: MessageId| id.time_micros());
+        let planned: BTreeSet<MessageId> = plan.copies.iter().map(|t| t.id).collect();
         report.under_replicated += plan.under_replicated;
         report.pending += plan.pending;
         report.young += plan.young;
@@ -115,8 +121,57 @@ pub async fn pass(node: &Arc<Node>) -> Option<PassReport> {
                 }
             }
         }
+        if !draining.is_empty() {
+            drain_user(node, &h, &planned, &draining, wanted, &key, &mut report).await;
+        }
     }
     Some(report)
+}
+
+/// Copy elsewhere the messages of one user whose copies outside draining nodes are
+/// fewer than `wanted` (those the plan already copies this pass wait for the next).
+async fn drain_user(
+    node: &Arc<Node>,
+    h: &crate::gather::Holdings,
+    planned: &BTreeSet<MessageId>,
+    draining: &BTreeSet<NodeId>,
+    wanted: usize,
+    key: &impl Fn(MessageId) -> MessageKey,
+    report: &mut PassReport,
+) {
+    let now = now_micros();
+    let short: Vec<(MessageId, Vec<NodeId>, usize)> = h
+        .visible()
+        .filter(|(_, held)| held.holders.iter().any(|n| draining.contains(n)))
+        .filter_map(|(id, held)| {
+            let counted = crate::drain::counted_holders(&held.holders, draining);
+            (counted < wanted).then(|| (id, held.holders.clone(), wanted - counted))
+        })
+        .collect();
+    for (id, holders, count) in short {
+        let young = now.saturating_sub(id.time_micros()) < COPY_MIN_AGE.as_micros() as u64;
+        if planned.contains(&id) || young {
+            report.drain_pending += 1;
+            continue;
+        }
+        let copied = copy(node, key(id), &holders, count).await;
+        if let Ok(made) = copied {
+            report.drain_copies += made;
+            // Counted as they are made (not at the end of the pass), so `status`
+            // shows a drain's progress while a long pass runs.
+            node.repair
+                .drain_copies_total
+                .fetch_add(made, Ordering::Relaxed);
+        }
+        match copied {
+            Ok(made) if made as usize >= count => {}
+            Ok(_) => report.drain_pending += 1,
+            Err(e) => {
+                tracing::warn!(%id, error = %e, "copying a message off a draining node");
+                report.drain_pending += 1;
+            }
+        }
+    }
 }
 
 /// Why a repair copy could not be made.
@@ -153,9 +208,10 @@ async fn copy(
     }
     let data = data.ok_or(CopyError::NoReadableHolder)?;
     let load = |id: NodeId| node.cluster.load_of(id);
-    let full = node
+    let mut full = node
         .cluster
         .nearly_full_nodes(node.id(), node.disk.nearly_full());
+    full.extend(node.drain.ids());
     let targets = node.manager.with(|s| {
         s.set_unplaceable(full);
         s.place_copies(holders, count, &load)
@@ -199,6 +255,7 @@ pub async fn run(
             waited += Duration::from_millis(200);
         }
         let started = Instant::now();
+        let draining_at_start: Vec<NodeId> = node.drain.ids().into_iter().collect();
         let Some(r) = pass(&node).await else {
             // Soft state not complete for this view: not a pass. Try again on the
             // next view or in a moment.
@@ -220,6 +277,10 @@ pub async fn run(
         s.tombstones_collected_total
             .fetch_add(r.tombstones_collected, Ordering::Relaxed);
         s.passes_total.fetch_add(1, Ordering::Relaxed);
+        s.drain_pending.store(r.drain_pending, Ordering::Relaxed);
+        if let Ok(mut d) = s.last_pass_draining.lock() {
+            *d = draining_at_start;
+        }
         s.last_pass_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         if r != PassReport::default() {

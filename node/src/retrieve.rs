@@ -81,6 +81,16 @@ impl pop::Mailbox for RetrievalProxy {
     type Session = ProxySession;
 
     async fn open(&self, user: &str) -> Result<ProxySession, MailboxError> {
+        let started = std::time::Instant::now();
+        let r = self.open_mailbox(user).await;
+        crate::telemetry::pop_command("open", started, r.is_ok());
+        r
+    }
+}
+
+impl RetrievalProxy {
+    /// Lock and read the mailbox (the `Mailbox::open` of the trait, untimed).
+    async fn open_mailbox(&self, user: &str) -> Result<ProxySession, MailboxError> {
         let node = self.0.clone();
         let bucket = membership::bucket_of(user, node.cluster.buckets());
         let session = node.begin_session(user);
@@ -164,6 +174,29 @@ impl pop::MailboxSession for ProxySession {
     }
 
     async fn fetch(&mut self, index: usize) -> Result<Bytes, MailboxError> {
+        let started = std::time::Instant::now();
+        let r = self.fetch_message(index).await;
+        crate::telemetry::pop_command("retr", started, r.is_ok());
+        if let Ok(bytes) = &r {
+            metrics::counter!("porcupine_pop_messages_retrieved_total").increment(1);
+            metrics::counter!("porcupine_pop_bytes_total").increment(bytes.len() as u64);
+            crate::telemetry::POP_MESSAGES_RETRIEVED
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn commit(self, deleted: Vec<usize>) -> Result<(), MailboxError> {
+        let started = std::time::Instant::now();
+        let r = self.commit_deletes(deleted).await;
+        crate::telemetry::pop_command("quit", started, r.is_ok());
+        r
+    }
+}
+
+impl ProxySession {
+    /// One message's bytes, the local copy first (`MailboxSession::fetch`, untimed).
+    async fn fetch_message(&mut self, index: usize) -> Result<Bytes, MailboxError> {
         let (id, holders) = self
             .holders
             .get(index)
@@ -201,7 +234,8 @@ impl pop::MailboxSession for ProxySession {
         )))
     }
 
-    async fn commit(mut self, deleted: Vec<usize>) -> Result<(), MailboxError> {
+    /// Tombstone `deleted` and release the lock (`MailboxSession::commit`, untimed).
+    async fn commit_deletes(mut self, deleted: Vec<usize>) -> Result<(), MailboxError> {
         let mut per_node: BTreeMap<NodeId, Vec<MessageKey>> = BTreeMap::new();
         let mut wanted: Vec<(MessageId, Vec<NodeId>)> = Vec::new();
         for i in deleted {

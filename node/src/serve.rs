@@ -108,6 +108,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     let admin_auth = Arc::new(crate::admin::AdminAuth {
         token: crate::token::load_for_serve(&token_path, &config.admin)?,
         metrics_public: config.metrics_public,
+        dashboard: Default::default(),
     });
     // A configuration refused above never created the data directory.
     std::fs::create_dir_all(&config.data)
@@ -218,10 +219,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         rpc.clone(),
     );
 
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
-        .ok();
+    let metrics = crate::telemetry::install();
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -257,7 +255,9 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let smtp_config = Arc::new(config.smtp_config(client_tls.clone()));
-    let deliver = Arc::new(DeliveryProxy(node.clone()));
+    let deliver = Arc::new(crate::telemetry::MeteredDeliver(DeliveryProxy(
+        node.clone(),
+    )));
     let smtp_shutdown = shutdown.clone();
     tasks.spawn(serve_tcp(
         smtp_listener,
@@ -387,6 +387,16 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
         let mut syncs = tokio::task::JoinSet::new();
         loop {
             let view = views.borrow_and_update().clone();
+            metrics::counter!("porcupine_view_changes_total").increment(1);
+            let at_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            view_node.views.record(
+                view.view.epoch.counter,
+                view.view.epoch.coordinator,
+                view.view.members.iter().map(|m| m.id).collect(),
+                at_unix_ms,
+            );
             let live: Vec<(u64, String)> = view
                 .view
                 .members
@@ -478,17 +488,22 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
 
 /// Counts one open client session in `porcupine_sessions_open{protocol}` for as long as
 /// it lives (also when the session task is cancelled).
-struct SessionGauge(&'static str);
+/// When it ends, it is counted in `porcupine_sessions_total` and its duration goes
+/// into `porcupine_session_seconds`.
+struct SessionGauge(&'static str, std::time::Instant);
 
 impl SessionGauge {
     fn open(protocol: &'static str) -> Self {
         metrics::gauge!("porcupine_sessions_open", "protocol" => protocol).increment(1.0);
-        SessionGauge(protocol)
+        SessionGauge(protocol, std::time::Instant::now())
     }
 }
 
 impl Drop for SessionGauge {
     fn drop(&mut self) {
         metrics::gauge!("porcupine_sessions_open", "protocol" => self.0).decrement(1.0);
+        metrics::counter!("porcupine_sessions_total", "protocol" => self.0).increment(1);
+        metrics::histogram!("porcupine_session_seconds", "protocol" => self.0)
+            .record(self.1.elapsed().as_secs_f64());
     }
 }

@@ -68,6 +68,10 @@ pub struct Node {
     pub releases: crate::release::Releases,
     /// Free space on the data dir; nearly full takes this node out of placement.
     pub disk: Arc<crate::disk::DiskWatch>,
+    /// Nodes being drained (`porcupine node drain`), saved in the local store.
+    pub drain: crate::drain::DrainState,
+    /// The last views installed here (status, dashboard).
+    pub views: crate::viewlog::ViewLog,
     /// Test-only: extra time every `Store` request takes here (a slow disk), from
     /// `PORCUPINE_TEST_STORE_DELAY_MS`; zero in production.
     store_delay: std::time::Duration,
@@ -105,6 +109,7 @@ impl Node {
                 "{STORE_DELAY_ENV} set: every store here is slowed down (test only)"
             );
         }
+        let drain = crate::drain::DrainState::load(&store);
         Arc::new(Node {
             config,
             store,
@@ -116,6 +121,8 @@ impl Node {
             repair_kick: tokio::sync::Notify::new(),
             soft_kick: tokio::sync::Notify::new(),
             releases: Default::default(),
+            drain,
+            views: Default::default(),
             disk,
             store_delay,
             message_seq: AtomicU32::new(0),
@@ -182,7 +189,20 @@ impl Node {
             Some(info) => info.rpc.clone(),
             None => return Err(CallError::NotLive(node)),
         };
-        let Reply { load, response } = self.rpc.call(&addr, &req).await?;
+        let kind = crate::telemetry::request_kind(&req);
+        let started = std::time::Instant::now();
+        let reply = self.rpc.call(&addr, &req).await;
+        metrics::histogram!("porcupine_rpc_seconds", "request" => kind)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = if reply.is_ok() { "ok" } else { "error" };
+        metrics::counter!(
+            "porcupine_rpc_calls_total",
+            "request" => kind,
+            "peer" => node.to_string(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        let Reply { load, response } = reply?;
         self.cluster.set_load(node, load);
         Ok(response)
     }

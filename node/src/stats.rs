@@ -21,4 +21,11 @@ pub struct RepairStats {
     pub passes_total: AtomicU64,
     /// Duration of the last pass, in milliseconds.
     pub last_pass_ms: AtomicU64,
+    /// Copies made since start because a holder was draining.
+    pub drain_copies_total: AtomicU64,
+    /// Messages short of R copies outside draining nodes after the last pass.
+    pub drain_pending: AtomicU64,
+    /// The draining nodes as the last complete pass began (a drain is done once every
+    /// node's last pass counted it).
+    pub last_pass_draining: std::sync::Mutex<Vec<membership::NodeId>>,
 }

@@ -16,9 +16,10 @@ use crate::token::AdminToken;
 /// Flags of `porcupine up`.
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 1)]
-    pub nodes: u16,
+    /// Number of nodes (default: every node-N directory found in --data, else 1; a
+    /// number that differs from the directories found is refused).
+    #[arg(long)]
+    pub nodes: Option<u16>,
     /// Node i listens on P+10i (SMTP), +1 (POP3), +2 (admin), +3 (RPC), +4 (POP3S).
     #[arg(long, default_value_t = 2500)]
     pub base_port: u16,
@@ -73,22 +74,22 @@ fn tls_dir(data: &Path) -> PathBuf {
     data.join("tls")
 }
 
-fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
-    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    let top = args.base_port as u32 + 10 * (args.nodes as u32 - 1) + 4;
+fn plan(args: &UpArgs, count: u16, exe: &Path) -> anyhow::Result<Vec<Planned>> {
+    anyhow::ensure!(count >= 1, "--nodes must be at least 1");
+    let top = args.base_port as u32 + 10 * (count as u32 - 1) + 4;
     anyhow::ensure!(
         top <= 65535,
         "ports would run past 65535 (base port {} with {} nodes)",
         args.base_port,
-        args.nodes
+        count
     );
     let data = std::path::absolute(&args.data).context("resolving --data")?;
     let port = |i: u16, k: u16| format!("127.0.0.1:{}", args.base_port + 10 * i + k);
-    let replicas = args.replicas.unwrap_or(if args.nodes > 1 { 2 } else { 1 });
+    let replicas = args.replicas.unwrap_or(if count > 1 { 2 } else { 1 });
     let mut out = Vec::new();
     let tls = tls_dir(&data);
     let ca = tls::pki::CaPaths::in_dir(&tls);
-    for i in 0..args.nodes {
+    for i in 0..count {
         let node_data = data.join(format!("node-{i}"));
         let cert = tls.join(format!("node-{i}.pem"));
         let key = tls.join(format!("node-{i}.key"));
@@ -158,7 +159,7 @@ fn plan(args: &UpArgs, exe: &Path) -> anyhow::Result<Vec<Planned>> {
         // a node left alone keeps serving (see partition_policy).
         a.push("--partition-policy".into());
         a.push("available".into());
-        for j in 0..args.nodes {
+        for j in 0..count {
             if j != i {
                 a.push("--seed".into());
                 a.push(port(j, 3));
@@ -323,7 +324,17 @@ fn signal(child: &Child, sig: libc::c_int) {
 /// Run `porcupine up` until Ctrl-C / SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the porcupine binary")?;
-    let nodes = plan(&args, &exe)?;
+    let found = crate::existing::node_dirs(&args.data)
+        .with_context(|| format!("reading {}", args.data.display()))?;
+    let count = crate::existing::nodes_to_start(args.nodes, &found, &args.data)
+        .map_err(anyhow::Error::msg)?;
+    if !found.is_empty() {
+        println!(
+            "porcupine: {} holds {count} node(s) from an earlier run; starting them all",
+            args.data.display()
+        );
+    }
+    let nodes = plan(&args, count, &exe)?;
     check_ports_free(&nodes)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;

@@ -136,13 +136,29 @@ fn vopr_seeds_keep_every_invariant() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let mut failed = Vec::new();
-    for seed in 0..seeds {
-        let o = sim::vopr::run_seed(seed, 12).expect("runs");
-        if let Some(v) = o.report.violations.first() {
-            failed.push(format!("seed {seed}: {v}"));
-        }
-    }
+    // Seeds are independent: one thread per core, each taking every k-th seed.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let mut failed: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut failed = Vec::new();
+                    for seed in (t..seeds).step_by(threads as usize) {
+                        let o = sim::vopr::run_seed(seed, 12).expect("runs");
+                        if let Some(v) = o.report.violations.first() {
+                            failed.push(format!("seed {seed}: {v}"));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a vopr worker panicked"))
+            .collect()
+    });
+    failed.sort();
     assert!(
         failed.is_empty(),
         "replay with `porcupine sim vopr --nodes-max 12 --seed S`:\n{}",

@@ -27,11 +27,14 @@ USERS = [(f"u{k}@{DOMAIN}", f"pw-{k}") for k in range(4)]
 CONVERGE_S = 30
 
 
-@unittest.skipIf(netns.available(), f"multi-host tests: {netns.available()}")
-class MultiHost(unittest.TestCase):
+class Hosts(unittest.TestCase):
+    """A NetCluster of `hosts` hosts for the class, and the client-side helpers."""
+
+    hosts = NODES
+
     @classmethod
     def setUpClass(cls):
-        cls.c = netns.NetCluster(NODES)
+        cls.c = netns.NetCluster(cls.hosts)
         t0 = time.monotonic()
         cls.c.start(wait=False)
         try:
@@ -41,8 +44,8 @@ class MultiHost(unittest.TestCase):
         except BaseException:
             cls.c.cleanup()
             raise
-        print(f"\n  3 hosts formed one cluster and registry in {time.monotonic() - t0:.1f} s",
-              file=sys.stderr)
+        print(f"\n  {cls.hosts} hosts formed one cluster and registry in "
+              f"{time.monotonic() - t0:.1f} s", file=sys.stderr)
         cls.acked: dict[str, set[str]] = {a: set() for a, _ in USERS}
         cls.seq = 0
 
@@ -56,7 +59,7 @@ class MultiHost(unittest.TestCase):
     def tearDown(self):
         # Every test leaves the network whole and every node running.
         self.c.heal()
-        for i in range(NODES):
+        for i in range(self.hosts):
             self.c.signal_node(i, signal.SIGCONT)
             p = self.c.procs.get(i)
             if p is None or p.poll() is not None:
@@ -140,7 +143,13 @@ class MultiHost(unittest.TestCase):
                                       f"{sorted(missing)}")
 
     def converge(self, members=None) -> float:
-        return self.c.wait_view(list(range(NODES)) if members is None else members, CONVERGE_S)
+        return self.c.wait_view(list(range(self.hosts)) if members is None else members,
+                                CONVERGE_S)
+
+
+@unittest.skipIf(netns.available(), f"multi-host tests: {netns.available()}")
+class MultiHost(Hosts):
+    """Three hosts through every fault, in order."""
 
     # -- the tests, in order
 
@@ -279,6 +288,54 @@ class MultiHost(unittest.TestCase):
         for addr, _ in USERS:
             self.assertIn(addr, users)
         self.assert_nothing_lost(via=2)
+
+
+@unittest.skipIf(netns.available(), f"multi-host tests: {netns.available()}")
+class FiveHosts(Hosts):
+    """Five hosts: a partition that cuts off a minority of two, not just one node."""
+
+    hosts = 5
+
+    def test_minority_of_two_refuses_and_heals(self):
+        t0 = time.monotonic()
+        self.c.partition([3, 4])
+        self.c.wait_view([0, 1, 2], CONVERGE_S)
+        self.c.wait_view([3, 4], CONVERGE_S)
+        split_s = time.monotonic() - t0
+        majority = [self.send(k % 3, a, "five-majority") for k, (a, _) in enumerate(USERS)]
+        self.assertEqual(majority, [250] * len(USERS), "the side of three takes mail")
+        minority = [self.send(3 + k % 2, a, "five-minority") for k, (a, _) in enumerate(USERS)]
+        for code in minority:
+            self.assertTrue(400 <= code < 500,
+                            f"the side of two of five must answer 4xx: {minority}")
+        ready = [netns_ready(self.c, i) for i in range(5)]
+        self.assertEqual(ready, [True, True, True, False, False],
+                         "/readyz: the minority side is not ready")
+        addr, pw = USERS[1]
+        a = self.pop_retry(1, addr, pw)
+        try:
+            with self.assertRaises(poplib.error_proto, msg="a POP3 session on each side"):
+                b = self.pop_login(4, addr, pw)
+                b.quit()
+        finally:
+            a.quit()
+        self.c.heal()
+        heal_s = self.converge()
+        self.assert_nothing_lost(via=4)
+        print(f"\n  5 hosts, partition of {{3, 4}}: split seen in {split_s:.1f} s, minority "
+              f"replies {minority}, healed views in {heal_s:.1f} s", file=sys.stderr)
+
+
+def netns_ready(c: "netns.NetCluster", i: int) -> bool:
+    """Whether host `i` answers 200 on /readyz (no token needed)."""
+    import urllib.error
+    import urllib.request
+    with c.client():
+        try:
+            with urllib.request.urlopen(f"{c.admin_url(i)}/readyz", timeout=5) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as e:
+            return e.code == 200
 
 
 if __name__ == "__main__":

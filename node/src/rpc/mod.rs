@@ -49,6 +49,9 @@ fn version_of(headers: &hyper::HeaderMap) -> Result<u32, String> {
     }
 }
 
+/// RPCs refused since start because their version was unreadable (for status).
+pub static VERSION_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Log an RPC version this node cannot read once per version, not per call.
 fn note_unreadable_version(from: &str, why: &str) {
     static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
@@ -58,6 +61,7 @@ fn note_unreadable_version(from: &str, why: &str) {
         .map(|mut seen| seen.len() < 64 && seen.insert(why.to_string()))
         .unwrap_or(false);
     metrics::counter!("porcupine_rpc_version_refused_total").increment(1);
+    VERSION_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if first {
         tracing::warn!(
             from,

@@ -95,6 +95,16 @@ pub enum Request {
         /// The node that is gone.
         id: NodeId,
     },
+    /// To every node: mark node `id` draining (or not): no new mail is placed there
+    /// and its copies stop counting towards R (operator `node drain`).
+    Drain {
+        /// The node.
+        id: NodeId,
+        /// On or off.
+        draining: bool,
+    },
+    /// This node's own figures for a cluster-wide status (answered with `Status`).
+    Status,
     /// A registry (Raft) message, opaque here.
     Registry(Vec<u8>),
 }
@@ -129,6 +139,8 @@ pub enum Response {
     Message(Option<Bytes>),
     /// An opaque registry answer.
     Registry(Vec<u8>),
+    /// The callee's status as JSON (the `GET /v1/cluster` body of that node).
+    Status(String),
     /// The callee failed to carry out the request.
     Error(Failure),
 }

@@ -313,6 +313,36 @@ impl RaftLog {
         }
     }
 
+    /// Operator `node remove`: if this node leads, take `id` out of the raft membership
+    /// (voter and member). Returns `Ok(true)` when this node made the change, `Ok(false)`
+    /// when it is not the leader or `id` is no member. The next `sync_members` then
+    /// promotes a live learner into the freed voter seat.
+    pub async fn remove_member(&self, id: NodeId) -> Result<bool, String> {
+        let _serial = self.sync_lock.lock().await;
+        if !self.is_leader() || id == self.id {
+            return Ok(false);
+        }
+        let view = self.member_view();
+        if !view.nodes.contains_key(&id) && !view.voter_ids.contains(&id) {
+            return Ok(false);
+        }
+        tracing::info!(id, "registry raft: removing a member for good");
+        let ids: BTreeSet<NodeId> = BTreeSet::from([id]);
+        if view.voter_ids.contains(&id) {
+            let changed = self
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false);
+            self.bounded_change(changed).await?;
+        }
+        if self.member_view().nodes.contains_key(&id) {
+            let changed = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(ids), false);
+            self.bounded_change(changed).await?;
+        }
+        Ok(true)
+    }
+
     /// For status: leader id, voter ids, learner ids, last applied index.
     pub fn status(&self) -> RaftStatus {
         let metrics = self.raft.metrics();
