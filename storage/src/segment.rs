@@ -2,8 +2,9 @@
 //!
 //! [`SegmentWriter`] appends records to the newest segment, rolls to a new file at
 //! the size limit and makes writes durable with `fdatasync`; [`SegmentReader`] does
-//! positional reads through a cache of open files. Space is never reclaimed yet
-//! (segment compaction is future work): a deleted message's bytes stay on disk.
+//! positional reads through a cache of open files. Space is reclaimed by
+//! `compact`, which copies a sealed segment's live records to the log head and
+//! removes the file.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -50,6 +51,46 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StorageEr
     }
     segments.sort();
     Ok(segments)
+}
+
+/// Name of the file (in the segment directory) listing the segments compaction
+/// removed, one number per line: replay from scratch tells such a gap from a lost
+/// segment by it.
+pub(crate) const REMOVED_FILE: &str = "REMOVED";
+
+/// Segment numbers listed in the `REMOVED` file (empty if there is none). A torn
+/// last line (a crash while appending) is ignored: its segment was not removed yet.
+pub(crate) fn removed_segments(
+    dir: &Path,
+) -> Result<std::collections::BTreeSet<u32>, StorageError> {
+    let path = dir.join(REMOVED_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(StorageError::io(&path, "read removed-segment list")(e)),
+    };
+    Ok(text
+        .split(|b| *b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok()?.trim().parse().ok())
+        .collect())
+}
+
+/// Durably add segment `id` to the `REMOVED` file (before the file goes).
+pub(crate) fn note_removed(dir: &Path, id: u32) -> Result<(), StorageError> {
+    let path = dir.join(REMOVED_FILE);
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(StorageError::io(&path, "open removed-segment list"))?;
+    file.write_all(format!("{id}\n").as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(StorageError::io(&path, "append to removed-segment list"))?;
+    if !existed {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// fsync a directory so that a file created (or removed) in it survives power loss.
@@ -238,6 +279,19 @@ impl SegmentReader {
         );
         files.insert(id, file.clone());
         Ok(file)
+    }
+
+    /// Forget the open file of segment `id` (it was removed), so its space is freed.
+    pub(crate) fn evict(&self, id: u32) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.remove(&id);
+    }
+
+    /// Forget every open file whose segment is not in `present` (a reader that
+    /// raced a removal may have cached one).
+    pub(crate) fn retain(&self, present: &std::collections::BTreeSet<u32>) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.retain(|id, _| present.contains(id));
     }
 
     /// The bytes of the whole record at `location`.

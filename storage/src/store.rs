@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::compact::{CompactHook, CompactReport, CompactSettings, Compactor};
 use crate::index::{Index, IndexDb};
 use crate::keys::{Location, validate_user};
 use crate::record::{self, RecordKind};
@@ -30,14 +31,30 @@ pub struct StoreConfig {
     pub segment_size_bytes_max: u64,
     /// Cap on the bytes written by one group commit.
     pub batch_bytes_max: usize,
+    /// A sealed segment whose live records fill less than this fraction of it is
+    /// compacted in the background (0 disables background compaction;
+    /// [`Store::compact`] still works).
+    pub compact_live_ratio_min: f64,
+    /// Most bytes per second compaction reads (0: no limit), so deliveries keep
+    /// the disk.
+    pub compact_rate_bytes_per_sec: u64,
+    /// Time between background compaction passes, in milliseconds.
+    pub compact_interval_ms: u64,
+    /// Called at every step of a segment's compaction (tests crash or pause there).
+    pub compact_hook: Option<CompactHook>,
 }
 
 impl Default for StoreConfig {
-    /// 256 MiB segments, 64 MiB per group commit.
+    /// 256 MiB segments, 64 MiB per group commit, compaction below half live at
+    /// 32 MiB/s every 30 s.
     fn default() -> StoreConfig {
         StoreConfig {
             segment_size_bytes_max: 256 * 1024 * 1024,
             batch_bytes_max: 64 * 1024 * 1024,
+            compact_live_ratio_min: 0.5,
+            compact_rate_bytes_per_sec: 32 * 1024 * 1024,
+            compact_interval_ms: 30_000,
+            compact_hook: None,
         }
     }
 }
@@ -45,11 +62,13 @@ impl Default for StoreConfig {
 struct Inner {
     dir: PathBuf,
     index: Index,
-    reader: SegmentReader,
+    reader: Arc<SegmentReader>,
     counters: Arc<Counters>,
     /// `None` only while dropping.
     requests: Option<mpsc::Sender<Request>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    compactor: Arc<Compactor>,
+    compactor_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -57,7 +76,7 @@ impl Inner {
         let Some(requests) = self.requests.as_ref() else {
             return Err(StorageError::Closed);
         };
-        let is_write = !matches!(request, Request::Close { .. });
+        let is_write = matches!(request, Request::Append { .. } | Request::Delete { .. });
         if is_write {
             // Counted before sending: the writer may answer (and uncount) at once.
             self.counters.add_pending();
@@ -68,6 +87,15 @@ impl Inner {
             }
             StorageError::Closed
         })
+    }
+
+    /// Stop the compaction thread and wait for it (it finishes its current step).
+    fn stop_compactor(&self) -> Option<JoinHandle<()>> {
+        self.compactor.stop();
+        self.compactor_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn take_writer(&self) -> Option<JoinHandle<()>> {
@@ -104,6 +132,11 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(handle) = self.stop_compactor()
+            && handle.join().is_err()
+        {
+            tracing::error!("storage compaction thread panicked");
+        }
         // Closing the channel makes the writer finish queued work, checkpoint and
         // exit; waiting for it releases sled's lock before a reopen.
         self.requests = None;
@@ -178,15 +211,45 @@ impl Store {
             .name("storage-writer".to_owned())
             .spawn(move || writer.run(receiver))
             .map_err(StorageError::io(dir, "spawn storage writer thread"))?;
+        let reader = Arc::new(SegmentReader::new(&segments_dir));
+        let compactor = Arc::new(Compactor::new(
+            dir,
+            index.clone(),
+            reader.clone(),
+            counters.clone(),
+            CompactSettings {
+                live_ratio_min: config.compact_live_ratio_min,
+                rate_bytes_per_sec: config.compact_rate_bytes_per_sec,
+                interval_ms: config.compact_interval_ms,
+                hook: config.compact_hook.clone(),
+            },
+            requests.clone(),
+        ));
+        let compactor_thread = if config.compact_live_ratio_min > 0.0 {
+            let background = compactor.clone();
+            // A leftover of a compaction cut short (a segment with nothing live)
+            // goes at once, not one interval later.
+            compactor.kick();
+            Some(
+                std::thread::Builder::new()
+                    .name("storage-compact".to_owned())
+                    .spawn(move || background.run())
+                    .map_err(StorageError::io(dir, "spawn storage compaction thread"))?,
+            )
+        } else {
+            None
+        };
         tracing::info!(dir = %dir.display(), messages, tombstones, users, "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
                 index,
-                reader: SegmentReader::new(&segments_dir),
+                reader,
                 counters,
                 requests: Some(requests),
                 writer: Mutex::new(Some(handle)),
+                compactor,
+                compactor_thread: Mutex::new(compactor_thread),
             }),
         })
     }
@@ -243,21 +306,53 @@ impl Store {
     /// record's checksum is verified on every read.
     pub async fn read(&self, key: &MessageKey) -> Result<Option<Bytes>, StorageError> {
         validate_user(&key.user)?;
-        let Some(location) = self.inner.index.location(key)? else {
-            return Ok(None);
-        };
-        if location.len <= INLINE_READ_BYTES_MAX {
-            return self.inner.read_message(location, key).map(Some);
+        // Compaction may move the record between the index lookup and the read
+        // (and remove the old file): then the index names the new copy.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(location) = self.inner.index.location(key)? else {
+                return Ok(None);
+            };
+            let result = if location.len <= INLINE_READ_BYTES_MAX {
+                self.inner.read_message(location, key)
+            } else {
+                let inner = self.inner.clone();
+                let key = key.clone();
+                tokio::task::spawn_blocking(move || inner.read_message(location, &key))
+                    .await
+                    .map_err(|e| StorageError::Task {
+                        action: "read message",
+                        reason: e.to_string(),
+                    })?
+            };
+            match result {
+                Err(e) if attempt < 3 && self.inner.index.location(key)? != Some(location) => {
+                    tracing::debug!(error = %e, "record moved by compaction during a read; retrying");
+                }
+                other => return other.map(Some),
+            }
         }
-        let inner = self.inner.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || inner.read_message(location, &key))
+    }
+
+    /// Run one compaction pass now (blocking work on tokio's blocking pool):
+    /// every sealed segment whose live fraction is below `live_ratio_min` is
+    /// rewritten and removed (1.0: every sealed segment with any dead byte). Works
+    /// with background compaction off; never runs beside a background pass.
+    pub async fn compact(&self, live_ratio_min: f64) -> Result<CompactReport, StorageError> {
+        let compactor = self.inner.compactor.clone();
+        tokio::task::spawn_blocking(move || compactor.pass(live_ratio_min))
             .await
             .map_err(|e| StorageError::Task {
-                action: "read message",
+                action: "compact segments",
                 reason: e.to_string(),
             })?
-            .map(Some)
+    }
+
+    /// Ask the background compaction thread for a pass soon (no-op when
+    /// background compaction is off).
+    pub fn kick_compaction(&self) {
+        self.inner.compactor.kick();
     }
 
     /// Whether `key` has been deleted (tombstones are kept; no collection yet).
@@ -323,6 +418,12 @@ impl Store {
     /// Stop the writer thread after draining; flush sled. Later writes fail with
     /// [`StorageError::Closed`]; reads keep working. Closing twice is harmless.
     pub async fn close(&self) -> Result<(), StorageError> {
+        if let Some(handle) = self.inner.stop_compactor() {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("storage compaction thread panicked");
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let result = match self.inner.send(Request::Close { reply }) {
             Ok(()) => answer.await.unwrap_or(Ok(())),

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::index::{Index, IndexOp};
-use crate::keys::Position;
+use crate::index::{Index, IndexOp, Move};
+use crate::keys::{Location, Position};
 use crate::record::{self, RecordKind};
 use crate::segment::SegmentWriter;
 use crate::stats::Counters;
@@ -40,6 +40,15 @@ pub(crate) enum Request {
     },
     /// Tombstone these keys.
     Delete { keys: Vec<MessageKey>, reply: Reply },
+    /// Compaction: append these whole records (already checksummed) and switch
+    /// their index entries to the new copies.
+    Relocate {
+        records: Vec<Relocation>,
+        reply: Reply,
+    },
+    /// Compaction: make the index durable and the durable checkpoint name the
+    /// current end of the log (so no earlier segment is needed by replay).
+    Checkpoint { reply: Reply },
     /// Finish every earlier request, checkpoint, flush and stop.
     Close { reply: Reply },
 }
@@ -56,7 +65,8 @@ impl Request {
                 .iter()
                 .map(|k| record::record_len(k.user.len(), 0))
                 .sum(),
-            Request::Close { .. } => 0,
+            Request::Relocate { records, .. } => records.iter().map(|r| r.bytes.len() as u64).sum(),
+            Request::Checkpoint { .. } | Request::Close { .. } => 0,
         }
     }
 
@@ -66,11 +76,21 @@ impl Request {
                 counters.remove_pending();
                 reply
             }
-            Request::Close { reply } => reply,
+            Request::Relocate { reply, .. }
+            | Request::Checkpoint { reply }
+            | Request::Close { reply } => reply,
         };
         // The requester may have given up waiting; the write stands either way.
         let _ = reply.send(result);
     }
+}
+
+/// One record compaction copies: its bytes, what it is, and where it lies now.
+pub(crate) struct Relocation {
+    pub(crate) kind: RecordKind,
+    pub(crate) key: MessageKey,
+    pub(crate) from: Location,
+    pub(crate) bytes: Vec<u8>,
 }
 
 /// State of the writer thread.
@@ -143,13 +163,19 @@ impl Writer {
                 first.reply(result, &self.counters);
                 return;
             }
+            if let Request::Checkpoint { .. } = first {
+                let result = self.durable_checkpoint();
+                first.reply(result, &self.counters);
+                continue;
+            }
             let mut batch_bytes = first.size_bytes();
             let mut batch = vec![first];
             while batch_bytes < self.batch_bytes_max {
                 match requests.try_recv() {
                     Ok(request) => {
                         let size = request.size_bytes();
-                        let is_close = matches!(request, Request::Close { .. });
+                        let is_close =
+                            matches!(request, Request::Close { .. } | Request::Checkpoint { .. });
                         if is_close || batch_bytes + size > self.batch_bytes_max {
                             carried = Some(request);
                             break;
@@ -205,6 +231,7 @@ impl Writer {
 
     fn write_and_index(&mut self, batch: &[Request]) -> Result<(), StorageError> {
         let mut ops = Vec::new();
+        let mut moves = Vec::new();
         for request in batch {
             match request {
                 Request::Append { messages, .. } => {
@@ -222,12 +249,26 @@ impl Writer {
                         ops.push(IndexOp::new(RecordKind::Tombstone, key, location));
                     }
                 }
-                Request::Close { .. } => {}
+                Request::Relocate { records, .. } => {
+                    for r in records {
+                        let to = self.segments.append(&r.bytes, &[])?;
+                        moves.push(Move {
+                            kind: r.kind,
+                            key: r.key.clone(),
+                            from: r.from,
+                            to,
+                        });
+                    }
+                }
+                Request::Checkpoint { .. } | Request::Close { .. } => {}
             }
         }
         self.segments.sync()?;
         let deltas = self.index.apply(&ops)?;
         self.counters.apply(deltas);
+        if !moves.is_empty() {
+            self.index.relocate(&moves)?;
+        }
         self.applied = self.segments.position();
         Ok(())
     }
@@ -242,6 +283,21 @@ impl Writer {
         self.index.checkpoint_at(self.applied)?;
         self.checkpointed = self.applied;
         Ok(())
+    }
+
+    /// Flush the index, checkpoint at the end of the log, and flush again so the
+    /// checkpoint itself is durable: after this, replay never reads a segment
+    /// before the current one, so compaction may remove it.
+    fn durable_checkpoint(&mut self) -> Result<(), StorageError> {
+        if let Some(failure) = &self.failed {
+            return Err(StorageError::WriterFailed {
+                source: failure.clone(),
+            });
+        }
+        self.last_checkpoint = Instant::now();
+        self.index.checkpoint_at(self.applied)?;
+        self.checkpointed = self.applied;
+        self.index.db().durable_flush()
     }
 
     /// A failed checkpoint only means a longer replay next time: log and go on.
