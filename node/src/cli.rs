@@ -177,16 +177,50 @@ pub async fn user_add(c: &AdminClient, address: &str, password: &str) -> anyhow:
     Ok(())
 }
 
-/// `porcupine user del`.
-pub async fn user_del(c: &AdminClient, address: &str) -> anyhow::Result<()> {
+/// `porcupine user del [--keep-mail]`: without `--keep-mail` the user's mail is
+/// deleted on every node too (the space returns with compaction).
+pub async fn user_del(c: &AdminClient, address: &str, keep_mail: bool) -> anyhow::Result<()> {
+    let query = if keep_mail { "?keep_mail=1" } else { "" };
     let v = c
         .expect_ok(
             Method::DELETE,
-            &format!("/v1/users/{}", encode_segment(address)),
+            &format!("/v1/users/{}{query}", encode_segment(address)),
             None,
         )
         .await?;
     println!("deleted {}", v["deleted"].as_str().unwrap_or(address));
+    if keep_mail {
+        println!("mail kept");
+    } else {
+        let purge = &v["purge"];
+        println!(
+            "mail removed: {} messages on nodes {}",
+            purge["messages_deleted"], purge["nodes"]
+        );
+        if let Some(failed) = purge["failed"].as_array().filter(|f| !f.is_empty()) {
+            println!("nodes that did not answer (their copies stay): {failed:?}");
+        }
+    }
+    Ok(())
+}
+
+/// `porcupine node compact`: one compaction pass on the node behind `--admin`.
+pub async fn node_compact(c: &AdminClient, live_ratio_min: Option<f64>) -> anyhow::Result<()> {
+    let query = live_ratio_min
+        .map(|r| format!("?live_ratio_min={r}"))
+        .unwrap_or_default();
+    let v = c
+        .expect_ok(Method::POST, &format!("/v1/storage/compact{query}"), None)
+        .await?;
+    println!(
+        "compacted {} segments: read {} bytes, copied {} bytes, removed {} bytes in {} ms; {} segment bytes now",
+        v["segments_removed"],
+        v["read_bytes"],
+        v["copied_bytes"],
+        v["removed_bytes"],
+        v["elapsed_ms"],
+        v["segment_bytes"]
+    );
     Ok(())
 }
 

@@ -12,6 +12,8 @@
 //!   [`login`]: POP3 login failure limits and the `auth` log line.
 //! - [`fragments`]: the local store as `softstate`'s fragment index.
 //! - [`gather`]: one user's mailbox read from every fragment node and merged.
+//! - [`lifecycle`]: the store's tuning (segments, compaction), compaction on
+//!   request, and removing a deleted user's mail from every node.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
 //! - [`stats`]: the repair counters status and metrics read.
 //! - [`rpc`]: inter-node RPC over HTTP/2.
@@ -33,6 +35,7 @@ pub mod format;
 pub mod formation;
 pub mod fragments;
 pub mod gather;
+pub mod lifecycle;
 pub mod listen;
 pub mod login;
 pub mod manager;

@@ -100,6 +100,10 @@ enum UserCommand {
     Del {
         /// The address.
         address: String,
+        /// Keep the user's stored mail (default: delete it on every node; the
+        /// space returns with each node's next compaction pass).
+        #[arg(long)]
+        keep_mail: bool,
     },
     /// List accounts.
     List,
@@ -166,6 +170,13 @@ enum NodeCommand {
     Remove {
         /// The node id.
         id: u64,
+    },
+    /// Run one segment compaction pass on the node behind --admin now.
+    Compact {
+        /// Compact segments whose live fraction is below this (default: the node's
+        /// `compact_live_ratio_min`; 1 compacts every segment with a dead byte).
+        #[arg(long)]
+        live_ratio_min: Option<f64>,
     },
 }
 
@@ -308,6 +319,19 @@ struct ServeArgs {
     /// Free space in MiB below which the node takes no new mail (`disk_reserve_mb`).
     #[arg(long)]
     disk_reserve_mb: Option<u64>,
+    /// Segment file size in MiB (`segment_size_mb`).
+    #[arg(long)]
+    segment_size_mb: Option<u64>,
+    /// Compact sealed segments less live than this fraction; 0: off
+    /// (`compact_live_ratio_min`).
+    #[arg(long)]
+    compact_live_ratio_min: Option<f64>,
+    /// Compaction read rate cap in MiB/s; 0: none (`compact_rate_mb_per_sec`).
+    #[arg(long)]
+    compact_rate_mb_per_sec: Option<u64>,
+    /// Seconds between compaction passes (`compact_interval_secs`).
+    #[arg(long)]
+    compact_interval_secs: Option<u64>,
     /// POP3S (implicit TLS) listen address (`pop3s`).
     #[arg(long)]
     pop3s: Option<String>,
@@ -368,7 +392,11 @@ impl ServeArgs {
             rpc_timeout_ms,
             repair_interval_secs,
             tombstone_min_age_secs,
-            disk_reserve_mb
+            disk_reserve_mb,
+            segment_size_mb,
+            compact_live_ratio_min,
+            compact_rate_mb_per_sec,
+            compact_interval_secs
         );
         if self.ports_file.is_some() {
             c.ports_file = self.ports_file;
@@ -458,7 +486,9 @@ async fn main() -> std::process::ExitCode {
                     Ok(p) => cli::user_add(&client, &address, &p).await,
                     Err(e) => Err(e),
                 },
-                UserCommand::Del { address } => cli::user_del(&client, &address).await,
+                UserCommand::Del { address, keep_mail } => {
+                    cli::user_del(&client, &address, keep_mail).await
+                }
                 UserCommand::List => cli::user_list(&client).await,
                 UserCommand::Passwd { address, password } => match password.read() {
                     Ok(p) => cli::user_passwd(&client, &address, &p).await,
@@ -466,11 +496,13 @@ async fn main() -> std::process::ExitCode {
                 },
             },
         },
-        Command::Node {
-            command: NodeCommand::Remove { id },
-            admin,
-        } => match admin.client() {
-            Ok(c) => cli::node_remove(&c, id).await,
+        Command::Node { command, admin } => match admin.client() {
+            Ok(c) => match command {
+                NodeCommand::Remove { id } => cli::node_remove(&c, id).await,
+                NodeCommand::Compact { live_ratio_min } => {
+                    cli::node_compact(&c, live_ratio_min).await
+                }
+            },
             Err(e) => Err(e),
         },
         Command::Status { admin, json } => match admin.client() {
