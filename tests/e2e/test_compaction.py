@@ -88,7 +88,7 @@ def delete_where(port: int, user: str, doomed) -> int:
 
 
 class CompactionTest(unittest.TestCase):
-    def start_cluster(self, env: dict | None = None) -> Cluster:
+    def start_cluster(self, env: dict | None = None, nodes: int = 1) -> Cluster:
         conf_dir = tempfile.mkdtemp(prefix="porcupine-compaction-")
         conf = os.path.join(conf_dir, "node.toml")
         with open(conf, "w") as f:
@@ -96,7 +96,7 @@ class CompactionTest(unittest.TestCase):
         saved = {k: os.environ.get(k) for k in (env or {})}
         os.environ.update(env or {})
         try:
-            c = Cluster(nodes=1, up_args=("--node-config", conf)).start()
+            c = Cluster(nodes=nodes, up_args=("--node-config", conf)).start()
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -125,8 +125,8 @@ class CompactionTest(unittest.TestCase):
             time.sleep(0.2)
         self.fail(f"no {text!r} in the node log within {timeout_s} s\n{c.logs()}")
 
-    def compact(self, c: Cluster) -> str:
-        return run_cli("node", "compact", admin=c.admin_url(0)).stdout
+    def compact(self, c: Cluster, node: int = 0) -> str:
+        return run_cli("node", "compact", admin=c.admin_url(node)).stdout
 
     def test_kill_9_at_every_compaction_step_loses_nothing_and_leaks_nothing(self):
         for step in ("chunk-copied", "copied", "index-durable", "removed"):
@@ -160,37 +160,43 @@ class CompactionTest(unittest.TestCase):
                 self.assertEqual(stored_bodies(c.pop_port(), bob), sent_b)
                 c.cleanup()
 
-    def test_user_del_removes_mail_and_keep_mail_keeps_it(self):
-        c = self.start_cluster()
+    def test_user_del_removes_mail_from_every_node_and_keep_mail_keeps_it(self):
+        c = self.start_cluster(nodes=2)
         gone, kept_user = f"gone@{DOMAIN}", f"kept@{DOMAIN}"
         c.add_users([(gone, PASSWORD), (kept_user, PASSWORD)])
+        c.wait_users_known([gone, kept_user])
         self.fill(c, gone, 40)
         sent_kept = self.fill(c, kept_user, 40)
         # Fill the open segment so the users' mail sits in sealed ones.
         filler = f"filler@{DOMAIN}"
         c.add_users([(filler, PASSWORD)])
+        c.wait_users_known([filler])
         self.fill(c, filler, 30)
-        before, _ = segment_usage(c)
+        before = [segment_usage(c, i)[0] for i in range(2)]
 
         out = run_cli("user", "del", gone, admin=c.admin_url(0)).stdout
-        self.assertIn("mail removed: 40 messages", out)
+        # Two copies of each of the 40 messages, one per node.
+        self.assertIn("mail removed: 80 messages on nodes [0,1]", out)
         out = run_cli("user", "del", kept_user, "--keep-mail", admin=c.admin_url(0)).stdout
         self.assertIn("mail kept", out)
-        self.compact(c)
-        after, strays = segment_usage(c)
-        print(f"\nuser del: segment bytes before {before}, after {after}")
-        self.assertEqual(strays, [])
-        self.assertLess(after, before - 30 * MESSAGE_BYTES, f"before {before} after {after}")
+        for i in range(2):
+            self.compact(c, i)
+            after, strays = segment_usage(c, i)
+            print(f"\nuser del: node {i} segment bytes before {before[i]}, after {after}")
+            self.assertEqual(strays, [])
+            self.assertLess(after, before[i] - 30 * MESSAGE_BYTES,
+                            f"node {i}: before {before[i]} after {after}")
 
         # Re-created under the same names: the deleted user's mail is gone, the kept
         # user's is still there.
         c.add_users([(gone, PASSWORD), (kept_user, PASSWORD)])
+        c.wait_users_known([gone, kept_user])
         c.wait_ready_for_pop(gone, PASSWORD)
         self.assertEqual(fetch_all(c.pop_port(), gone, PASSWORD), [])
-        self.assertEqual(stored_bodies(c.pop_port(), kept_user), sent_kept)
+        self.assertEqual(stored_bodies(c.pop_port(1), kept_user), sent_kept)
         # New mail for the re-created user is delivered and is all it sees.
         body = body_for(gone, 99)
-        self.assertEqual(deliver(c.smtp_port(), gone, body).code, 250)
+        self.assertEqual(deliver(c.smtp_port(1), gone, body).code, 250)
         self.assertEqual(stored_bodies(c.pop_port(), gone), {f"{gone} 99": body})
 
 
