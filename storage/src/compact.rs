@@ -259,13 +259,17 @@ impl Compactor {
         let present: BTreeSet<u32> = segments.iter().map(|(id, _)| *id).collect();
         self.reader.retain(&present);
         let mut report = CompactReport::default();
-        // The newest segment is the writer's: never compacted.
+        // The writer appends to the newest segment, and a batch that rolled holds
+        // records not indexed yet in the segment the indexed log ends in: only
+        // segments before that one are sealed and fully indexed. Read the mark
+        // before the index, so every record before it is in the scan below.
+        let indexed_segment = self.counters.indexed_segment();
         let Some((_, sealed)) = segments.split_last() else {
             return Ok(report);
         };
         let live = self.index.live_bytes_by_segment()?;
         let mut limiter = RateLimiter::new(self.settings.rate_bytes_per_sec);
-        for (id, path) in sealed {
+        for (id, path) in sealed.iter().filter(|(id, _)| *id < indexed_segment) {
             let size_bytes = std::fs::metadata(path)
                 .map_err(StorageError::io(path, "stat segment"))?
                 .len();

@@ -33,6 +33,8 @@
 //! - `index`: the sled trees and the apply rules shared by writer and replay.
 //! - `replay`: recovery at open.
 //! - `writer`: the group-commit writer thread.
+//! - `reserve`: the `RESERVE` file that keeps deletes and compaction working on
+//!   a full disk.
 //! - `compact`: segment compaction ([`CompactStep`], [`CompactReport`]).
 //! - `stats`: [`StoreStats`] and the counters behind it.
 //! - `kv`: [`KvTree`].
@@ -52,6 +54,7 @@ mod kv;
 mod message;
 mod record;
 mod replay;
+mod reserve;
 mod segment;
 mod stats;
 mod store;

@@ -115,6 +115,13 @@ pub(crate) struct SegmentWriter {
     counters: Arc<Counters>,
 }
 
+/// Where the log stood before a batch, so a batch the disk had no room for can be
+/// taken back ([`SegmentWriter::rewind`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    position: Position,
+}
+
 impl SegmentWriter {
     /// Continue segment `at.segment` from byte `at.offset` (creating the file, and
     /// making its directory entry durable, if it does not exist).
@@ -157,6 +164,63 @@ impl SegmentWriter {
             size_bytes_max: size_bytes_max.max(1),
             counters,
         })
+    }
+
+    /// A mark at the end of the log, for [`SegmentWriter::rewind`].
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            position: self.position(),
+        }
+    }
+
+    /// Take back everything appended since `mark` (a batch that failed for want of
+    /// space, never acknowledged): segments started since are removed and the
+    /// marked one is truncated to its old length, so the log ends where it did.
+    pub(crate) fn rewind(&mut self, mark: Mark) -> Result<(), StorageError> {
+        self.buffer.clear();
+        let to = mark.position;
+        let mut dropped_bytes = 0;
+        if self.id != to.segment {
+            dropped_bytes += self.len_bytes;
+            for id in (to.segment + 1..=self.id).rev() {
+                let path = segment_path(&self.dir, id);
+                if id != self.id {
+                    dropped_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                }
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StorageError::io(&path, "remove segment of a failed batch")(
+                            e,
+                        ));
+                    }
+                }
+            }
+            sync_dir(&self.dir)?;
+            let path = segment_path(&self.dir, to.segment);
+            self.file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(StorageError::io(&path, "reopen segment for writing"))?;
+            self.path = path;
+            self.id = to.segment;
+            let on_disk = self
+                .file
+                .metadata()
+                .map_err(StorageError::io(&self.path, "stat segment"))?
+                .len();
+            dropped_bytes += on_disk.saturating_sub(to.offset);
+        } else {
+            dropped_bytes += self.len_bytes.saturating_sub(to.offset);
+        }
+        self.file
+            .set_len(to.offset)
+            .and_then(|()| self.file.sync_all())
+            .map_err(StorageError::io(&self.path, "truncate a failed batch"))?;
+        self.len_bytes = to.offset;
+        self.counters.remove_segment_bytes(dropped_bytes);
+        Ok(())
     }
 
     /// The end of the log (where the next record goes).

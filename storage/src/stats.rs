@@ -30,6 +30,10 @@ pub struct StoreStats {
     /// Bytes of segment files removed by compaction since open.
     #[serde(default)]
     pub compacted_bytes: u64,
+    /// The data disk filled: new messages are refused (deletes, reads and
+    /// compaction go on) until the store's reserve could be written again.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// The atomics behind [`StoreStats`].
@@ -45,6 +49,11 @@ pub(crate) struct Counters {
     pending_write_requests: AtomicU64,
     compacted_segments: AtomicU64,
     compacted_bytes: AtomicU64,
+    /// Segment of the end of the indexed log: compaction leaves it (and later ones,
+    /// which may hold records of a batch not indexed yet) alone.
+    indexed_segment: AtomicU64,
+    /// 1 while the reserve file is released (disk full: new messages refused).
+    disk_full: AtomicU64,
 }
 
 /// Changes that one index update made to the totals.
@@ -83,6 +92,22 @@ impl Counters {
 
     pub(crate) fn add_segment_bytes(&self, len_bytes: u64) {
         self.segment_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+    }
+
+    /// The writer indexed everything up to segment `segment`.
+    pub(crate) fn set_indexed_segment(&self, segment: u32) {
+        self.indexed_segment
+            .store(u64::from(segment), Ordering::Release);
+    }
+
+    /// See [`Counters::set_indexed_segment`].
+    pub(crate) fn indexed_segment(&self) -> u32 {
+        self.indexed_segment.load(Ordering::Acquire) as u32
+    }
+
+    /// Record whether the store refuses new messages for want of space.
+    pub(crate) fn set_disk_full(&self, full: bool) {
+        self.disk_full.store(u64::from(full), Ordering::Relaxed);
     }
 
     /// A segment file of `len_bytes` was removed.
@@ -127,6 +152,7 @@ impl Counters {
             pending_write_requests: self.pending_write_requests.load(Ordering::Relaxed),
             compacted_segments: self.compacted_segments.load(Ordering::Relaxed),
             compacted_bytes: self.compacted_bytes.load(Ordering::Relaxed),
+            disk_full: self.disk_full.load(Ordering::Relaxed) == 1,
         }
     }
 }

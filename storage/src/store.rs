@@ -12,6 +12,7 @@ use crate::compact::{CompactHook, CompactReport, CompactSettings, Compactor};
 use crate::index::{Index, IndexDb};
 use crate::keys::{Location, validate_user};
 use crate::record::{self, RecordKind};
+use crate::reserve::{RESERVE_FILE, Reserve};
 use crate::segment::{SegmentReader, SegmentWriter, list_segments, sync_dir};
 use crate::stats::Counters;
 use crate::writer::{Request, Writer};
@@ -42,11 +43,15 @@ pub struct StoreConfig {
     pub compact_interval_ms: u64,
     /// Called at every step of a segment's compaction (tests crash or pause there).
     pub compact_hook: Option<CompactHook>,
+    /// Size of the `RESERVE` file kept in the data directory: released when the
+    /// disk fills, so deletes, compaction and the index keep working and the
+    /// store opens on a full disk (0: no reserve).
+    pub reserve_bytes: u64,
 }
 
 impl Default for StoreConfig {
     /// 256 MiB segments, 64 MiB per group commit, compaction below half live at
-    /// 32 MiB/s every 30 s.
+    /// 32 MiB/s every 30 s, an 8 MiB reserve.
     fn default() -> StoreConfig {
         StoreConfig {
             segment_size_bytes_max: 256 * 1024 * 1024,
@@ -55,6 +60,7 @@ impl Default for StoreConfig {
             compact_rate_bytes_per_sec: 32 * 1024 * 1024,
             compact_interval_ms: 30_000,
             compact_hook: None,
+            reserve_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -169,7 +175,26 @@ impl Store {
     /// checkpoint into the index, truncates a torn tail, and starts the writer
     /// thread. Blocking (replay reads files): call it before serving, or from
     /// `spawn_blocking`. Fails if another store has `dir` open.
+    ///
+    /// On a full disk (the index cannot be opened or written for want of space)
+    /// the reserve file is removed and the open tried again, so the node starts
+    /// and serves reads; new messages are refused until space is back.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StorageError> {
+        match Store::open_once(dir, &config) {
+            Err(e) if e.is_disk_full() && dir.join(RESERVE_FILE).exists() => {
+                tracing::warn!(error = %e, dir = %dir.display(),
+                    "data disk full at open: releasing the reserve and trying again");
+                std::fs::remove_file(dir.join(RESERVE_FILE)).map_err(StorageError::io(
+                    dir.join(RESERVE_FILE),
+                    "remove reserve file",
+                ))?;
+                Store::open_once(dir, &config)
+            }
+            other => other,
+        }
+    }
+
+    fn open_once(dir: &Path, config: &StoreConfig) -> Result<Store, StorageError> {
         let segments_dir = dir.join("segments");
         std::fs::create_dir_all(&segments_dir)
             .map_err(StorageError::io(&segments_dir, "create directory"))?;
@@ -206,6 +231,7 @@ impl Store {
             counters.clone(),
             config.batch_bytes_max,
             end,
+            Reserve::open(dir, config.reserve_bytes),
         );
         let handle = std::thread::Builder::new()
             .name("storage-writer".to_owned())

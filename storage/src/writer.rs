@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::index::{Index, IndexOp, Move};
 use crate::keys::{Location, Position};
 use crate::record::{self, RecordKind};
+use crate::reserve::Reserve;
 use crate::segment::SegmentWriter;
 use crate::stats::Counters;
 use crate::{MessageKey, NewMessage, StorageError};
@@ -93,6 +94,14 @@ pub(crate) struct Relocation {
     pub(crate) bytes: Vec<u8>,
 }
 
+/// How a batch failed.
+enum BatchError {
+    /// No space; the batch was taken back.
+    Full(StorageError),
+    /// Anything else: the writer stops.
+    Fatal(StorageError),
+}
+
 /// State of the writer thread.
 pub(crate) struct Writer {
     segments: SegmentWriter,
@@ -107,6 +116,8 @@ pub(crate) struct Writer {
     /// Set by the first failed write, sync or index update; see
     /// [`StorageError::WriterFailed`].
     failed: Option<Arc<StorageError>>,
+    /// Space held back for deletes and compaction on a full disk.
+    reserve: Reserve,
 }
 
 impl Writer {
@@ -118,7 +129,10 @@ impl Writer {
         counters: Arc<Counters>,
         batch_bytes_max: usize,
         checkpointed: Position,
+        reserve: Reserve,
     ) -> Writer {
+        counters.set_indexed_segment(segments.position().segment);
+        counters.set_disk_full(!reserve.present());
         Writer {
             applied: segments.position(),
             segments,
@@ -128,6 +142,7 @@ impl Writer {
             checkpointed,
             last_checkpoint: Instant::now(),
             failed: None,
+            reserve,
         }
     }
 
@@ -193,7 +208,10 @@ impl Writer {
         }
     }
 
-    /// Write, sync and index one batch, then answer every request in it.
+    /// Write, sync and index one batch, then answer every request in it. On a
+    /// full disk the batch is taken back, the reserve released, and what must
+    /// work on a full disk (deletes, compaction) written again without the new
+    /// messages, which are refused with [`StorageError::DiskFull`].
     fn commit(&mut self, batch: Vec<Request>) {
         if let Some(failure) = &self.failed {
             for request in batch {
@@ -207,13 +225,54 @@ impl Writer {
             return;
         }
         self.counters.add_batch(batch.len() as u64);
-        match self.write_and_index(&batch) {
+        let mut batch = batch;
+        if !self.reserve.try_restore() {
+            batch = self.refuse_appends(batch);
+        }
+        self.counters.set_disk_full(!self.reserve.present());
+        if batch.is_empty() {
+            return;
+        }
+        let outcome = match self.try_batch(&batch) {
+            Err(BatchError::Full(e)) => {
+                tracing::warn!(error = %e, "storage writer: disk full; batch taken back");
+                self.reserve.release();
+                self.counters.set_disk_full(true);
+                batch = self.refuse_appends(batch);
+                if batch.is_empty() {
+                    return;
+                }
+                match self.try_batch(&batch) {
+                    Err(BatchError::Full(_)) => Err(None),
+                    other => other.map_err(|e| match e {
+                        BatchError::Fatal(e) => Some(e),
+                        BatchError::Full(_) => None,
+                    }),
+                }
+            }
+            other => other.map_err(|e| match e {
+                BatchError::Fatal(e) => Some(e),
+                BatchError::Full(_) => None,
+            }),
+        };
+        match outcome {
             Ok(()) => {
                 for request in batch {
                     request.reply(Ok(()), &self.counters);
                 }
             }
-            Err(e) => {
+            // Full even without the new messages: nothing written, nothing broken.
+            Err(None) => {
+                for request in batch {
+                    request.reply(
+                        Err(StorageError::DiskFull {
+                            action: "write to the segment log",
+                        }),
+                        &self.counters,
+                    );
+                }
+            }
+            Err(Some(e)) => {
                 tracing::error!(error = %e, "storage writer failed; refusing further writes until restart");
                 let failure = Arc::new(e);
                 self.failed = Some(failure.clone());
@@ -229,7 +288,61 @@ impl Writer {
         }
     }
 
-    fn write_and_index(&mut self, batch: &[Request]) -> Result<(), StorageError> {
+    /// Answer every `Append` of `batch` with [`StorageError::DiskFull`]; return the rest.
+    fn refuse_appends(&self, batch: Vec<Request>) -> Vec<Request> {
+        let mut rest = Vec::with_capacity(batch.len());
+        for request in batch {
+            if matches!(request, Request::Append { .. }) {
+                request.reply(
+                    Err(StorageError::DiskFull {
+                        action: "store message",
+                    }),
+                    &self.counters,
+                );
+            } else {
+                rest.push(request);
+            }
+        }
+        rest
+    }
+
+    /// Write and index `batch`. A write that fails for want of space is taken back
+    /// (the log ends where it did, nothing acknowledged): `Full`. Anything else,
+    /// or a failure to take it back, is `Fatal`.
+    fn try_batch(&mut self, batch: &[Request]) -> Result<(), BatchError> {
+        let mark = self.segments.mark();
+        match self.write_and_index(batch) {
+            Ok(()) => Ok(()),
+            Err((true, e)) if e.is_disk_full() => match self.segments.rewind(mark) {
+                Ok(()) => Err(BatchError::Full(e)),
+                Err(rewind) => {
+                    tracing::error!(error = %rewind, "taking back a batch the disk had no room for");
+                    Err(BatchError::Fatal(e))
+                }
+            },
+            Err((_, e)) => Err(BatchError::Fatal(e)),
+        }
+    }
+
+    /// Errors say whether they came from the segment phase (`true`: nothing of the
+    /// batch is indexed yet, so it can be taken back).
+    fn write_and_index(&mut self, batch: &[Request]) -> Result<(), (bool, StorageError)> {
+        let (ops, moves) = self.write_records(batch).map_err(|e| (true, e))?;
+        self.segments.sync().map_err(|e| (true, e))?;
+        let deltas = self.index.apply(&ops).map_err(|e| (false, e))?;
+        self.counters.apply(deltas);
+        if !moves.is_empty() {
+            self.index.relocate(&moves).map_err(|e| (false, e))?;
+        }
+        self.applied = self.segments.position();
+        self.counters.set_indexed_segment(self.applied.segment);
+        Ok(())
+    }
+
+    fn write_records(
+        &mut self,
+        batch: &[Request],
+    ) -> Result<(Vec<IndexOp>, Vec<Move>), StorageError> {
         let mut ops = Vec::new();
         let mut moves = Vec::new();
         for request in batch {
@@ -263,14 +376,7 @@ impl Writer {
                 Request::Checkpoint { .. } | Request::Close { .. } => {}
             }
         }
-        self.segments.sync()?;
-        let deltas = self.index.apply(&ops)?;
-        self.counters.apply(deltas);
-        if !moves.is_empty() {
-            self.index.relocate(&moves)?;
-        }
-        self.applied = self.segments.position();
-        Ok(())
+        Ok((ops, moves))
     }
 
     /// Advance the checkpoint to everything indexed so far. Never past a failed
