@@ -458,6 +458,10 @@ fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (the log's disk is full) is dropped:
+        // reporting it would eprintln!, which panics when stderr fails, and took
+        // SMTP sessions down with it.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

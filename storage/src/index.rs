@@ -171,6 +171,11 @@ impl Index {
         &self.db
     }
 
+    /// The `messages` tree (for `verify`).
+    pub(crate) fn messages_tree(&self) -> &sled::Tree {
+        &self.messages
+    }
+
     /// Apply records in log order, atomically (one sled transaction over the three
     /// trees, so a crash never leaves a message indexed but uncounted). The rules
     /// make re-applying a record a no-op, which replay and replication rely on:

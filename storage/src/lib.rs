@@ -35,6 +35,8 @@
 //! - `writer`: the group-commit writer thread.
 //! - `reserve`: the `RESERVE` file that keeps deletes and compaction working on
 //!   a full disk.
+//! - `verify`: fsck ([`VerifyReport`]); damaged live messages are replaced from a
+//!   replica by the node (`Store::replace_damaged`).
 //! - `compact`: segment compaction ([`CompactStep`], [`CompactReport`]).
 //! - `stats`: [`StoreStats`] and the counters behind it.
 //! - `kv`: [`KvTree`].
@@ -58,6 +60,7 @@ mod reserve;
 mod segment;
 mod stats;
 mod store;
+mod verify;
 mod writer;
 
 pub use compact::{CompactHook, CompactReport, CompactStep};
@@ -67,3 +70,4 @@ pub use kv::{KvEntry, KvTree};
 pub use message::{BucketEntries, MessageKey, MessageMeta, NewMessage};
 pub use stats::StoreStats;
 pub use store::{Store, StoreConfig};
+pub use verify::{DamagedRecord, VerifyReport};

@@ -12,12 +12,13 @@ use crate::compact::{CompactHook, CompactReport, CompactSettings, Compactor};
 use crate::index::{Index, IndexDb};
 use crate::keys::{Location, validate_user};
 use crate::record::{self, RecordKind};
-use crate::reserve::{RESERVE_FILE, Reserve};
+use crate::reserve::{RESERVE_FILE, Reserves, START_RESERVE_FILE};
 use crate::segment::{SegmentReader, SegmentWriter, list_segments, sync_dir};
 use crate::stats::Counters;
 use crate::writer::{Request, Writer};
 use crate::{
-    BucketEntries, KvTree, MessageId, MessageKey, MessageMeta, NewMessage, StorageError, StoreStats,
+    BucketEntries, KvTree, MessageId, MessageKey, MessageMeta, NewMessage, StorageError,
+    StoreStats, VerifyReport,
 };
 
 /// Records up to this size are read inline; larger ones on a blocking thread so a
@@ -44,8 +45,9 @@ pub struct StoreConfig {
     /// Called at every step of a segment's compaction (tests crash or pause there).
     pub compact_hook: Option<CompactHook>,
     /// Size of the `RESERVE` file kept in the data directory: released when the
-    /// disk fills, so deletes, compaction and the index keep working and the
-    /// store opens on a full disk (0: no reserve).
+    /// disk fills, so deletes, compaction and the index keep working; a second one
+    /// of a quarter of it (`RESERVE.start`) lets the store open on a full disk
+    /// (0: no reserves).
     pub reserve_bytes: u64,
 }
 
@@ -180,18 +182,20 @@ impl Store {
     /// the reserve file is removed and the open tried again, so the node starts
     /// and serves reads; new messages are refused until space is back.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StorageError> {
-        match Store::open_once(dir, &config) {
-            Err(e) if e.is_disk_full() && dir.join(RESERVE_FILE).exists() => {
-                tracing::warn!(error = %e, dir = %dir.display(),
-                    "data disk full at open: releasing the reserve and trying again");
-                std::fs::remove_file(dir.join(RESERVE_FILE)).map_err(StorageError::io(
-                    dir.join(RESERVE_FILE),
-                    "remove reserve file",
-                ))?;
-                Store::open_once(dir, &config)
+        let mut attempt = Store::open_once(dir, &config);
+        for name in [START_RESERVE_FILE, RESERVE_FILE] {
+            match &attempt {
+                Err(e) if e.is_disk_full() && dir.join(name).exists() => {
+                    tracing::warn!(error = %e, dir = %dir.display(), reserve = name,
+                        "data disk full at open: releasing a reserve and trying again");
+                    std::fs::remove_file(dir.join(name))
+                        .map_err(StorageError::io(dir.join(name), "remove reserve file"))?;
+                    attempt = Store::open_once(dir, &config);
+                }
+                _ => break,
             }
-            other => other,
         }
+        attempt
     }
 
     fn open_once(dir: &Path, config: &StoreConfig) -> Result<Store, StorageError> {
@@ -231,7 +235,7 @@ impl Store {
             counters.clone(),
             config.batch_bytes_max,
             end,
-            Reserve::open(dir, config.reserve_bytes),
+            Reserves::open(dir, config.reserve_bytes),
         );
         let handle = std::thread::Builder::new()
             .name("storage-writer".to_owned())
@@ -373,6 +377,53 @@ impl Store {
                 action: "compact segments",
                 reason: e.to_string(),
             })?
+    }
+
+    /// Read every segment record and every live message and check their
+    /// checksums (blocking work on tokio's blocking pool). Reports damage; changes
+    /// nothing.
+    pub async fn verify(&self) -> Result<VerifyReport, StorageError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::verify::verify(&inner.dir.join("segments"), &inner.index, &inner.reader)
+        })
+        .await
+        .map_err(|e| StorageError::Task {
+            action: "verify segments",
+            reason: e.to_string(),
+        })?
+    }
+
+    /// Replace the damaged record of live message `key` with `data` (a good copy
+    /// from a replica): the copy is appended like compaction's and the index
+    /// switched to it. Refused (`Ok(false)`) unless the record the index names
+    /// really is damaged, so a good message is never overwritten.
+    pub async fn replace_damaged(
+        &self,
+        key: &MessageKey,
+        data: Bytes,
+    ) -> Result<bool, StorageError> {
+        validate_user(&key.user)?;
+        let Some(location) = self.inner.index.location(key)? else {
+            return Ok(false);
+        };
+        if self.inner.read_message(location, key).is_ok() {
+            return Ok(false);
+        }
+        let mut bytes = record::encode_header(RecordKind::Message, key, &data);
+        bytes.extend_from_slice(&data);
+        let (reply, answer) = oneshot::channel();
+        self.inner.send(Request::Relocate {
+            records: vec![crate::writer::Relocation {
+                kind: RecordKind::Message,
+                key: key.clone(),
+                from: location,
+                bytes,
+            }],
+            reply,
+        })?;
+        answer.await.map_err(|_| StorageError::Closed)??;
+        Ok(self.inner.index.location(key)? != Some(location))
     }
 
     /// Ask the background compaction thread for a pass soon (no-op when

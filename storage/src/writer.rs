@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::index::{Index, IndexOp, Move};
 use crate::keys::{Location, Position};
 use crate::record::{self, RecordKind};
-use crate::reserve::Reserve;
+use crate::reserve::{Reserve, Reserves, free_bytes};
 use crate::segment::SegmentWriter;
 use crate::stats::Counters;
 use crate::{MessageKey, NewMessage, StorageError};
@@ -118,6 +118,12 @@ pub(crate) struct Writer {
     failed: Option<Arc<StorageError>>,
     /// Space held back for deletes and compaction on a full disk.
     reserve: Reserve,
+    /// Space held back for `Store::open` on a full disk.
+    start_reserve: Reserve,
+    /// The data directory (for its free space).
+    dir: std::path::PathBuf,
+    /// The last batch with new messages found too little free space for them.
+    short_of_room: bool,
 }
 
 impl Writer {
@@ -129,8 +135,13 @@ impl Writer {
         counters: Arc<Counters>,
         batch_bytes_max: usize,
         checkpointed: Position,
-        reserve: Reserve,
+        reserves: Reserves,
     ) -> Writer {
+        let Reserves {
+            runtime: reserve,
+            start: start_reserve,
+            dir,
+        } = reserves;
         counters.set_indexed_segment(segments.position().segment);
         counters.set_disk_full(!reserve.present());
         Writer {
@@ -143,6 +154,9 @@ impl Writer {
             last_checkpoint: Instant::now(),
             failed: None,
             reserve,
+            start_reserve,
+            dir,
+            short_of_room: false,
         }
     }
 
@@ -226,10 +240,16 @@ impl Writer {
         }
         self.counters.add_batch(batch.len() as u64);
         let mut batch = batch;
-        if !self.reserve.try_restore() {
-            batch = self.refuse_appends(batch);
+        if let Some(room) = self.room_for(&batch) {
+            self.short_of_room = !room;
         }
-        self.counters.set_disk_full(!self.reserve.present());
+        if !self.reserve.try_restore() || self.short_of_room {
+            batch = self.refuse_appends(batch);
+        } else {
+            self.start_reserve.try_restore();
+        }
+        self.counters
+            .set_disk_full(!self.reserve.present() || self.short_of_room);
         if batch.is_empty() {
             return;
         }
@@ -286,6 +306,27 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Whether the new messages of `batch` leave at least the reserve's size free
+    /// (headroom for the index and for tombstones); `None` for a batch without
+    /// new messages. Unknown free space: yes.
+    fn room_for(&self, batch: &[Request]) -> Option<bool> {
+        let appended: u64 = batch
+            .iter()
+            .filter(|r| matches!(r, Request::Append { .. }))
+            .map(Request::size_bytes)
+            .sum();
+        if appended == 0 {
+            return None;
+        }
+        if self.reserve.size_bytes() == 0 {
+            return Some(true);
+        }
+        Some(match free_bytes(&self.dir) {
+            Some(free) => free >= appended.saturating_add(self.reserve.size_bytes()),
+            None => true,
+        })
     }
 
     /// Answer every `Append` of `batch` with [`StorageError::DiskFull`]; return the rest.

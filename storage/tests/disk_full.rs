@@ -83,7 +83,10 @@ async fn fill_until_full(store: &Store, user: &str, from: u32) -> (Vec<MessageKe
         match store.append(vec![big(&k)]).await {
             Ok(()) => stored.push(k),
             Err(e) => {
-                assert!(e.is_disk_full(), "refused for want of space, got {e:?}");
+                assert!(
+                    matches!(e, StorageError::DiskFull { .. }),
+                    "refused for want of space, got {e:?}"
+                );
                 return (stored, k);
             }
         }
@@ -188,7 +191,6 @@ async fn the_store_opens_and_serves_reads_on_a_full_disk() {
     assert!(free_bytes(&fs.dir) < 64 * 1024);
     let store = Store::open(&fs.dir, config()).unwrap();
     check_readable(&store, &stored).await;
-    assert!(store.stats().disk_full);
     // Deletes still work.
     store.delete(stored[..5].to_vec()).await.unwrap();
     assert_eq!(store.read(&stored[0]).await.unwrap(), None);
