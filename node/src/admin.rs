@@ -222,6 +222,13 @@ pub async fn handle(
                 Err(e) => registry_error(e),
             }
         }
+        (&Method::POST, ["v1", "storage", "verify"]) => {
+            let repair = query_flag(req.uri().query(), "repair");
+            match crate::lifecycle::verify(&node, repair).await {
+                Ok(outcome) => json_response(StatusCode::OK, json!(outcome)),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         (&Method::POST, ["v1", "storage", "compact"]) => {
             let ratio = query_value(req.uri().query(), "live_ratio_min")
                 .and_then(|v| v.parse::<f64>().ok());

@@ -204,6 +204,49 @@ pub async fn user_del(c: &AdminClient, address: &str, keep_mail: bool) -> anyhow
     Ok(())
 }
 
+/// `porcupine node verify [--repair]`: fsck of the node behind `--admin`. Fails
+/// (exit 1) when damage is left unrepaired.
+pub async fn node_verify(c: &AdminClient, repair: bool) -> anyhow::Result<()> {
+    let query = if repair { "?repair=1" } else { "" };
+    let v = c
+        .expect_ok(Method::POST, &format!("/v1/storage/verify{query}"), None)
+        .await?;
+    let report = &v["report"];
+    println!(
+        "verified {} segments, {} records, {} bytes",
+        report["segments"], report["records"], report["bytes"]
+    );
+    let damaged = report["damaged"].as_array().cloned().unwrap_or_default();
+    for d in &damaged {
+        let what = match d["key"].as_object() {
+            Some(k) => format!("message {}/{}/{}", k["bucket"], k["user"], k["id"]),
+            None => "unused record".to_owned(),
+        };
+        println!(
+            "damaged: segment {} offset {}: {what}: {}",
+            d["segment"],
+            d["offset"],
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} damaged records", damaged.len());
+    if repair {
+        let repaired = v["repaired"].as_array().map_or(0, Vec::len);
+        let unrepaired = v["unrepaired"].as_array().cloned().unwrap_or_default();
+        println!(
+            "repaired {repaired} from replicas, {} not repaired",
+            unrepaired.len()
+        );
+        anyhow::ensure!(unrepaired.is_empty(), "not repaired: {unrepaired:?}");
+    } else {
+        anyhow::ensure!(
+            damaged.is_empty(),
+            "damage found (run with --repair to fix it from replicas)"
+        );
+    }
+    Ok(())
+}
+
 /// `porcupine node compact`: one compaction pass on the node behind `--admin`.
 pub async fn node_compact(c: &AdminClient, live_ratio_min: Option<f64>) -> anyhow::Result<()> {
     let query = live_ratio_min

@@ -175,3 +175,77 @@ async fn purge_on(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// What `POST /v1/storage/verify` answers.
+#[derive(Debug, Serialize)]
+pub struct VerifyOutcome {
+    /// What the scan found (before any repair).
+    pub report: storage::VerifyReport,
+    /// Damaged live messages replaced from a replica (`?repair=1`).
+    pub repaired: Vec<MessageKey>,
+    /// Damaged live messages no replica had a good copy of, with why.
+    pub unrepaired: Vec<(MessageKey, String)>,
+}
+
+/// Check every record of this node's store; with `repair`, replace each damaged
+/// live message with a good copy read from another live node (whose own read
+/// verifies its checksum). Damaged records nothing uses are only reported (a
+/// damaged header also keeps compaction off its segment, which it logs).
+pub async fn verify(
+    node: &Arc<Node>,
+    repair: bool,
+) -> Result<VerifyOutcome, storage::StorageError> {
+    let report = node.store.verify().await?;
+    let mut outcome = VerifyOutcome {
+        report,
+        repaired: Vec::new(),
+        unrepaired: Vec::new(),
+    };
+    if !repair {
+        return Ok(outcome);
+    }
+    let me = node.id();
+    let others: Vec<NodeId> = node
+        .cluster
+        .view()
+        .live
+        .iter()
+        .copied()
+        .filter(|&n| n != me)
+        .collect();
+    let keys: Vec<MessageKey> = outcome
+        .report
+        .damaged
+        .iter()
+        .filter_map(|d| d.key.clone())
+        .collect();
+    for key in keys {
+        let mut why = "no other live node".to_owned();
+        let mut done = false;
+        for &n in &others {
+            match node.call(n, Request::Read { key: key.clone() }).await {
+                Ok(Response::Message(Some(data))) => {
+                    match node.store.replace_damaged(&key, data).await {
+                        Ok(true) => {
+                            tracing::info!(bucket = key.bucket, user = %key.user, id = %key.id, from = n,
+                            "damaged message replaced from a replica");
+                            done = true;
+                            break;
+                        }
+                        Ok(false) => why = "the local record is no longer damaged".to_owned(),
+                        Err(e) => why = format!("replacing: {e}"),
+                    }
+                }
+                Ok(Response::Message(None)) => why = format!("node {n} holds no copy"),
+                Ok(other) => why = format!("node {n}: {other:?}"),
+                Err(e) => why = format!("node {n}: {e}"),
+            }
+        }
+        if done {
+            outcome.repaired.push(key);
+        } else {
+            outcome.unrepaired.push((key, why));
+        }
+    }
+    Ok(outcome)
+}

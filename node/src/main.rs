@@ -171,6 +171,12 @@ enum NodeCommand {
         /// The node id.
         id: u64,
     },
+    /// fsck: check the checksum of every stored record on the node behind --admin.
+    Verify {
+        /// Replace each damaged message with a good copy from another node.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Run one segment compaction pass on the node behind --admin now.
     Compact {
         /// Compact segments whose live fraction is below this (default: the node's
@@ -503,6 +509,7 @@ async fn main() -> std::process::ExitCode {
         Command::Node { command, admin } => match admin.client() {
             Ok(c) => match command {
                 NodeCommand::Remove { id } => cli::node_remove(&c, id).await,
+                NodeCommand::Verify { repair } => cli::node_verify(&c, repair).await,
                 NodeCommand::Compact { live_ratio_min } => {
                     cli::node_compact(&c, live_ratio_min).await
                 }

@@ -281,7 +281,14 @@ impl Compactor {
             if !below {
                 continue;
             }
-            self.compact_segment(*id, path, size_bytes, &mut limiter, &mut report)?;
+            match self.compact_segment(*id, path, size_bytes, &mut limiter, &mut report) {
+                Ok(()) => {}
+                // Damage stays for fsck and repair; the other segments go on.
+                Err(e @ StorageError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "segment left uncompacted");
+                }
+                Err(e) => return Err(e),
+            }
         }
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(report)
