@@ -309,7 +309,8 @@ impl Compactor {
         let mut chunk: Vec<Relocation> = Vec::new();
         let mut chunk_bytes = 0u64;
         loop {
-            let (header, bytes) = match record::read_record(&mut input, size_bytes - offset) {
+            let next = record::read_record_checked(&mut input, size_bytes - offset);
+            let (header, bytes, damage) = match next {
                 Ok(None) => break,
                 Ok(Some(record)) => record,
                 Err(DecodeError::Io(source)) => {
@@ -345,10 +346,22 @@ impl Compactor {
             offset += len;
             report.bytes_read += len;
             limiter.take(len);
-            if self
+            let indexed = self
                 .index
-                .is_indexed_copy(header.kind, &header.key, location)?
-            {
+                .is_indexed_copy(header.kind, &header.key, location)?;
+            if let Some(reason) = damage {
+                // A damaged record the index still uses waits for repair; one
+                // nothing uses (replaced by repair, or deleted) is simply dropped.
+                if indexed {
+                    return Err(StorageError::Corrupt {
+                        path: path.to_owned(),
+                        offset: location.offset,
+                        reason: format!("compaction stopped at a damaged live record: {reason}"),
+                    });
+                }
+                continue;
+            }
+            if indexed {
                 chunk_bytes += len;
                 chunk.push(Relocation {
                     kind: header.kind,

@@ -20,7 +20,7 @@ use crate::{MessageKey, StorageError};
 pub struct DamagedRecord {
     /// The live message stored there, when the index names this record (repair
     /// can replace it from a replica); `None` for a record nothing uses any more
-    /// or whose header is unreadable.
+    /// (compaction drops it) or whose header is unreadable.
     pub key: Option<MessageKey>,
     /// Segment file number.
     pub segment: u32,
@@ -43,8 +43,9 @@ pub struct VerifyReport {
     pub damaged: Vec<DamagedRecord>,
 }
 
-/// Read every segment front to back (a damaged record ends the scan of its
-/// segment: its length cannot be trusted), then every indexed message at its
+/// Read every segment front to back (a record with a bad checksum is reported and
+/// skipped by the length in its header; one whose header is damaged ends the scan
+/// of its segment: its length cannot be trusted), then every indexed message at its
 /// location (so a damaged live message is found with its key even past such a
 /// point). Blocking.
 pub(crate) fn verify(
@@ -69,12 +70,28 @@ pub(crate) fn verify(
         let mut input = BufReader::with_capacity(256 * 1024, file);
         let mut offset = 0u64;
         loop {
-            match record::read_record(&mut input, len_bytes - offset) {
+            match record::read_record_checked(&mut input, len_bytes - offset) {
                 Ok(None) => break,
-                Ok(Some((_, bytes))) => {
+                Ok(Some((header, bytes, damage))) => {
+                    let location = Location {
+                        segment: id,
+                        offset,
+                        len: bytes.len() as u32,
+                    };
                     report.records += 1;
                     report.bytes += bytes.len() as u64;
                     offset += bytes.len() as u64;
+                    if let Some(reason) = damage {
+                        let used = index.is_indexed_copy(header.kind, &header.key, location)?;
+                        seen.insert((id, location.offset));
+                        report.damaged.push(DamagedRecord {
+                            key: (used && header.kind == crate::record::RecordKind::Message)
+                                .then_some(header.key),
+                            segment: id,
+                            offset: location.offset,
+                            reason,
+                        });
+                    }
                 }
                 Err(DecodeError::Io(source)) => {
                     return Err(StorageError::Io {
