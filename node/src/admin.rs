@@ -175,6 +175,19 @@ fn unauthorized() -> HttpResponse {
     r
 }
 
+/// The value of `name` in a URL query string, if present.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// Whether flag `name` is set in a URL query string (`name`, `name=1`, `name=true`).
+fn query_flag(query: Option<&str>, name: &str) -> bool {
+    query_value(query, name).is_some_and(|v| matches!(v, "" | "1" | "true" | "yes"))
+}
+
 /// Handle one admin request: check the token, then route.
 pub async fn handle(
     node: Arc<Node>,
@@ -224,12 +237,39 @@ pub async fn handle(
             crate::accounts_api::handle(&node, &method, &parts, req).await
         }
         (&Method::DELETE, ["v1", "users", address]) => {
+            let keep_mail = query_flag(req.uri().query(), "keep_mail");
             match node.registry.del_user(&percent_decode(address)).await {
+                Ok(address) if keep_mail => {
+                    tracing::info!(%address, "account deleted (mail kept)");
+                    json_response(
+                        StatusCode::OK,
+                        json!({ "deleted": address, "mail": "kept" }),
+                    )
+                }
                 Ok(address) => {
-                    tracing::info!(%address, "account deleted");
-                    json_response(StatusCode::OK, json!({ "deleted": address }))
+                    tracing::info!(%address, "account deleted; removing its mail");
+                    let purged = crate::lifecycle::purge_user_mail(&node, &address).await;
+                    json_response(
+                        StatusCode::OK,
+                        json!({ "deleted": address, "mail": "removed", "purge": purged }),
+                    )
                 }
                 Err(e) => registry_error(e),
+            }
+        }
+        (&Method::POST, ["v1", "storage", "verify"]) => {
+            let repair = query_flag(req.uri().query(), "repair");
+            match crate::lifecycle::verify(&node, repair).await {
+                Ok(outcome) => json_response(StatusCode::OK, json!(outcome)),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (&Method::POST, ["v1", "storage", "compact"]) => {
+            let ratio = query_value(req.uri().query(), "live_ratio_min")
+                .and_then(|v| v.parse::<f64>().ok());
+            match crate::lifecycle::compact_now(&node, ratio).await {
+                Ok(outcome) => json_response(StatusCode::OK, json!(outcome)),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
         (&Method::PUT, ["v1", "users", address, "password"]) => {

@@ -166,16 +166,100 @@ impl AdminClient {
     }
 }
 
-/// `porcupine user del`.
-pub async fn user_del(c: &AdminClient, address: &str) -> anyhow::Result<()> {
+/// `porcupine user del [--keep-mail]`: without `--keep-mail` the user's mail is
+/// deleted on every node too (the space returns with compaction).
+pub async fn user_del(c: &AdminClient, address: &str, keep_mail: bool) -> anyhow::Result<()> {
+    let query = if keep_mail { "?keep_mail=1" } else { "" };
     let v = c
         .expect_ok(
             Method::DELETE,
-            &format!("/v1/users/{}", encode_segment(address)),
+            &format!("/v1/users/{}{query}", encode_segment(address)),
             None,
         )
         .await?;
     crate::outln!("deleted {}", v["deleted"].as_str().unwrap_or(address));
+    if keep_mail {
+        crate::outln!("mail kept");
+    } else {
+        let purge = &v["purge"];
+        crate::outln!(
+            "mail removed: {} messages on nodes {}",
+            purge["messages_deleted"],
+            purge["nodes"]
+        );
+        if let Some(failed) = purge["failed"].as_array().filter(|f| !f.is_empty()) {
+            crate::outln!("nodes that did not answer (their copies stay): {failed:?}");
+        }
+    }
+    Ok(())
+}
+
+/// `porcupine node verify [--repair]`: fsck of the node behind `--admin`. Fails
+/// (exit 1) when damage is left unrepaired.
+pub async fn node_verify(c: &AdminClient, repair: bool) -> anyhow::Result<()> {
+    let query = if repair { "?repair=1" } else { "" };
+    let v = c
+        .expect_ok(Method::POST, &format!("/v1/storage/verify{query}"), None)
+        .await?;
+    let report = &v["report"];
+    crate::outln!(
+        "verified {} segments, {} records, {} bytes",
+        report["segments"],
+        report["records"],
+        report["bytes"]
+    );
+    let damaged = report["damaged"].as_array().cloned().unwrap_or_default();
+    for d in &damaged {
+        let what = match d["key"].as_object() {
+            Some(k) => format!("message {}/{}/{}", k["bucket"], k["user"], k["id"]),
+            None => "unused record".to_owned(),
+        };
+        crate::outln!(
+            "damaged: segment {} offset {}: {what}: {}",
+            d["segment"],
+            d["offset"],
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    let live = damaged.iter().filter(|d| d["key"].is_object()).count();
+    crate::outln!(
+        "{} damaged records, {live} of them live messages (records nothing uses go with compaction)",
+        damaged.len()
+    );
+    if repair {
+        let repaired = v["repaired"].as_array().map_or(0, Vec::len);
+        let unrepaired = v["unrepaired"].as_array().cloned().unwrap_or_default();
+        crate::outln!(
+            "repaired {repaired} from replicas, {} not repaired",
+            unrepaired.len()
+        );
+        anyhow::ensure!(unrepaired.is_empty(), "not repaired: {unrepaired:?}");
+    } else {
+        anyhow::ensure!(
+            live == 0,
+            "damaged live messages (run with --repair to fix them from replicas)"
+        );
+    }
+    Ok(())
+}
+
+/// `porcupine node compact`: one compaction pass on the node behind `--admin`.
+pub async fn node_compact(c: &AdminClient, live_ratio_min: Option<f64>) -> anyhow::Result<()> {
+    let query = live_ratio_min
+        .map(|r| format!("?live_ratio_min={r}"))
+        .unwrap_or_default();
+    let v = c
+        .expect_ok(Method::POST, &format!("/v1/storage/compact{query}"), None)
+        .await?;
+    crate::outln!(
+        "compacted {} segments: read {} bytes, copied {} bytes, removed {} bytes in {} ms; {} segment bytes now",
+        v["segments_removed"],
+        v["read_bytes"],
+        v["copied_bytes"],
+        v["removed_bytes"],
+        v["elapsed_ms"],
+        v["segment_bytes"]
+    );
     Ok(())
 }
 

@@ -92,6 +92,16 @@ pub struct NodeConfig {
     /// Free space to keep on the data dir's file system, in MiB: below it the node is
     /// nearly full and takes no new mail (reads and deletes go on). 0 disables.
     pub disk_reserve_mb: u64,
+    // Storage lifecycle (issue 14).
+    /// Size at which a new segment file is started, in MiB.
+    pub segment_size_mb: u64,
+    /// A sealed segment whose live records fill less than this fraction of it is
+    /// compacted in the background (0 turns background compaction off).
+    pub compact_live_ratio_min: f64,
+    /// Most MiB per second compaction reads, so deliveries keep the disk (0: no limit).
+    pub compact_rate_mb_per_sec: u64,
+    /// Seconds between background compaction passes.
+    pub compact_interval_secs: u64,
     // Abuse limits (issue 11): README's config table says what each one bounds.
     /// Threads that hash and verify passwords (0: one per core, at least 2).
     pub argon2_threads: usize,
@@ -196,6 +206,10 @@ impl Default for NodeConfig {
             repair_interval_secs: 30,
             tombstone_min_age_secs: 3600,
             disk_reserve_mb: 256,
+            segment_size_mb: 256,
+            compact_live_ratio_min: 0.5,
+            compact_rate_mb_per_sec: 32,
+            compact_interval_secs: 30,
             // Abuse limits (issue 11).
             argon2_threads: 0,
             argon2_wait_ms: 5000,

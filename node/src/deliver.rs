@@ -180,9 +180,14 @@ impl smtp::Deliver for DeliveryProxy {
             }))
             .await;
         let mut failure = None;
+        let mut no_space = false;
         for (target, _, r) in &results {
             match r {
                 Ok(Response::Ack) => {}
+                Ok(Response::Error(crate::rpc::Failure::NoSpace { .. })) => {
+                    no_space = true;
+                    failure = Some(format!("node {target}: data disk full"));
+                }
                 Ok(other) => failure = Some(format!("node {target}: {other:?}")),
                 Err(e) => failure = Some(format!("node {target}: {e}")),
             }
@@ -196,6 +201,12 @@ impl smtp::Deliver for DeliveryProxy {
                 if let Err(e) = node.call(target, Request::Delete { keys }).await {
                     tracing::warn!(target, error = %e, "withdrawing partial delivery");
                 }
+            }
+            if no_space {
+                tracing::warn!(reason = %why, "delivery failed for want of disk space; answering 452");
+                return Err(DeliverError::NoSpace(
+                    "insufficient system storage, try again later".into(),
+                ));
             }
             tracing::warn!(reason = %why, "delivery failed; answering 4xx");
             return Err(DeliverError::Temporary(

@@ -50,6 +50,10 @@ impl Node {
                         self.soft_kick.notify_one();
                         Response::Ack
                     }
+                    Err(e) if e.is_disk_full() => {
+                        tracing::warn!(error = %e, "storing messages: data disk full");
+                        Response::Error(Failure::from_storage(StorageOp::Store, &e))
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "storing messages");
                         Response::Error(Failure::storage(StorageOp::Store, e))
@@ -148,7 +152,7 @@ impl Node {
                     .record(started.elapsed().as_secs_f64());
                 match deleted {
                     Ok(()) => Response::Ack,
-                    Err(e) => Response::Error(Failure::storage(StorageOp::Delete, e)),
+                    Err(e) => Response::Error(Failure::from_storage(StorageOp::Delete, &e)),
                 }
             }
             Request::Report(report) => {

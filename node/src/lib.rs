@@ -14,6 +14,8 @@
 //! - [`gather`]: one user's mailbox read from every fragment node and merged.
 //! - [`recipients`]: RCPT address to final mailboxes (aliases, subaddresses,
 //!   postmaster, catch-all); [`quota`]: mailbox usage against quotas.
+//! - [`lifecycle`]: the store's tuning (segments, compaction), compaction on
+//!   request, and removing a deleted user's mail from every node.
 //! - [`repair`]: anti-entropy (tombstone spreading, re-replication, collection).
 //! - [`stats`]: the repair counters status and metrics read.
 //! - [`rpc`]: inter-node RPC over HTTP/2.
@@ -46,6 +48,7 @@ pub mod format;
 pub mod formation;
 pub mod fragments;
 pub mod gather;
+pub mod lifecycle;
 pub mod listen;
 pub mod logfilter;
 pub mod login;

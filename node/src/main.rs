@@ -128,6 +128,10 @@ enum UserCommand {
     Del {
         /// The address.
         address: String,
+        /// Keep the user's stored mail (default: delete it on every node; the
+        /// space returns with each node's next compaction pass).
+        #[arg(long)]
+        keep_mail: bool,
     },
     /// List accounts with their usage and quotas.
     List,
@@ -207,6 +211,19 @@ enum NodeCommand {
         /// Wait up to SECS until the node holds nothing needed.
         #[arg(long, value_name = "SECS")]
         wait: Option<u64>,
+    },
+    /// fsck: check the checksum of every stored record on the node behind --admin.
+    Verify {
+        /// Replace each damaged message with a good copy from another node.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Run one segment compaction pass on the node behind --admin now.
+    Compact {
+        /// Compact segments whose live fraction is below this (default: the node's
+        /// `compact_live_ratio_min`; 1 compacts every segment with a dead byte).
+        #[arg(long)]
+        live_ratio_min: Option<f64>,
     },
 }
 
@@ -349,6 +366,19 @@ struct ServeArgs {
     /// Free space in MiB below which the node takes no new mail (`disk_reserve_mb`).
     #[arg(long)]
     disk_reserve_mb: Option<u64>,
+    /// Segment file size in MiB (`segment_size_mb`).
+    #[arg(long)]
+    segment_size_mb: Option<u64>,
+    /// Compact sealed segments less live than this fraction; 0: off
+    /// (`compact_live_ratio_min`).
+    #[arg(long)]
+    compact_live_ratio_min: Option<f64>,
+    /// Compaction read rate cap in MiB/s; 0: none (`compact_rate_mb_per_sec`).
+    #[arg(long)]
+    compact_rate_mb_per_sec: Option<u64>,
+    /// Seconds between compaction passes (`compact_interval_secs`).
+    #[arg(long)]
+    compact_interval_secs: Option<u64>,
     /// POP3S (implicit TLS) listen address (`pop3s`).
     #[arg(long)]
     pop3s: Option<String>,
@@ -415,7 +445,11 @@ impl ServeArgs {
             rpc_timeout_ms,
             repair_interval_secs,
             tombstone_min_age_secs,
-            disk_reserve_mb
+            disk_reserve_mb,
+            segment_size_mb,
+            compact_live_ratio_min,
+            compact_rate_mb_per_sec,
+            compact_interval_secs
         );
         if self.ports_file.is_some() {
             c.ports_file = self.ports_file;
@@ -484,6 +518,10 @@ fn init_logs() {
     use tracing_subscriber::util::SubscriberInitExt;
     let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (the log's disk is full) is dropped:
+        // reporting it would eprintln!, which panics when stderr fails, and took
+        // SMTP sessions down with it.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(tracing_subscriber::filter::filter_fn(node::logfilter::keep));
     tracing_subscriber::registry()
@@ -538,7 +576,9 @@ async fn main() -> std::process::ExitCode {
                 UserCommand::Set { address, quota } => {
                     node::accounts_cli::user_set(&client, &address, quota.into()).await
                 }
-                UserCommand::Del { address } => cli::user_del(&client, &address).await,
+                UserCommand::Del { address, keep_mail } => {
+                    cli::user_del(&client, &address, keep_mail).await
+                }
                 UserCommand::List => node::accounts_cli::user_list(&client).await,
                 UserCommand::Passwd { address, password } => match password.read() {
                     Ok(p) => cli::user_passwd(&client, &address, &p).await,
@@ -558,6 +598,10 @@ async fn main() -> std::process::ExitCode {
             Ok(c) => match command {
                 NodeCommand::Remove { id } => cli::node_remove(&c, id).await,
                 NodeCommand::Drain { id, undo, wait } => cli::node_drain(&c, id, undo, wait).await,
+                NodeCommand::Verify { repair } => cli::node_verify(&c, repair).await,
+                NodeCommand::Compact { live_ratio_min } => {
+                    cli::node_compact(&c, live_ratio_min).await
+                }
             },
             Err(e) => Err(e),
         },

@@ -8,7 +8,7 @@ use anyhow::Context;
 use membership::NodeInfo;
 use registry::raft::{RaftLog, RaftTransport};
 use registry::{Registry, RegistryState};
-use storage::{Store, StoreConfig};
+use storage::Store;
 use tokio::sync::watch;
 
 use crate::cluster::{self, Cluster};
@@ -166,7 +166,7 @@ pub async fn run(mut config: NodeConfig) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&config.data)
         .with_context(|| format!("creating data directory {}", config.data.display()))?;
-    let store = Store::open(&config.data, StoreConfig::default())
+    let store = Store::open(&config.data, crate::lifecycle::store_config(&config)?)
         .with_context(|| format!("opening the store in {}", config.data.display()))?;
     check_identity(&store, config.node_id)?;
 

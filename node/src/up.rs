@@ -49,6 +49,10 @@ pub struct UpArgs {
     /// Subaddress separator on every node, "" to disable (`--recipient-delimiter`).
     #[arg(long)]
     pub recipient_delimiter: Option<String>,
+    /// A `node.toml` every node reads (`serve --config FILE`), for keys `up` has no
+    /// flag for; `up`'s own flags win over it.
+    #[arg(long)]
+    pub node_config: Option<PathBuf>,
     /// Seconds to wait for the nodes to agree on one view.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
@@ -128,6 +132,15 @@ fn plan(args: &UpArgs, count: u16, exe: &Path) -> anyhow::Result<Vec<Planned>> {
         ] {
             a.push(flag.into());
             a.push(path.display().to_string());
+        }
+        if let Some(path) = &args.node_config {
+            a.push("--config".into());
+            a.push(
+                std::path::absolute(path)
+                    .context("resolving --node-config")?
+                    .display()
+                    .to_string(),
+            );
         }
         if let Some(b) = &args.balance {
             a.push("--balance".into());

@@ -77,6 +77,14 @@ pub enum StorageError {
         #[source]
         source: Arc<StorageError>,
     },
+    /// The disk is full: this message was not stored. Deletes and compaction go
+    /// on (from the store's reserve file); writes are taken again by themselves
+    /// once space is back.
+    #[error("no space left on the data disk: {action} refused")]
+    DiskFull {
+        /// What was refused, e.g. "store message".
+        action: &'static str,
+    },
     /// A blocking task that served the request panicked or was cancelled.
     #[error("background task for {action} failed: {reason}")]
     Task {
@@ -87,7 +95,30 @@ pub enum StorageError {
     },
 }
 
+/// Whether an OS error means "no space" (ENOSPC, or a quota: EDQUOT).
+pub(crate) fn io_is_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
 impl StorageError {
+    /// Whether this failure is the disk being full (now or when the writer
+    /// stopped): the caller should answer "insufficient storage" (SMTP `452 4.3.1`)
+    /// rather than a generic temporary failure.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::DiskFull { .. } => true,
+            StorageError::Io { source, .. } => io_is_full(source),
+            StorageError::Index {
+                source: sled::Error::Io(e),
+                ..
+            } => io_is_full(e),
+            StorageError::WriterFailed { source } => source.is_disk_full(),
+            _ => false,
+        }
+    }
+
     /// Build an [`StorageError::Io`] from its parts (a helper for `map_err`).
     pub(crate) fn io(
         path: impl Into<PathBuf>,

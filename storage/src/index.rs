@@ -106,8 +106,9 @@ impl IndexDb {
 pub(crate) struct IndexOp {
     key: Vec<u8>,
     user_key: Vec<u8>,
-    /// `Some` for a message record, `None` for a tombstone.
-    location: Option<Location>,
+    kind: RecordKind,
+    /// Where the record lies.
+    location: Location,
 }
 
 impl IndexOp {
@@ -115,12 +116,27 @@ impl IndexOp {
         IndexOp {
             key: keys::message_key(key.bucket, &key.user, &key.id),
             user_key: keys::user_key(key.bucket, &key.user),
-            location: match kind {
-                RecordKind::Message => Some(location),
-                RecordKind::Tombstone => None,
-            },
+            kind,
+            location,
         }
     }
+}
+
+/// One record moved by compaction: the index entry of `key` (a message's location,
+/// or a tombstone's) is switched from `from` to `to` only if it still says `from`.
+#[derive(Clone, Debug)]
+pub(crate) struct Move {
+    pub(crate) kind: RecordKind,
+    pub(crate) key: MessageKey,
+    pub(crate) from: Location,
+    pub(crate) to: Location,
+}
+
+/// Whether a tombstone entry's value names `location`. An empty value is a
+/// tombstone indexed before tombstones carried their location: it matches any
+/// copy, so compaction keeps (and then locates) it.
+fn tombstone_value_matches(value: &[u8], location: Location) -> bool {
+    value.is_empty() || value == location.encode()
 }
 
 /// Handles on the index trees of one store.
@@ -155,6 +171,11 @@ impl Index {
         &self.db
     }
 
+    /// The `messages` tree (for `verify`).
+    pub(crate) fn messages_tree(&self) -> &sled::Tree {
+        &self.messages
+    }
+
     /// Apply records in log order, atomically (one sled transaction over the three
     /// trees, so a crash never leaves a message indexed but uncounted). The rules
     /// make re-applying a record a no-op, which replay and replication rely on:
@@ -166,8 +187,9 @@ impl Index {
             |(messages, tombstones, users)| {
                 let mut deltas = Deltas::default();
                 for op in ops {
-                    match op.location {
-                        Some(location) => {
+                    match op.kind {
+                        RecordKind::Message => {
+                            let location = op.location;
                             if tombstones.get(&op.key)?.is_some()
                                 || messages.get(&op.key)?.is_some()
                             {
@@ -188,7 +210,7 @@ impl Index {
                                 &keys::encode_count(count + 1)[..],
                             )?;
                         }
-                        None => {
+                        RecordKind::Tombstone => {
                             if messages.remove(op.key.as_slice())?.is_some() {
                                 deltas.messages -= 1;
                                 let count = match users.get(&op.user_key)? {
@@ -208,7 +230,10 @@ impl Index {
                                     )?;
                                 }
                             }
-                            if tombstones.insert(op.key.as_slice(), &b""[..])?.is_none() {
+                            // The first copy of a tombstone is the indexed one (as
+                            // for messages), so compaction keeps exactly one.
+                            if tombstones.get(&op.key)?.is_none() {
+                                tombstones.insert(op.key.as_slice(), &op.location.encode()[..])?;
                                 deltas.tombstones += 1;
                             }
                         }
@@ -225,6 +250,88 @@ impl Index {
                 source,
             },
         })
+    }
+
+    /// Switch index entries to the records' new places (compaction). Each entry
+    /// moves only if it still names the old place: a message deleted (or a
+    /// tombstone purged) meanwhile stays as it is. One transaction. Returns how many
+    /// entries moved.
+    pub(crate) fn relocate(&self, moves: &[Move]) -> Result<u64, StorageError> {
+        let outcome = (&self.messages, &self.tombstones).transaction(|(messages, tombstones)| {
+            let mut moved = 0u64;
+            for m in moves {
+                let k = keys::message_key(m.key.bucket, &m.key.user, &m.key.id);
+                let (tree, matches) = match m.kind {
+                    RecordKind::Message => (
+                        messages,
+                        messages
+                            .get(&k)?
+                            .is_some_and(|v| v.as_ref() == m.from.encode()),
+                    ),
+                    RecordKind::Tombstone => (
+                        tombstones,
+                        tombstones
+                            .get(&k)?
+                            .is_some_and(|v| tombstone_value_matches(&v, m.from)),
+                    ),
+                };
+                if matches {
+                    tree.insert(k, &m.to.encode()[..])?;
+                    moved += 1;
+                }
+            }
+            Ok::<u64, ConflictableTransactionError<String>>(moved)
+        });
+        outcome.map_err(|e| match e {
+            TransactionError::Abort(reason) => corrupt(MESSAGES, reason),
+            TransactionError::Storage(source) => StorageError::Index {
+                tree: "messages+tombstones".to_owned(),
+                action: "relocate records",
+                source,
+            },
+        })
+    }
+
+    /// Whether the record of `kind` for `key` at `location` is the copy the index
+    /// uses (so compaction must keep it).
+    pub(crate) fn is_indexed_copy(
+        &self,
+        kind: RecordKind,
+        key: &MessageKey,
+        location: Location,
+    ) -> Result<bool, StorageError> {
+        let k = keys::message_key(key.bucket, &key.user, &key.id);
+        Ok(match kind {
+            RecordKind::Message => self
+                .messages
+                .get(k)
+                .map_err(StorageError::index(MESSAGES, "look up message"))?
+                .is_some_and(|v| v.as_ref() == location.encode()),
+            RecordKind::Tombstone => self
+                .tombstones
+                .get(k)
+                .map_err(StorageError::index(TOMBSTONES, "look up tombstone"))?
+                .is_some_and(|v| tombstone_value_matches(&v, location)),
+        })
+    }
+
+    /// Bytes of indexed records per segment (live messages and located
+    /// tombstones): what compaction would keep of each segment.
+    pub(crate) fn live_bytes_by_segment(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, u64>, StorageError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (tree, name) in [(&self.messages, MESSAGES), (&self.tombstones, TOMBSTONES)] {
+            for item in tree.iter() {
+                let (_, v) = item.map_err(StorageError::index(name, "scan locations"))?;
+                if v.is_empty() {
+                    continue;
+                }
+                let location = Location::decode(&v).map_err(|r| corrupt(name, r))?;
+                *out.entry(location.segment).or_insert(0) += u64::from(location.len);
+            }
+        }
+        Ok(out)
     }
 
     /// Where the live message `key` lies, if it is live.

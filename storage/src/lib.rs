@@ -17,10 +17,11 @@
 //! record after the last checkpoint (re-applying a record is a no-op) and
 //! truncates a torn tail in the last segment.
 //!
-//! # Not done yet
-//! Space reclamation: deleted messages stay in their segments and tombstones are
-//! never collected. Segment compaction (and tombstone GC once every replica has seen
-//! a delete) is future work.
+//! # Space reclamation
+//! `compact` rewrites sealed segments whose live fraction fell below
+//! `StoreConfig::compact_live_ratio_min` (live records copied to the log head,
+//! index switched, old file removed; crash-safe at every step) in a background
+//! thread, rate-limited. Tombstones are kept (copied) until purged.
 //!
 //! # Modules
 //! - `id`: [`MessageId`] and its hex text form (the POP3 UIDL).
@@ -32,6 +33,11 @@
 //! - `index`: the sled trees and the apply rules shared by writer and replay.
 //! - `replay`: recovery at open.
 //! - `writer`: the group-commit writer thread.
+//! - `reserve`: the `RESERVE` file that keeps deletes and compaction working on
+//!   a full disk.
+//! - `verify`: fsck ([`VerifyReport`]); damaged live messages are replaced from a
+//!   replica by the node (`Store::replace_damaged`).
+//! - `compact`: segment compaction ([`CompactStep`], [`CompactReport`]).
 //! - `stats`: [`StoreStats`] and the counters behind it.
 //! - `kv`: [`KvTree`].
 //! - `store`: [`Store`] and [`StoreConfig`].
@@ -39,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+mod compact;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -49,14 +56,18 @@ mod kv;
 mod message;
 mod record;
 mod replay;
+mod reserve;
 mod segment;
 mod stats;
 mod store;
+mod verify;
 mod writer;
 
+pub use compact::{CompactHook, CompactReport, CompactStep};
 pub use error::StorageError;
 pub use id::{MessageId, ParseMessageIdError};
 pub use kv::{KvEntry, KvTree};
 pub use message::{BucketEntries, MessageKey, MessageMeta, NewMessage};
 pub use stats::StoreStats;
 pub use store::{Store, StoreConfig};
+pub use verify::{DamagedRecord, VerifyReport};

@@ -217,6 +217,44 @@ pub(crate) fn read_record(
     Ok(Some((header, buf)))
 }
 
+/// A record read by [`read_record_checked`]: header, bytes, and the checksum
+/// mismatch if it is damaged.
+pub(crate) type CheckedRecord = (Header, Vec<u8>, Option<String>);
+
+/// Like [`read_record`], but a record whose header decodes and whose checksum
+/// does not match is returned too (with the mismatch), so a scan can go past it:
+/// its length comes from the header. Returns header, bytes and `Some(reason)`
+/// for a damaged record.
+pub(crate) fn read_record_checked(
+    input: &mut impl Read,
+    remaining_bytes: u64,
+) -> Result<Option<CheckedRecord>, DecodeError> {
+    let mut buf = vec![0u8; PREFIX_LEN];
+    let got = read_full(input, &mut buf).map_err(DecodeError::Io)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < PREFIX_LEN {
+        return Err(DecodeError::Incomplete);
+    }
+    let (_, _, user_len) = parse_prefix(&buf)?;
+    read_more(input, &mut buf, header_len(user_len))?;
+    let header = parse_header(&buf)?;
+    let total = header.record_len();
+    if total > remaining_bytes {
+        return Err(DecodeError::Incomplete);
+    }
+    let total = usize::try_from(total)
+        .map_err(|_| DecodeError::Corrupt("record does not fit in memory".to_owned()))?;
+    read_more(input, &mut buf, total)?;
+    let damage = match decode(&buf) {
+        Ok(_) => None,
+        Err(DecodeError::Corrupt(reason)) => Some(reason),
+        Err(e) => return Err(e),
+    };
+    Ok(Some((header, buf, damage)))
+}
+
 /// Grow `buf` to `len` bytes read from `input`; a short read is `Incomplete`.
 fn read_more(input: &mut impl Read, buf: &mut Vec<u8>, len: usize) -> Result<(), DecodeError> {
     let start = buf.len();

@@ -6,6 +6,8 @@
 //! there. Damage anywhere else (an earlier segment, a missing segment, a file
 //! shorter than the checkpoint) is an error naming the file and offset: those
 //! bytes were acknowledged, so the node must not silently carry on without them.
+//! A segment listed in `segments/REMOVED` was removed by compaction (its live
+//! records live on later in the log): its gap is no error.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Seek, SeekFrom};
@@ -15,7 +17,7 @@ use crate::StorageError;
 use crate::index::{Index, IndexOp};
 use crate::keys::{Location, Position};
 use crate::record::{self, DecodeError};
-use crate::segment::{list_segments, segment_path};
+use crate::segment::{list_segments, removed_segments, segment_path};
 
 /// Records indexed per sled transaction during replay.
 const OPS_PER_APPLY: usize = 4096;
@@ -52,10 +54,15 @@ pub(crate) fn replay(
             reason: "the index checkpoint names this segment but it does not exist".to_owned(),
         });
     }
+    let removed = removed_segments(dir)?;
     let mut ops = Vec::new();
     let mut end = start;
     let mut expected_id = start.segment;
     for (id, path) in segments.iter().filter(|(id, _)| *id >= start.segment) {
+        // Segments compaction removed are gaps, not losses.
+        while expected_id < *id && removed.contains(&expected_id) {
+            expected_id += 1;
+        }
         if *id != expected_id {
             return Err(StorageError::Corrupt {
                 path: segment_path(dir, expected_id),

@@ -2,8 +2,9 @@
 //!
 //! [`SegmentWriter`] appends records to the newest segment, rolls to a new file at
 //! the size limit and makes writes durable with `fdatasync`; [`SegmentReader`] does
-//! positional reads through a cache of open files. Space is never reclaimed yet
-//! (segment compaction is future work): a deleted message's bytes stay on disk.
+//! positional reads through a cache of open files. Space is reclaimed by
+//! `compact`, which copies a sealed segment's live records to the log head and
+//! removes the file.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -52,6 +53,46 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u32, PathBuf)>, StorageEr
     Ok(segments)
 }
 
+/// Name of the file (in the segment directory) listing the segments compaction
+/// removed, one number per line: replay from scratch tells such a gap from a lost
+/// segment by it.
+pub(crate) const REMOVED_FILE: &str = "REMOVED";
+
+/// Segment numbers listed in the `REMOVED` file (empty if there is none). A torn
+/// last line (a crash while appending) is ignored: its segment was not removed yet.
+pub(crate) fn removed_segments(
+    dir: &Path,
+) -> Result<std::collections::BTreeSet<u32>, StorageError> {
+    let path = dir.join(REMOVED_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(StorageError::io(&path, "read removed-segment list")(e)),
+    };
+    Ok(text
+        .split(|b| *b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok()?.trim().parse().ok())
+        .collect())
+}
+
+/// Durably add segment `id` to the `REMOVED` file (before the file goes).
+pub(crate) fn note_removed(dir: &Path, id: u32) -> Result<(), StorageError> {
+    let path = dir.join(REMOVED_FILE);
+    let existed = path.exists();
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(StorageError::io(&path, "open removed-segment list"))?;
+    file.write_all(format!("{id}\n").as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(StorageError::io(&path, "append to removed-segment list"))?;
+    if !existed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// fsync a directory so that a file created (or removed) in it survives power loss.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
@@ -72,6 +113,13 @@ pub(crate) struct SegmentWriter {
     buffer: Vec<u8>,
     size_bytes_max: u64,
     counters: Arc<Counters>,
+}
+
+/// Where the log stood before a batch, so a batch the disk had no room for can be
+/// taken back ([`SegmentWriter::rewind`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    position: Position,
 }
 
 impl SegmentWriter {
@@ -116,6 +164,63 @@ impl SegmentWriter {
             size_bytes_max: size_bytes_max.max(1),
             counters,
         })
+    }
+
+    /// A mark at the end of the log, for [`SegmentWriter::rewind`].
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            position: self.position(),
+        }
+    }
+
+    /// Take back everything appended since `mark` (a batch that failed for want of
+    /// space, never acknowledged): segments started since are removed and the
+    /// marked one is truncated to its old length, so the log ends where it did.
+    pub(crate) fn rewind(&mut self, mark: Mark) -> Result<(), StorageError> {
+        self.buffer.clear();
+        let to = mark.position;
+        let mut dropped_bytes = 0;
+        if self.id != to.segment {
+            dropped_bytes += self.len_bytes;
+            for id in (to.segment + 1..=self.id).rev() {
+                let path = segment_path(&self.dir, id);
+                if id != self.id {
+                    dropped_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                }
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(StorageError::io(&path, "remove segment of a failed batch")(
+                            e,
+                        ));
+                    }
+                }
+            }
+            sync_dir(&self.dir)?;
+            let path = segment_path(&self.dir, to.segment);
+            self.file = OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(StorageError::io(&path, "reopen segment for writing"))?;
+            self.path = path;
+            self.id = to.segment;
+            let on_disk = self
+                .file
+                .metadata()
+                .map_err(StorageError::io(&self.path, "stat segment"))?
+                .len();
+            dropped_bytes += on_disk.saturating_sub(to.offset);
+        } else {
+            dropped_bytes += self.len_bytes.saturating_sub(to.offset);
+        }
+        self.file
+            .set_len(to.offset)
+            .and_then(|()| self.file.sync_all())
+            .map_err(StorageError::io(&self.path, "truncate a failed batch"))?;
+        self.len_bytes = to.offset;
+        self.counters.remove_segment_bytes(dropped_bytes);
+        Ok(())
     }
 
     /// The end of the log (where the next record goes).
@@ -238,6 +343,19 @@ impl SegmentReader {
         );
         files.insert(id, file.clone());
         Ok(file)
+    }
+
+    /// Forget the open file of segment `id` (it was removed), so its space is freed.
+    pub(crate) fn evict(&self, id: u32) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.remove(&id);
+    }
+
+    /// Forget every open file whose segment is not in `present` (a reader that
+    /// raced a removal may have cached one).
+    pub(crate) fn retain(&self, present: &std::collections::BTreeSet<u32>) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.retain(|id, _| present.contains(id));
     }
 
     /// The bytes of the whole record at `location`.

@@ -12,7 +12,7 @@ pub struct StoreStats {
     pub tombstones: u64,
     /// Users holding at least one live message.
     pub users: u64,
-    /// Bytes in all segment files (including deleted messages: no compaction yet).
+    /// Bytes in all segment files (including deleted messages not compacted yet).
     pub segment_bytes: u64,
     /// `fdatasync` calls on segments since open (one per group commit, plus one per
     /// segment roll).
@@ -24,6 +24,16 @@ pub struct StoreStats {
     /// `append`/`delete` calls queued for the writer and not yet answered (a
     /// measure of disk load).
     pub pending_write_requests: u64,
+    /// Segments removed by compaction since open.
+    #[serde(default)]
+    pub compacted_segments: u64,
+    /// Bytes of segment files removed by compaction since open.
+    #[serde(default)]
+    pub compacted_bytes: u64,
+    /// The data disk filled: new messages are refused (deletes, reads and
+    /// compaction go on) until the store's reserve could be written again.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 /// The atomics behind [`StoreStats`].
@@ -37,6 +47,13 @@ pub(crate) struct Counters {
     batches: AtomicU64,
     write_requests: AtomicU64,
     pending_write_requests: AtomicU64,
+    compacted_segments: AtomicU64,
+    compacted_bytes: AtomicU64,
+    /// Segment of the end of the indexed log: compaction leaves it (and later ones,
+    /// which may hold records of a batch not indexed yet) alone.
+    indexed_segment: AtomicU64,
+    /// 1 while the reserve file is released (disk full: new messages refused).
+    disk_full: AtomicU64,
 }
 
 /// Changes that one index update made to the totals.
@@ -77,6 +94,33 @@ impl Counters {
         self.segment_bytes.fetch_add(len_bytes, Ordering::Relaxed);
     }
 
+    /// The writer indexed everything up to segment `segment`.
+    pub(crate) fn set_indexed_segment(&self, segment: u32) {
+        self.indexed_segment
+            .store(u64::from(segment), Ordering::Release);
+    }
+
+    /// See [`Counters::set_indexed_segment`].
+    pub(crate) fn indexed_segment(&self) -> u32 {
+        self.indexed_segment.load(Ordering::Acquire) as u32
+    }
+
+    /// Record whether the store refuses new messages for want of space.
+    pub(crate) fn set_disk_full(&self, full: bool) {
+        self.disk_full.store(u64::from(full), Ordering::Relaxed);
+    }
+
+    /// A segment file of `len_bytes` was removed.
+    pub(crate) fn remove_segment_bytes(&self, len_bytes: u64) {
+        self.segment_bytes.fetch_sub(len_bytes, Ordering::Relaxed);
+    }
+
+    /// Compaction removed a segment of `len_bytes`.
+    pub(crate) fn add_compacted(&self, len_bytes: u64) {
+        self.compacted_segments.fetch_add(1, Ordering::Relaxed);
+        self.compacted_bytes.fetch_add(len_bytes, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_sync(&self) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
     }
@@ -106,6 +150,9 @@ impl Counters {
             batches: self.batches.load(Ordering::Relaxed),
             write_requests: self.write_requests.load(Ordering::Relaxed),
             pending_write_requests: self.pending_write_requests.load(Ordering::Relaxed),
+            compacted_segments: self.compacted_segments.load(Ordering::Relaxed),
+            compacted_bytes: self.compacted_bytes.load(Ordering::Relaxed),
+            disk_full: self.disk_full.load(Ordering::Relaxed) == 1,
         }
     }
 }

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::index::{Index, IndexOp};
-use crate::keys::Position;
+use crate::index::{Index, IndexOp, Move};
+use crate::keys::{Location, Position};
 use crate::record::{self, RecordKind};
+use crate::reserve::{Reserve, Reserves, free_bytes};
 use crate::segment::SegmentWriter;
 use crate::stats::Counters;
 use crate::{MessageKey, NewMessage, StorageError};
@@ -40,6 +41,15 @@ pub(crate) enum Request {
     },
     /// Tombstone these keys.
     Delete { keys: Vec<MessageKey>, reply: Reply },
+    /// Compaction: append these whole records (already checksummed) and switch
+    /// their index entries to the new copies.
+    Relocate {
+        records: Vec<Relocation>,
+        reply: Reply,
+    },
+    /// Compaction: make the index durable and the durable checkpoint name the
+    /// current end of the log (so no earlier segment is needed by replay).
+    Checkpoint { reply: Reply },
     /// Finish every earlier request, checkpoint, flush and stop.
     Close { reply: Reply },
 }
@@ -56,7 +66,8 @@ impl Request {
                 .iter()
                 .map(|k| record::record_len(k.user.len(), 0))
                 .sum(),
-            Request::Close { .. } => 0,
+            Request::Relocate { records, .. } => records.iter().map(|r| r.bytes.len() as u64).sum(),
+            Request::Checkpoint { .. } | Request::Close { .. } => 0,
         }
     }
 
@@ -66,11 +77,29 @@ impl Request {
                 counters.remove_pending();
                 reply
             }
-            Request::Close { reply } => reply,
+            Request::Relocate { reply, .. }
+            | Request::Checkpoint { reply }
+            | Request::Close { reply } => reply,
         };
         // The requester may have given up waiting; the write stands either way.
         let _ = reply.send(result);
     }
+}
+
+/// One record compaction copies: its bytes, what it is, and where it lies now.
+pub(crate) struct Relocation {
+    pub(crate) kind: RecordKind,
+    pub(crate) key: MessageKey,
+    pub(crate) from: Location,
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// How a batch failed.
+enum BatchError {
+    /// No space; the batch was taken back.
+    Full(StorageError),
+    /// Anything else: the writer stops.
+    Fatal(StorageError),
 }
 
 /// State of the writer thread.
@@ -87,6 +116,14 @@ pub(crate) struct Writer {
     /// Set by the first failed write, sync or index update; see
     /// [`StorageError::WriterFailed`].
     failed: Option<Arc<StorageError>>,
+    /// Space held back for deletes and compaction on a full disk.
+    reserve: Reserve,
+    /// Space held back for `Store::open` on a full disk.
+    start_reserve: Reserve,
+    /// The data directory (for its free space).
+    dir: std::path::PathBuf,
+    /// The last batch with new messages found too little free space for them.
+    short_of_room: bool,
 }
 
 impl Writer {
@@ -98,7 +135,15 @@ impl Writer {
         counters: Arc<Counters>,
         batch_bytes_max: usize,
         checkpointed: Position,
+        reserves: Reserves,
     ) -> Writer {
+        let Reserves {
+            runtime: reserve,
+            start: start_reserve,
+            dir,
+        } = reserves;
+        counters.set_indexed_segment(segments.position().segment);
+        counters.set_disk_full(!reserve.present());
         Writer {
             applied: segments.position(),
             segments,
@@ -108,6 +153,10 @@ impl Writer {
             checkpointed,
             last_checkpoint: Instant::now(),
             failed: None,
+            reserve,
+            start_reserve,
+            dir,
+            short_of_room: false,
         }
     }
 
@@ -143,13 +192,19 @@ impl Writer {
                 first.reply(result, &self.counters);
                 return;
             }
+            if let Request::Checkpoint { .. } = first {
+                let result = self.durable_checkpoint();
+                first.reply(result, &self.counters);
+                continue;
+            }
             let mut batch_bytes = first.size_bytes();
             let mut batch = vec![first];
             while batch_bytes < self.batch_bytes_max {
                 match requests.try_recv() {
                     Ok(request) => {
                         let size = request.size_bytes();
-                        let is_close = matches!(request, Request::Close { .. });
+                        let is_close =
+                            matches!(request, Request::Close { .. } | Request::Checkpoint { .. });
                         if is_close || batch_bytes + size > self.batch_bytes_max {
                             carried = Some(request);
                             break;
@@ -167,7 +222,10 @@ impl Writer {
         }
     }
 
-    /// Write, sync and index one batch, then answer every request in it.
+    /// Write, sync and index one batch, then answer every request in it. On a
+    /// full disk the batch is taken back, the reserve released, and what must
+    /// work on a full disk (deletes, compaction) written again without the new
+    /// messages, which are refused with [`StorageError::DiskFull`].
     fn commit(&mut self, batch: Vec<Request>) {
         if let Some(failure) = &self.failed {
             for request in batch {
@@ -181,13 +239,60 @@ impl Writer {
             return;
         }
         self.counters.add_batch(batch.len() as u64);
-        match self.write_and_index(&batch) {
+        let mut batch = batch;
+        if let Some(room) = self.room_for(&batch) {
+            self.short_of_room = !room;
+        }
+        if !self.reserve.try_restore() || self.short_of_room {
+            batch = self.refuse_appends(batch);
+        } else {
+            self.start_reserve.try_restore();
+        }
+        self.counters
+            .set_disk_full(!self.reserve.present() || self.short_of_room);
+        if batch.is_empty() {
+            return;
+        }
+        let outcome = match self.try_batch(&batch) {
+            Err(BatchError::Full(e)) => {
+                tracing::warn!(error = %e, "storage writer: disk full; batch taken back");
+                self.reserve.release();
+                self.counters.set_disk_full(true);
+                batch = self.refuse_appends(batch);
+                if batch.is_empty() {
+                    return;
+                }
+                match self.try_batch(&batch) {
+                    Err(BatchError::Full(_)) => Err(None),
+                    other => other.map_err(|e| match e {
+                        BatchError::Fatal(e) => Some(e),
+                        BatchError::Full(_) => None,
+                    }),
+                }
+            }
+            other => other.map_err(|e| match e {
+                BatchError::Fatal(e) => Some(e),
+                BatchError::Full(_) => None,
+            }),
+        };
+        match outcome {
             Ok(()) => {
                 for request in batch {
                     request.reply(Ok(()), &self.counters);
                 }
             }
-            Err(e) => {
+            // Full even without the new messages: nothing written, nothing broken.
+            Err(None) => {
+                for request in batch {
+                    request.reply(
+                        Err(StorageError::DiskFull {
+                            action: "write to the segment log",
+                        }),
+                        &self.counters,
+                    );
+                }
+            }
+            Err(Some(e)) => {
                 tracing::error!(error = %e, "storage writer failed; refusing further writes until restart");
                 let failure = Arc::new(e);
                 self.failed = Some(failure.clone());
@@ -203,8 +308,84 @@ impl Writer {
         }
     }
 
-    fn write_and_index(&mut self, batch: &[Request]) -> Result<(), StorageError> {
+    /// Whether the new messages of `batch` leave at least the reserve's size free
+    /// (headroom for the index and for tombstones); `None` for a batch without
+    /// new messages. Unknown free space: yes.
+    fn room_for(&self, batch: &[Request]) -> Option<bool> {
+        let appended: u64 = batch
+            .iter()
+            .filter(|r| matches!(r, Request::Append { .. }))
+            .map(Request::size_bytes)
+            .sum();
+        if appended == 0 {
+            return None;
+        }
+        if self.reserve.size_bytes() == 0 {
+            return Some(true);
+        }
+        Some(match free_bytes(&self.dir) {
+            Some(free) => free >= appended.saturating_add(self.reserve.size_bytes()),
+            None => true,
+        })
+    }
+
+    /// Answer every `Append` of `batch` with [`StorageError::DiskFull`]; return the rest.
+    fn refuse_appends(&self, batch: Vec<Request>) -> Vec<Request> {
+        let mut rest = Vec::with_capacity(batch.len());
+        for request in batch {
+            if matches!(request, Request::Append { .. }) {
+                request.reply(
+                    Err(StorageError::DiskFull {
+                        action: "store message",
+                    }),
+                    &self.counters,
+                );
+            } else {
+                rest.push(request);
+            }
+        }
+        rest
+    }
+
+    /// Write and index `batch`. A write that fails for want of space is taken back
+    /// (the log ends where it did, nothing acknowledged): `Full`. Anything else,
+    /// or a failure to take it back, is `Fatal`.
+    fn try_batch(&mut self, batch: &[Request]) -> Result<(), BatchError> {
+        let mark = self.segments.mark();
+        match self.write_and_index(batch) {
+            Ok(()) => Ok(()),
+            Err((true, e)) if e.is_disk_full() => match self.segments.rewind(mark) {
+                Ok(()) => Err(BatchError::Full(e)),
+                Err(rewind) => {
+                    tracing::error!(error = %rewind, "taking back a batch the disk had no room for");
+                    Err(BatchError::Fatal(e))
+                }
+            },
+            Err((_, e)) => Err(BatchError::Fatal(e)),
+        }
+    }
+
+    /// Errors say whether they came from the segment phase (`true`: nothing of the
+    /// batch is indexed yet, so it can be taken back).
+    fn write_and_index(&mut self, batch: &[Request]) -> Result<(), (bool, StorageError)> {
+        let (ops, moves) = self.write_records(batch).map_err(|e| (true, e))?;
+        self.segments.sync().map_err(|e| (true, e))?;
+        let deltas = self.index.apply(&ops).map_err(|e| (false, e))?;
+        self.counters.apply(deltas);
+        if !moves.is_empty() {
+            self.index.relocate(&moves).map_err(|e| (false, e))?;
+        }
+        self.applied = self.segments.position();
+        self.counters.set_indexed_segment(self.applied.segment);
+        Ok(())
+    }
+
+    fn write_records(
+        &mut self,
+        batch: &[Request],
+    ) -> Result<(Vec<IndexOp>, Vec<Move>), StorageError> {
         let mut ops = Vec::new();
+        let mut moves = Vec::new();
         for request in batch {
             match request {
                 Request::Append { messages, .. } => {
@@ -222,14 +403,21 @@ impl Writer {
                         ops.push(IndexOp::new(RecordKind::Tombstone, key, location));
                     }
                 }
-                Request::Close { .. } => {}
+                Request::Relocate { records, .. } => {
+                    for r in records {
+                        let to = self.segments.append(&r.bytes, &[])?;
+                        moves.push(Move {
+                            kind: r.kind,
+                            key: r.key.clone(),
+                            from: r.from,
+                            to,
+                        });
+                    }
+                }
+                Request::Checkpoint { .. } | Request::Close { .. } => {}
             }
         }
-        self.segments.sync()?;
-        let deltas = self.index.apply(&ops)?;
-        self.counters.apply(deltas);
-        self.applied = self.segments.position();
-        Ok(())
+        Ok((ops, moves))
     }
 
     /// Advance the checkpoint to everything indexed so far. Never past a failed
@@ -242,6 +430,21 @@ impl Writer {
         self.index.checkpoint_at(self.applied)?;
         self.checkpointed = self.applied;
         Ok(())
+    }
+
+    /// Flush the index, checkpoint at the end of the log, and flush again so the
+    /// checkpoint itself is durable: after this, replay never reads a segment
+    /// before the current one, so compaction may remove it.
+    fn durable_checkpoint(&mut self) -> Result<(), StorageError> {
+        if let Some(failure) = &self.failed {
+            return Err(StorageError::WriterFailed {
+                source: failure.clone(),
+            });
+        }
+        self.last_checkpoint = Instant::now();
+        self.index.checkpoint_at(self.applied)?;
+        self.checkpointed = self.applied;
+        self.index.db().durable_flush()
     }
 
     /// A failed checkpoint only means a longer replay next time: log and go on.

@@ -188,6 +188,12 @@ pub enum Failure {
         /// The callee's error text.
         detail: String,
     },
+    /// Its data disk is full: nothing was stored (the caller answers `452 4.3.1`).
+    #[error("{op:?} refused: the data disk is full")]
+    NoSpace {
+        /// What was refused.
+        op: StorageOp,
+    },
 }
 
 impl Failure {
@@ -196,6 +202,15 @@ impl Failure {
         Failure::Storage {
             op,
             detail: e.to_string(),
+        }
+    }
+
+    /// A storage failure in `op`, as [`Failure::NoSpace`] when the disk is full.
+    pub fn from_storage(op: StorageOp, e: &storage::StorageError) -> Self {
+        if e.is_disk_full() {
+            Failure::NoSpace { op }
+        } else {
+            Failure::storage(op, e)
         }
     }
 }
