@@ -243,13 +243,17 @@ impl Writer {
         if let Some(room) = self.room_for(&batch) {
             self.short_of_room = !room;
         }
-        if !self.reserve.try_restore() || self.short_of_room {
-            batch = self.refuse_appends(batch);
-        } else {
+        let refuse = !self.reserve.try_restore() || self.short_of_room;
+        if !refuse {
             self.start_reserve.try_restore();
         }
+        // The flag is set before any refusal is answered: whoever got `DiskFull`
+        // finds the store flagged full.
         self.counters
             .set_disk_full(!self.reserve.present() || self.short_of_room);
+        if refuse {
+            batch = self.refuse_appends(batch);
+        }
         if batch.is_empty() {
             return;
         }
