@@ -53,19 +53,28 @@ pub async fn user_add(
     Ok(())
 }
 
-/// `porcupine user set ADDRESS --quota-bytes .. --quota-messages ..`.
-pub async fn user_set(c: &AdminClient, address: &str, quota: QuotaArgs) -> anyhow::Result<()> {
+/// `PUT /v1/{collection}/{name}/quota` with the quota flags given (at least one).
+async fn put_quota(
+    c: &AdminClient,
+    collection: &str,
+    name: &str,
+    quota: QuotaArgs,
+) -> anyhow::Result<Value> {
     anyhow::ensure!(
         quota.bytes.is_some() || quota.messages.is_some(),
         "nothing to set: pass --quota-bytes and/or --quota-messages"
     );
-    let v = c
-        .expect_ok(
-            Method::PUT,
-            &format!("/v1/users/{}/quota", encode_segment(address)),
-            Some(quota.into_json(json!({}))),
-        )
-        .await?;
+    c.expect_ok(
+        Method::PUT,
+        &format!("/v1/{collection}/{}/quota", encode_segment(name)),
+        Some(quota.into_json(json!({}))),
+    )
+    .await
+}
+
+/// `porcupine user set ADDRESS --quota-bytes .. --quota-messages ..`.
+pub async fn user_set(c: &AdminClient, address: &str, quota: QuotaArgs) -> anyhow::Result<()> {
+    let v = put_quota(c, "users", address, quota).await?;
     crate::outln!(
         "{}: quota {} bytes, {} messages (own: {}, {})",
         v["address"].as_str().unwrap_or(address),
@@ -127,17 +136,7 @@ pub async fn domain_add(c: &AdminClient, domain: &str, quota: QuotaArgs) -> anyh
 
 /// `porcupine domain set`.
 pub async fn domain_set(c: &AdminClient, domain: &str, quota: QuotaArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        quota.bytes.is_some() || quota.messages.is_some(),
-        "nothing to set: pass --quota-bytes and/or --quota-messages"
-    );
-    let v = c
-        .expect_ok(
-            Method::PUT,
-            &format!("/v1/domains/{}/quota", encode_segment(domain)),
-            Some(quota.into_json(json!({}))),
-        )
-        .await?;
+    let v = put_quota(c, "domains", domain, quota).await?;
     crate::outln!(
         "{}: default quota {} bytes, {} messages",
         v["domain"].as_str().unwrap_or(domain),

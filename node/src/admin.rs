@@ -376,18 +376,16 @@ fn dashboard_login(auth: &AdminAuth, query: Option<&str>) -> HttpResponse {
     r
 }
 
-/// Mark node `id` draining (or not) on every live node.
-async fn drain_node(node: &Arc<Node>, id: u64, draining: bool) -> HttpResponse {
-    let view = node.cluster.view();
-    if !view.live.contains(&id) && !node.cluster.known().iter().any(|k| k.id == id) {
-        return error(StatusCode::NOT_FOUND, format!("no known node {id}"));
-    }
-    let calls = view.live.iter().map(|&n| async move {
-        (
-            n,
-            node.call(n, crate::rpc::Request::Drain { id, draining })
-                .await,
-        )
+/// Send `request` to every node in `live` at once: the nodes that acknowledged it,
+/// and one `{node, error}` for each that did not.
+async fn tell_live(
+    node: &Arc<Node>,
+    live: &[u64],
+    request: crate::rpc::Request,
+) -> (Vec<u64>, Vec<Value>) {
+    let calls = live.iter().map(|&n| {
+        let request = request.clone();
+        async move { (n, node.call(n, request).await) }
     });
     let mut told = Vec::new();
     let mut failed = Vec::new();
@@ -397,6 +395,21 @@ async fn drain_node(node: &Arc<Node>, id: u64, draining: bool) -> HttpResponse {
             other => failed.push(json!({"node": n, "error": format!("{other:?}")})),
         }
     }
+    (told, failed)
+}
+
+/// Mark node `id` draining (or not) on every live node.
+async fn drain_node(node: &Arc<Node>, id: u64, draining: bool) -> HttpResponse {
+    let view = node.cluster.view();
+    if !view.live.contains(&id) && !node.cluster.known().iter().any(|k| k.id == id) {
+        return error(StatusCode::NOT_FOUND, format!("no known node {id}"));
+    }
+    let (told, failed) = tell_live(
+        node,
+        &view.live,
+        crate::rpc::Request::Drain { id, draining },
+    )
+    .await;
     tracing::info!(id, draining, ?told, "node drain requested");
     json_response(
         if failed.is_empty() {
@@ -421,18 +434,7 @@ async fn remove_node(node: &Arc<Node>, id: u64) -> HttpResponse {
     if !node.cluster.known().iter().any(|k| k.id == id) {
         return error(StatusCode::NOT_FOUND, format!("no known node {id}"));
     }
-    let calls = view
-        .live
-        .iter()
-        .map(|&n| async move { (n, node.call(n, crate::rpc::Request::Forget { id }).await) });
-    let mut told = Vec::new();
-    let mut failed = Vec::new();
-    for (n, r) in futures::future::join_all(calls).await {
-        match r {
-            Ok(crate::rpc::Response::Ack) => told.push(n),
-            other => failed.push(json!({"node": n, "error": format!("{other:?}")})),
-        }
-    }
+    let (told, failed) = tell_live(node, &view.live, crate::rpc::Request::Forget { id }).await;
     tracing::info!(id, ?told, "node remove requested");
     // The registry leader drops the node from raft; give it a moment, then report.
     let mut raft = node.registry.log().status();
