@@ -2,36 +2,45 @@
 //! served, and a disk whose writes wait for a shared fsync (group commit). Times are
 //! virtual microseconds; each call answers when the request it adds completes.
 
+/// Most cores one CPU model has (kept inline: no allocation, one cache line or two).
+pub const CORES_MAX: u32 = 16;
+
 /// CPU cores, each serving one request at a time.
 #[derive(Debug, Clone)]
 pub struct Cpu {
-    free_at_us: Vec<f64>,
+    free_at_us: [f64; CORES_MAX as usize],
+    cores: usize,
 }
 
 impl Cpu {
-    /// `cores` idle cores.
+    /// `cores` idle cores (1 to [`CORES_MAX`]).
     pub fn new(cores: u32) -> Self {
         Cpu {
-            free_at_us: vec![0.0; cores.max(1) as usize],
+            free_at_us: [0.0; CORES_MAX as usize],
+            cores: cores.clamp(1, CORES_MAX) as usize,
         }
     }
 
     /// A request arriving at `at_us` needing `service_us` of one core: when it ends.
     pub fn serve(&mut self, at_us: f64, service_us: f64) -> f64 {
+        let free = &mut self.free_at_us[..self.cores];
         let mut best = 0;
-        for (i, f) in self.free_at_us.iter().enumerate() {
-            if *f < self.free_at_us[best] {
+        for (i, f) in free.iter().enumerate() {
+            if *f < free[best] {
                 best = i;
             }
         }
-        let end = self.free_at_us[best].max(at_us) + service_us;
-        self.free_at_us[best] = end;
+        let end = free[best].max(at_us) + service_us;
+        free[best] = end;
         end
     }
 
     /// Work queued beyond `now_us`, summed over cores.
     pub fn backlog_us(&self, now_us: f64) -> f64 {
-        self.free_at_us.iter().map(|f| (f - now_us).max(0.0)).sum()
+        self.free_at_us[..self.cores]
+            .iter()
+            .map(|f| (f - now_us).max(0.0))
+            .sum()
     }
 }
 

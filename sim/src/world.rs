@@ -7,10 +7,8 @@
 //! in arrival order). It fails (4xx) if any node on the path is dead or cut off, or
 //! dies before the delivery completes (fault times are known in advance).
 
-use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
-use std::rc::Rc;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +21,7 @@ use softstate::{SessionId, SoftStateConfig, ViewInfo};
 use crate::SimError;
 use crate::config::SimConfig;
 use crate::fault::FaultKind;
-use crate::queue::{Cpu, Disk};
+use crate::queue::{CORES_MAX, Cpu, Disk};
 use crate::report::{Latency, Report, Sample};
 use crate::workload::{Zipf, exp_gap, size};
 
@@ -46,8 +44,8 @@ enum Ev {
 struct Hw {
     /// Paused (SIGSTOP).
     frozen: bool,
-    /// This node's cores, or the machine's pool shared with other nodes.
-    cpu: Rc<RefCell<Cpu>>,
+    /// This node's cores (unused when the nodes share the machine's pool).
+    cpu: Cpu,
     disk: Disk,
     cpu_factor: f64,
     disk_factor: f64,
@@ -58,17 +56,49 @@ struct Hw {
     copies_interval: u64,
 }
 
-impl Hw {
-    /// CPU work of `service_us` (before slowness) for a request that reaches this
-    /// node at `arrive_us`, queued now (`now_us`: queues only ever take work in
-    /// time order, so a request is never queued behind one that has not arrived
-    /// yet): done at the later of its turn in the queue and its arrival plus its
-    /// service.
-    fn work(&mut self, now_us: f64, arrive_us: f64, service_us: f64) -> f64 {
-        let s = service_us * self.cpu_factor;
-        self.cpu.borrow_mut().serve(now_us, s).max(arrive_us + s)
+/// Every node's hardware, and the machine's CPU pool when the nodes share one.
+struct Machines {
+    hw: Vec<Hw>,
+    pool: Option<Cpu>,
+}
+
+impl Machines {
+    fn cpu(&self, i: usize) -> &Cpu {
+        match &self.pool {
+            Some(p) => p,
+            None => &self.hw[i].cpu,
+        }
     }
 
+    fn cpu_mut(&mut self, i: usize) -> &mut Cpu {
+        match &mut self.pool {
+            Some(p) => p,
+            None => &mut self.hw[i].cpu,
+        }
+    }
+
+    /// CPU work of `service_us` (before slowness) at node index `i` for a request
+    /// that reaches it at `arrive_us`, queued now (`now_us`: queues only ever take
+    /// work in time order, so a request is never queued behind one that has not
+    /// arrived yet): done at the later of its turn in the queue and its arrival plus
+    /// its service.
+    fn work(&mut self, i: usize, now_us: f64, arrive_us: f64, service_us: f64) -> f64 {
+        let s = service_us * self.hw[i].cpu_factor;
+        self.cpu_mut(i).serve(now_us, s).max(arrive_us + s)
+    }
+
+    /// The load figure placement compares (`u32::MAX` for an unknown node): queued
+    /// CPU work in stored copies' worth, plus writes waiting for the disk.
+    fn load(&self, model: &crate::Model, id: NodeId, now_us: f64) -> u32 {
+        let Some(h) = self.hw.get(idx(id)) else {
+            return u32::MAX;
+        };
+        let cpu = self.cpu(idx(id)).backlog_us(now_us) / model.store_cpu_us.max(1.0);
+        (cpu as u32).saturating_add(h.disk.pending_at(now_us))
+    }
+}
+
+impl Hw {
     /// A disk write of `bytes` reaching the disk at `arrive_us`, queued now; when it
     /// is durable.
     fn write(&mut self, now_us: f64, arrive_us: f64, bytes: u64, m: &crate::Model) -> f64 {
@@ -80,10 +110,41 @@ impl Hw {
     }
 }
 
+/// Most copies of a message the simulator tracks: a holder set is one `u128`.
+pub const REPLICAS_MAX: usize = 4;
+
+/// The nodes that hold copies of some messages: up to [`REPLICAS_MAX`] node ids of
+/// 32 bits, ascending, packed (0 = no node), so a mailbox keeps its sets inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holders(u128);
+
+impl Holders {
+    /// The set of `nodes` (distinct ids below 2^32, at most [`REPLICAS_MAX`]).
+    fn of(nodes: &[NodeId]) -> Holders {
+        let mut ids = [0u32; REPLICAS_MAX];
+        for (slot, n) in ids.iter_mut().zip(nodes) {
+            *slot = *n as u32;
+        }
+        ids[..nodes.len().min(REPLICAS_MAX)].sort_unstable();
+        Holders(
+            ids.iter()
+                .enumerate()
+                .fold(0u128, |acc, (i, n)| acc | (u128::from(*n) << (32 * i))),
+        )
+    }
+
+    /// The holders, ascending.
+    fn iter(self) -> impl Iterator<Item = NodeId> {
+        (0..REPLICAS_MAX)
+            .map(move |i| ((self.0 >> (32 * i)) as u32) as NodeId)
+            .filter(|n| *n != 0)
+    }
+}
+
 #[derive(Default)]
 struct Mailbox {
-    /// (holder set id, messages).
-    sets: Vec<(u32, u32)>,
+    /// (holder set, messages).
+    sets: Vec<(Holders, u32)>,
     bytes: u64,
     /// Nodes that hold fragments of this user (live mail or tombstones).
     fragments_on: Vec<NodeId>,
@@ -92,7 +153,7 @@ struct Mailbox {
 struct World<'a> {
     cfg: &'a SimConfig,
     rng: Rng,
-    hw: Vec<Hw>,
+    m: Machines,
     soft: SoftSim,
     members: Option<membership::sim::Cluster>,
     maps: BTreeMap<Vec<NodeId>, Arc<UserMap>>,
@@ -100,8 +161,6 @@ struct World<'a> {
     kills: Vec<Vec<f64>>,
     partition: Option<(u64, u64)>,
     mailboxes: Vec<Mailbox>,
-    sets: Vec<Vec<NodeId>>,
-    set_ids: HashMap<Vec<NodeId>, u32>,
     zipf: Zipf,
     queue: BinaryHeap<Reverse<(u64, u64, Ev)>>,
     seq: u64,
@@ -157,6 +216,12 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, Sim
             "nodes, users and replicas must be at least 1".into(),
         ));
     }
+    if cfg.replicas > REPLICAS_MAX || cfg.nodes > u64::from(u32::MAX) {
+        return Err(SimError::Config(format!(
+            "the simulator tracks at most {REPLICAS_MAX} replicas and {} nodes",
+            u32::MAX
+        )));
+    }
     let positive = |x: f64| x.is_finite() && x > 0.0;
     if !positive(cfg.rate_msgs_per_s) || !positive(cfg.duration_s) {
         return Err(SimError::Config(
@@ -180,6 +245,11 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, Sim
                 cfg.nodes
             )));
         }
+    }
+    if cfg.model.cores > CORES_MAX || cfg.model.machine_cores > CORES_MAX {
+        return Err(SimError::Config(format!(
+            "cores and machine_cores are at most {CORES_MAX}"
+        )));
     }
     let started = Instant::now();
     let mut w = World::new(cfg);
@@ -261,16 +331,12 @@ impl<'a> World<'a> {
         soft.view = Some(view.clone());
         let mut maps = BTreeMap::new();
         maps.insert(ids.clone(), view.map.clone());
-        let machine = (cfg.model.machine_cores > 0)
-            .then(|| Rc::new(RefCell::new(Cpu::new(cfg.model.machine_cores))));
+        let pool = (cfg.model.machine_cores > 0).then(|| Cpu::new(cfg.model.machine_cores));
         let hw = ids
             .iter()
             .map(|_| Hw {
                 frozen: false,
-                cpu: match &machine {
-                    Some(pool) => pool.clone(),
-                    None => Rc::new(RefCell::new(Cpu::new(cfg.model.cores))),
-                },
+                cpu: Cpu::new(cfg.model.cores),
                 disk: Disk::default(),
                 cpu_factor: 1.0,
                 disk_factor: 1.0,
@@ -293,15 +359,13 @@ impl<'a> World<'a> {
         let mut w = World {
             cfg,
             rng: Rng::new(cfg.seed ^ 0x5eed),
-            hw,
+            m: Machines { hw, pool },
             soft,
             members,
             maps,
             kills,
             partition: None,
             mailboxes: (0..cfg.users).map(|_| Mailbox::default()).collect(),
-            sets: Vec::new(),
-            set_ids: HashMap::new(),
             zipf: Zipf::new(cfg.users, cfg.zipf),
             queue: BinaryHeap::new(),
             seq: 0,
@@ -382,7 +446,7 @@ impl<'a> World<'a> {
 
     /// Whether `id` runs at `from_us` and is not killed before `to_us`.
     fn up_through(&self, id: NodeId, from_us: f64, to_us: f64) -> bool {
-        let Some(hw) = self.hw.get(idx(id)) else {
+        let Some(hw) = self.m.hw.get(idx(id)) else {
             return false;
         };
         hw.alive
@@ -392,21 +456,13 @@ impl<'a> World<'a> {
                 .any(|k| *k > from_us && *k <= to_us)
     }
 
-    fn load_of(hw: &[Hw], model: &crate::Model, id: NodeId, now_us: f64) -> u32 {
-        let Some(h) = hw.get(idx(id)) else {
-            return u32::MAX;
-        };
-        let cpu = h.cpu.borrow().backlog_us(now_us) / model.store_cpu_us.max(1.0);
-        (cpu as u32).saturating_add(h.disk.pending_at(now_us))
-    }
-
     /// A running node a client reaches (round-robin DNS: a dead one refuses and the
     /// client tries another).
     fn client_node(&mut self) -> Option<NodeId> {
         let n = self.cfg.nodes as usize;
         for _ in 0..8 {
             let id = self.rng.below(n) as NodeId + 1;
-            if self.hw[idx(id)].alive && !self.hw[idx(id)].frozen {
+            if self.m.hw[idx(id)].alive && !self.m.hw[idx(id)].frozen {
                 return Some(id);
             }
         }
@@ -469,11 +525,11 @@ impl<'a> World<'a> {
         let name = buf.name(k);
         let bucket = bucket_of(name, BUCKETS);
         let bytes = size(&self.cfg.size, &mut self.rng);
-        let ha = &mut self.hw[idx(a)];
-        if ha.cpu.borrow().backlog_us(t) > f64::from(self.cfg.smtp_backlog_max) * m.smtp_cpu_us {
+        if self.m.cpu(idx(a)).backlog_us(t) > f64::from(self.cfg.smtp_backlog_max) * m.smtp_cpu_us {
             return false; // 421: too busy
         }
-        let t1 = ha.cpu.borrow_mut().serve(t, m.smtp_cpu_us * ha.cpu_factor);
+        let factor = self.m.hw[idx(a)].cpu_factor;
+        let t1 = self.m.cpu_mut(idx(a)).serve(t, m.smtp_cpu_us * factor);
         let Some(view) = self.views[idx(a)].clone() else {
             return false;
         };
@@ -482,8 +538,7 @@ impl<'a> World<'a> {
             return false;
         }
         let t2 = t1 + m.net_latency_us;
-        let hm = &mut self.hw[idx(manager)];
-        let t3 = hm.work(t, t2, m.place_cpu_us);
+        let t3 = self.m.work(idx(manager), t, t2, m.place_cpu_us);
         let targets = match self.place(manager, name, &view, t3) {
             Some(p) => p,
             None => return false,
@@ -496,9 +551,8 @@ impl<'a> World<'a> {
             if !self.can_talk(a, target) || !self.up_through(target, t, arrive) {
                 return false;
             }
-            let h = &mut self.hw[idx(target)];
-            let c = h.work(t, arrive, m.store_cpu_us);
-            let d = h.write(t, c, bytes, m);
+            let c = self.m.work(idx(target), t, arrive, m.store_cpu_us);
+            let d = self.m.hw[idx(target)].write(t, c, bytes, m);
             done = done.max(d + m.net_latency_us);
         }
         // The deliverer gives up (451) on a delivery that takes too long.
@@ -518,7 +572,7 @@ impl<'a> World<'a> {
         let now = self.soft.now;
         let placed_epoch = targets.1.unwrap_or(epoch);
         for &target in &targets.0 {
-            let h = &mut self.hw[idx(target)];
+            let h = &mut self.m.hw[idx(target)];
             h.copies += 1;
             h.copies_interval += 1;
             let mb = &mut self.mailboxes[k as usize];
@@ -537,40 +591,21 @@ impl<'a> World<'a> {
                 s.stored(now, placed_epoch, [(bucket, name.to_string())]);
             }
         }
-        let mut set = targets.0;
-        set.sort_unstable();
+        let set = Holders::of(&targets.0);
         // Affinity: the user's mail mostly goes to holder sets it already has.
-        let known = self.mailboxes[k as usize]
-            .sets
-            .iter()
-            .position(|(id, _)| self.sets[*id as usize] == set);
-        let mb_slot = match known {
-            Some(i) => i,
-            None => {
-                let id = match self.set_ids.get(&set) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.sets.len() as u32;
-                        self.set_ids.insert(set.clone(), id);
-                        self.sets.push(set.clone());
-                        id
-                    }
-                };
-                let mb = &mut self.mailboxes[k as usize];
-                mb.sets.push((id, 0));
-                mb.sets.len() - 1
-            }
-        };
         let mb = &mut self.mailboxes[k as usize];
+        match mb.sets.iter_mut().find(|(h, _)| *h == set) {
+            Some((_, n)) => *n += 1,
+            None => mb.sets.push((set, 1)),
+        }
         mb.bytes += bytes;
-        mb.sets[mb_slot].1 += 1;
         if done > self.end_us {
             // Stored, answered after the end of the run.
             self.report.messages_in_flight_at_end += 1;
         } else {
             self.report.messages_acknowledged += 1;
         }
-        self.report.copies_stored += set.len() as u64;
+        self.report.copies_stored += targets.0.len() as u64;
         let slot = (done / (self.cfg.sample_ms.max(1) as f64 * 1e3)) as usize;
         if self.acked_by_interval.len() <= slot {
             self.acked_by_interval.resize(slot + 1, 0);
@@ -593,9 +628,9 @@ impl<'a> World<'a> {
         let replicas = cfg.replicas.min(view.ids.len());
         // Every policy is the soft state's own (`SoftStateConfig::balance`).
         self.report.placement_calls += 1;
-        let hw = &self.hw;
+        let machines = &self.m;
         let model = &cfg.model;
-        let load = |id: NodeId| World::load_of(hw, model, id, at_us);
+        let load = |id: NodeId| machines.load(model, id, at_us);
         let node = self.soft.node_mut_silent(manager)?;
         let p = node.place(name, replicas, cfg.spread, &load).ok()?;
         Some((p.targets, Some(p.epoch)))
@@ -613,8 +648,8 @@ impl<'a> World<'a> {
         let mut buf = NameBuf::default();
         let name = buf.name(k);
         let bucket = bucket_of(name, BUCKETS);
-        let ha = &mut self.hw[idx(a)];
-        let t1 = ha.cpu.borrow_mut().serve(t, m.pop_cpu_us * ha.cpu_factor);
+        let factor = self.m.hw[idx(a)].cpu_factor;
+        let t1 = self.m.cpu_mut(idx(a)).serve(t, m.pop_cpu_us * factor);
         let Some(view) = self.views[idx(a)].clone() else {
             self.report.pop_4xx += 1;
             return;
@@ -677,8 +712,7 @@ impl<'a> World<'a> {
                 close(self, t2 + m.dead_call_us);
                 return;
             }
-            let hh = &mut self.hw[idx(h)];
-            listed = listed.max(hh.work(t, t2, m.list_cpu_us) + m.net_latency_us);
+            listed = listed.max(self.m.work(idx(h), t, t2, m.list_cpu_us) + m.net_latency_us);
         }
         // Retrieve every message from a live holder, then delete it everywhere.
         let mb = std::mem::take(&mut self.mailboxes[k as usize].sets);
@@ -688,16 +722,14 @@ impl<'a> World<'a> {
         let mut end = listed;
         let mut kept = Vec::new();
         for (set, n) in mb {
-            let holders = &self.sets[set as usize];
-            let Some(&h) = holders
+            let Some(h) = set
                 .iter()
-                .find(|h| self.can_talk(a, **h) && self.up_through(**h, t, listed))
+                .find(|h| self.can_talk(a, *h) && self.up_through(*h, t, listed))
             else {
                 kept.push((set, n));
                 continue;
             };
-            let hh = &mut self.hw[idx(h)];
-            let read = hh.work(t, listed, m.read_cpu_us * f64::from(n))
+            let read = self.m.work(idx(h), t, listed, m.read_cpu_us * f64::from(n))
                 + m.net_latency_us
                 + (mean_bytes * u64::from(n)) as f64 / m.net_bytes_per_us;
             end = end.max(read);
@@ -706,7 +738,7 @@ impl<'a> World<'a> {
         // Tombstones: one write per holder of the drained mail.
         for &h in &map {
             if self.up_through(h, t, end) {
-                let hh = &mut self.hw[idx(h)];
+                let hh = &mut self.m.hw[idx(h)];
                 let d = hh.write(t, end + m.net_latency_us, 64, m);
                 end = end.max(d + m.net_latency_us);
             }
@@ -751,7 +783,7 @@ impl<'a> World<'a> {
         };
         match f.kind {
             FaultKind::Kill(id) => {
-                let h = &mut self.hw[idx(id)];
+                let h = &mut self.m.hw[idx(id)];
                 h.alive = false;
                 h.returns = self
                     .cfg
@@ -765,18 +797,18 @@ impl<'a> World<'a> {
                 }
             }
             FaultKind::Restart(id) => {
-                if self.hw[idx(id)].alive {
+                if self.m.hw[idx(id)].alive {
                     return;
                 }
-                let h = &mut self.hw[idx(id)];
+                let h = &mut self.m.hw[idx(id)];
                 h.alive = true;
                 h.returns = true;
                 if self.cfg.model.machine_cores == 0 {
-                    h.cpu = Rc::new(RefCell::new(Cpu::new(self.cfg.model.cores)));
+                    h.cpu = Cpu::new(self.cfg.model.cores);
                 }
                 h.disk = Disk::default();
                 let seed = (1..=self.cfg.nodes)
-                    .find(|n| *n != id && self.hw[idx(*n)].alive)
+                    .find(|n| *n != id && self.m.hw[idx(*n)].alive)
                     .unwrap_or(1);
                 if let Some(c) = self.members.as_mut() {
                     c.start(id, vec![membership::sim::addr(seed)]);
@@ -785,7 +817,7 @@ impl<'a> World<'a> {
                 }
             }
             FaultKind::Slow { node, what, factor } => {
-                let h = &mut self.hw[idx(node)];
+                let h = &mut self.m.hw[idx(node)];
                 if what == "cpu" {
                     h.cpu_factor = factor;
                 } else {
@@ -793,21 +825,21 @@ impl<'a> World<'a> {
                 }
             }
             FaultKind::Pause(id) => {
-                self.hw[idx(id)].frozen = true;
+                self.m.hw[idx(id)].frozen = true;
                 self.soft.freeze(id);
                 if let Some(c) = self.members.as_mut() {
                     c.freeze(id);
                 }
             }
             FaultKind::Resume(id) => {
-                self.hw[idx(id)].frozen = false;
+                self.m.hw[idx(id)].frozen = false;
                 self.soft.thaw(id);
                 if let Some(c) = self.members.as_mut() {
                     c.thaw(id);
                 }
             }
             FaultKind::Unslow(node) => {
-                let h = &mut self.hw[idx(node)];
+                let h = &mut self.m.hw[idx(node)];
                 h.cpu_factor = 1.0;
                 h.disk_factor = 1.0;
             }
@@ -839,7 +871,7 @@ impl<'a> World<'a> {
             self.membership_violations_seen = v.len();
         }
         let interval_s = self.cfg.sample_ms.max(1) as f64 / 1e3;
-        let live = self.hw.iter().filter(|h| h.alive).count() as u64;
+        let live = self.m.hw.iter().filter(|h| h.alive).count() as u64;
         let rebuilding = self
             .soft
             .nodes()
@@ -848,6 +880,7 @@ impl<'a> World<'a> {
             .map(|(_, s)| s.buckets_rebuilding() as u64)
             .sum();
         let copies: Vec<u64> = self
+            .m
             .hw
             .iter()
             .filter(|h| h.alive)
@@ -868,7 +901,7 @@ impl<'a> World<'a> {
             buckets_rebuilding: rebuilding,
             load_max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
         });
-        for h in &mut self.hw {
+        for h in &mut self.m.hw {
             h.copies_interval = 0;
         }
         self.interval_temp = 0;
@@ -878,7 +911,7 @@ impl<'a> World<'a> {
     /// equal to the fragments the nodes hold, nothing acknowledged lost.
     fn check_settled(&mut self) {
         let running: BTreeSet<NodeId> = (1..=self.cfg.nodes)
-            .filter(|id| self.hw[idx(*id)].alive && !self.hw[idx(*id)].frozen)
+            .filter(|id| self.m.hw[idx(*id)].alive && !self.m.hw[idx(*id)].frozen)
             .collect();
         let Some(c) = self.members.as_ref() else {
             return;
@@ -955,7 +988,7 @@ impl<'a> World<'a> {
         r.throughput_msgs_per_s = r.messages_acknowledged as f64 / r.simulated_s;
         r.sim_messages_per_wall_s = r.messages_offered as f64 / wall_s.max(1e-9);
         r.events_per_wall_s = r.events as f64 / wall_s.max(1e-9);
-        r.copies_per_node = self.hw.iter().map(|h| h.copies).collect();
+        r.copies_per_node = self.m.hw.iter().map(|h| h.copies).collect();
         let mean =
             r.copies_per_node.iter().sum::<u64>() as f64 / r.copies_per_node.len().max(1) as f64;
         let max = r.copies_per_node.iter().copied().max().unwrap_or(0) as f64;
@@ -966,11 +999,10 @@ impl<'a> World<'a> {
         let mut short = 0;
         for mb in &self.mailboxes {
             for (set, n) in &mb.sets {
-                let holders = &self.sets[*set as usize];
-                if !holders.iter().any(|h| self.hw[idx(*h)].returns) {
+                if !set.iter().any(|h| self.m.hw[idx(h)].returns) {
                     lost += u64::from(*n);
                 }
-                let live = holders.iter().filter(|h| self.hw[idx(**h)].alive).count();
+                let live = set.iter().filter(|h| self.m.hw[idx(*h)].alive).count();
                 if live < self.cfg.replicas.min(self.cfg.nodes as usize) {
                     short += u64::from(*n);
                 }
@@ -984,6 +1016,15 @@ impl<'a> World<'a> {
         r.messages_under_replicated = short;
         r.smtp = latency(&self.smtp_lat);
         r.pop = latency(&self.pop_lat);
+        // Freeing millions of small allocations takes seconds: do it beside the
+        // caller (on the other core), not in its way. Inline if no thread starts.
+        let big = (
+            std::mem::take(&mut self.mailboxes),
+            std::mem::replace(&mut self.soft, SoftSim::new(0, SoftStateConfig::default())),
+        );
+        let _ = std::thread::Builder::new()
+            .name("sim-free".into())
+            .spawn(move || drop(big));
         self.report
     }
 }

@@ -75,47 +75,63 @@ pub fn choose(
             examined: live.len(),
         };
     }
-    let is_live = |n: &NodeId| live.binary_search(n).is_ok();
-    let mut candidates: Vec<NodeId> = mail_map.iter().copied().filter(is_live).collect();
+    let wanted = spread.max(replicas);
+    let mut candidates: Vec<NodeId> = Vec::with_capacity(wanted.max(mail_map.len()));
+    candidates.extend(mail_map.iter().copied().filter(|n| is_member(live, *n)));
     candidates.sort_unstable();
     candidates.dedup();
     let mut examined = candidates.len();
-    let key = |n: NodeId| (load(n), mix(n ^ mix(tie_break)), n);
-    let wanted = spread.max(replicas);
-    while candidates.len() < wanted {
-        match sample_slot(live, &key, &|n| candidates.contains(n), rng, &mut examined) {
-            Some(n) => candidates.push(n),
+    let tie = mix(tie_break);
+    let key = |n: NodeId| (load(n), mix(n ^ tie), n);
+    // Each candidate's key once: `load` is the costly part.
+    let mut keyed: Vec<(u32, u64, NodeId)> = candidates.iter().map(|n| key(*n)).collect();
+    while keyed.len() < wanted {
+        let taken = |n: &NodeId| keyed.iter().any(|k| k.2 == *n);
+        match sample_slot(live, &key, &taken, rng, &mut examined) {
+            Some(k) => keyed.push(k),
             None => break,
         }
     }
-    candidates.sort_by_key(|n| key(*n));
-    candidates.truncate(replicas);
+    keyed.sort_unstable();
+    candidates.clear();
+    candidates.extend(keyed.iter().take(replicas).map(|k| k.2));
     Choice {
         targets: candidates,
         examined,
     }
 }
 
+/// Whether `n` is in `live` (ascending): first where it would be if no id below it
+/// were missing (the common case: ids 1..=N), else a binary search.
+fn is_member(live: &[NodeId], n: NodeId) -> bool {
+    let guess = (n as usize).wrapping_sub(1);
+    if live.get(guess) == Some(&n) {
+        return true;
+    }
+    live.binary_search(&n).is_ok()
+}
+
 /// One top-up slot: the least loaded (by `key`) of [`SAMPLES_PER_SLOT`] random live
 /// nodes not `taken`, each found in a few draws (the taken ones are few of many);
 /// counts every draw in `examined`.
-fn sample_slot<K: Ord>(
+fn sample_slot(
     live: &[NodeId],
-    key: &dyn Fn(NodeId) -> K,
+    key: &dyn Fn(NodeId) -> (u32, u64, NodeId),
     taken: &dyn Fn(&NodeId) -> bool,
     rng: &mut Rng,
     examined: &mut usize,
-) -> Option<NodeId> {
-    let mut best: Option<NodeId> = None;
+) -> Option<(u32, u64, NodeId)> {
+    let mut best: Option<(u32, u64, NodeId)> = None;
     for _ in 0..SAMPLES_PER_SLOT {
         for _ in 0..8 {
             let n = live[rng.below(live.len())];
             *examined += 1;
-            if taken(&n) || best == Some(n) {
+            if taken(&n) || best.is_some_and(|b| b.2 == n) {
                 continue;
             }
-            if best.is_none_or(|b| key(n) < key(b)) {
-                best = Some(n);
+            let k = key(n);
+            if best.is_none_or(|b| k < b) {
+                best = Some(k);
             }
             break;
         }
@@ -202,18 +218,18 @@ pub fn choose_extra(
             examined: live.len(),
         };
     }
-    let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
+    let mut chosen: Vec<(u32, u64, NodeId)> = Vec::with_capacity(count);
     let mut examined = 0;
     while chosen.len() < count {
-        let taken = |n: &NodeId| exclude.contains(n) || chosen.contains(n);
+        let taken = |n: &NodeId| exclude.contains(n) || chosen.iter().any(|k| k.2 == *n);
         match sample_slot(live, &key, &taken, rng, &mut examined) {
-            Some(n) => chosen.push(n),
+            Some(k) => chosen.push(k),
             None => break,
         }
     }
-    chosen.sort_by_key(|n| key(*n));
+    chosen.sort_unstable();
     Choice {
-        targets: chosen,
+        targets: chosen.into_iter().map(|k| k.2).collect(),
         examined,
     }
 }
