@@ -157,6 +157,12 @@ pub struct SimConfig {
     pub soft_shuffle: bool,
     /// Check the invariants while running and after the faults (see `vopr`).
     pub check_invariants: bool,
+    /// Seconds between repair passes (the node's `repair_interval_secs`); passes run
+    /// when membership does (a run with faults).
+    pub repair_interval_s: f64,
+    /// Messages younger than this are not re-replicated yet (the node's
+    /// `repair::COPY_MIN_AGE`).
+    pub repair_copy_min_age_s: f64,
 }
 
 impl Default for SimConfig {
@@ -183,6 +189,8 @@ impl Default for SimConfig {
             soft_refuse_per_mille: 0,
             soft_shuffle: false,
             check_invariants: false,
+            repair_interval_s: 30.0,
+            repair_copy_min_age_s: 15.0,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Faults at given virtual times: `kill 17 at 10m`, `restart 17 at 20m`,
 //! `pause 4 at 1m`, `resume 4 at 2m` (SIGSTOP / SIGCONT),
 //! `slow 3 cpu 4 at 5m` (CPU ×4 slower), `slow 3 disk 2 at 5m`, `unslow 3 at 9m`,
-//! `partition 1-5 at 10m` (nodes 1..=5 on one side), `heal at 12m`.
+//! `partition 1-5 at 10m` (nodes 1..=5 on one side), `heal at 12m`,
+//! `remove 17 at 15m` (the operator's `porcupine node remove`: gone for good).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,9 @@ pub enum FaultKind {
     Kill(u64),
     /// A killed node starts again (new incarnation, empty soft state).
     Restart(u64),
+    /// The operator removes the node for good (`porcupine node remove`; killed first
+    /// if it still runs): its copies no longer count, so repair may re-replicate.
+    Remove(u64),
     /// The node's CPU (`cpu`) or disk (`disk`) becomes `factor` times slower.
     Slow {
         /// Which node.
@@ -91,6 +95,7 @@ impl Fault {
         let kind = match args.first().copied() {
             Some("kill") if args.len() == 2 => FaultKind::Kill(node(1)?),
             Some("restart") if args.len() == 2 => FaultKind::Restart(node(1)?),
+            Some("remove") if args.len() == 2 => FaultKind::Remove(node(1)?),
             Some("unslow") if args.len() == 2 => FaultKind::Unslow(node(1)?),
             Some("pause") if args.len() == 2 => FaultKind::Pause(node(1)?),
             Some("resume") if args.len() == 2 => FaultKind::Resume(node(1)?),
@@ -128,7 +133,7 @@ impl Fault {
             Some("heal") if args.len() == 1 => FaultKind::Heal,
             _ => {
                 return Err(err(
-                    "want kill N | restart N | pause N | resume N | slow N cpu|disk K | unslow N | partition A-B | heal, then `at TIME`",
+                    "want kill N | restart N | remove N | pause N | resume N | slow N cpu|disk K | unslow N | partition A-B | heal, then `at TIME`",
                 ));
             }
         };

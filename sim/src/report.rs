@@ -34,6 +34,10 @@ pub struct Sample {
     pub buckets_rebuilding: u64,
     /// Most copies stored on one node over the mean (this interval).
     pub load_max_over_mean: f64,
+    /// Messages with fewer live copies than wanted, as the last repair pass saw them.
+    pub under_replicated: u64,
+    /// Copies repair made in this interval, per second.
+    pub repair_copies_per_s: f64,
 }
 
 /// Everything one run measured.
@@ -64,8 +68,12 @@ pub struct Report {
     pub messages_lost: u64,
     /// Acknowledged messages with fewer live copies than replicas at the end.
     pub messages_under_replicated: u64,
-    /// Copies written in all.
+    /// Copies written in all (deliveries; repair's are `repair_copies`).
     pub copies_stored: u64,
+    /// Repair passes run (every `repair_interval_s` while membership runs).
+    pub repair_passes: u64,
+    /// Copies repair made (re-replication of messages short of copies).
+    pub repair_copies: u64,
     /// POP3 sessions started.
     pub pop_sessions: u64,
     /// POP3 sessions answered with a temporary error (map rebuilding, holder down).
@@ -174,6 +182,11 @@ impl Report {
             format!("{:.3}", self.node_load_max_over_mean),
         );
         row(&mut out, "view installs", format!("{}", self.view_installs));
+        row(
+            &mut out,
+            "repair passes / copies",
+            format!("{} / {}", self.repair_passes, self.repair_copies),
+        );
         row(
             &mut out,
             "speed",

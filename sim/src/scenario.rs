@@ -317,6 +317,9 @@ fn failover(
     let n: u64 = if quick { 30 } else { 1_000 };
     let duration_s: f64 = if quick { 60.0 } else { 300.0 };
     let victims: Vec<u64> = (1..=n).filter(|i| i % 10 == 0).collect();
+    // One victim in ten never comes back: the operator removes it, and repair
+    // re-replicates its copies.
+    let removed: Vec<u64> = victims.iter().copied().step_by(10).collect();
     let kill_ms = (duration_s * 1000.0 / 3.0) as u64;
     let restart_ms = 2 * kill_ms;
     let mut faults = Vec::new();
@@ -327,7 +330,11 @@ fn failover(
         });
         faults.push(Fault {
             at_ms: restart_ms,
-            kind: FaultKind::Restart(v),
+            kind: if removed.contains(&v) {
+                FaultKind::Remove(v)
+            } else {
+                FaultKind::Restart(v)
+            },
         });
     }
     let cfg = SimConfig {
@@ -337,9 +344,22 @@ fn failover(
         duration_s,
         seed,
         faults,
+        repair_interval_s: if quick { 5.0 } else { 30.0 },
         ..SimConfig::default()
     };
     let r = one("failover", &cfg, progress)?;
+    // Repaired: the first sample after the removal with nothing short of copies.
+    let repaired = r
+        .timeline
+        .iter()
+        .find(|s| s.t_s * 1000.0 > restart_ms as f64 && s.under_replicated == 0)
+        .map(|s| s.t_s - restart_ms as f64 / 1000.0);
+    let short_peak = r
+        .timeline
+        .iter()
+        .map(|s| s.under_replicated)
+        .max()
+        .unwrap_or(0);
     let recovered = |from_ms: u64| {
         r.timeline
             .iter()
@@ -352,15 +372,19 @@ fn failover(
     let after_restart = recovered(restart_ms);
     let fmt = |x: Option<f64>| x.map_or("never".to_string(), |s| format!("{s:.1} s"));
     let table = format!(
-        "| nodes | killed | offered | acked | 4xx | lost | under-replicated at end | no 4xx and maps complete after kill | after restart | view installs |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n| {n} | {} at {:.0} s, back at {:.0} s | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        "| nodes | killed | offered | acked | 4xx | lost | under-replicated: peak / at end | repair copies | all copies back after removal | no 4xx and maps complete after kill | after restart | view installs |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n| {n} | {} at {:.0} s; {} back, {} removed at {:.0} s | {} | {} | {} | {} | {short_peak} / {} | {} | {} | {} | {} | {} |\n",
         victims.len(),
         kill_ms as f64 / 1e3,
+        victims.len() - removed.len(),
+        removed.len(),
         restart_ms as f64 / 1e3,
         r.messages_offered,
         r.messages_acknowledged,
         r.messages_4xx,
         r.messages_lost,
         r.messages_under_replicated,
+        r.repair_copies,
+        fmt(repaired),
         fmt(after_kill),
         fmt(after_restart),
         r.view_installs
@@ -407,11 +431,30 @@ fn failover(
                 false,
             ),
         ),
+        (
+            "failover-repair.svg".to_string(),
+            line_chart(
+                "Failover: messages short of copies, and repair's copies per second",
+                "time s",
+                "messages",
+                &[
+                    Series {
+                        name: "under-replicated (last pass)".into(),
+                        points: line(&|s| s.under_replicated as f64),
+                    },
+                    Series {
+                        name: "repair copies/s".into(),
+                        points: line(&|s| s.repair_copies_per_s),
+                    },
+                ],
+                false,
+            ),
+        ),
     ];
     Ok(Outcome {
         name: "failover".into(),
         table,
-        json: json!({"scenario": "failover", "victims": victims, "kill_ms": kill_ms, "restart_ms": restart_ms,
+        json: json!({"scenario": "failover", "victims": victims, "removed": removed, "repaired_after_removal_s": repaired, "kill_ms": kill_ms, "restart_ms": restart_ms,
             "recovered_after_kill_s": after_kill, "recovered_after_restart_s": after_restart, "report": r}),
         plots,
     })

@@ -39,6 +39,7 @@ enum Ev {
         session: SessionId,
     },
     Sample,
+    Repair,
 }
 
 struct Hw {
@@ -52,6 +53,8 @@ struct Hw {
     alive: bool,
     /// Will run again (not killed for good).
     returns: bool,
+    /// Removed by the operator: its copies no longer count.
+    removed: bool,
     copies: u64,
     copies_interval: u64,
 }
@@ -141,10 +144,18 @@ impl Holders {
     }
 }
 
+/// Messages of one mailbox that share their holders.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    holders: Holders,
+    messages: u32,
+    /// When the newest of them was acknowledged, virtual ms.
+    newest_ms: u32,
+}
+
 #[derive(Default)]
 struct Mailbox {
-    /// (holder set, messages).
-    sets: Vec<(Holders, u32)>,
+    sets: Vec<Group>,
     bytes: u64,
     /// Nodes that hold fragments of this user (live mail or tombstones).
     fragments_on: Vec<NodeId>,
@@ -182,6 +193,10 @@ struct World<'a> {
     views: Vec<Option<Arc<ViewInfo>>>,
     /// Membership violations already copied into the report.
     membership_violations_seen: usize,
+    /// Messages short of copies at the last repair pass.
+    under_replicated: u64,
+    /// Copies repair made since the last sample.
+    repair_copies_interval: u64,
 }
 
 fn idx(id: NodeId) -> usize {
@@ -232,6 +247,7 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, Sim
         let id = match f.kind {
             FaultKind::Kill(n)
             | FaultKind::Restart(n)
+            | FaultKind::Remove(n)
             | FaultKind::Unslow(n)
             | FaultKind::Pause(n)
             | FaultKind::Resume(n) => n,
@@ -342,13 +358,14 @@ impl<'a> World<'a> {
                 disk_factor: 1.0,
                 alive: true,
                 returns: true,
+                removed: false,
                 copies: 0,
                 copies_interval: 0,
             })
             .collect();
         let mut kills = vec![Vec::new(); n as usize];
         for f in &cfg.faults {
-            if let FaultKind::Kill(id) = f.kind {
+            if let FaultKind::Kill(id) | FaultKind::Remove(id) = f.kind {
                 kills[idx(id)].push(f.at_ms as f64 * 1e3);
             }
         }
@@ -386,6 +403,8 @@ impl<'a> World<'a> {
             open_locks: BTreeMap::new(),
             views: vec![Some(view.clone()); n as usize],
             membership_violations_seen: 0,
+            under_replicated: 0,
+            repair_copies_interval: 0,
         };
         w.push(0, Ev::Smtp);
         if cfg.pop_per_msg > 0.0 {
@@ -395,6 +414,9 @@ impl<'a> World<'a> {
             w.push(f.at_ms * 1000, Ev::Fault(i));
         }
         w.push(cfg.sample_ms.max(1) * 1000, Ev::Sample);
+        if w.members.is_some() && cfg.repair_interval_s > 0.0 {
+            w.push((cfg.repair_interval_s * 1e6) as u64, Ev::Repair);
+        }
         w
     }
 
@@ -511,6 +533,10 @@ impl<'a> World<'a> {
                 self.sample(t);
                 self.push(t + self.cfg.sample_ms.max(1) * 1000, Ev::Sample);
             }
+            Ev::Repair => {
+                self.repair(t as f64);
+                self.push(t + (self.cfg.repair_interval_s * 1e6) as u64, Ev::Repair);
+            }
         }
     }
 
@@ -594,9 +620,17 @@ impl<'a> World<'a> {
         let set = Holders::of(&targets.0);
         // Affinity: the user's mail mostly goes to holder sets it already has.
         let mb = &mut self.mailboxes[k as usize];
-        match mb.sets.iter_mut().find(|(h, _)| *h == set) {
-            Some((_, n)) => *n += 1,
-            None => mb.sets.push((set, 1)),
+        let newest_ms = (done / 1e3) as u32;
+        match mb.sets.iter_mut().find(|g| g.holders == set) {
+            Some(g) => {
+                g.messages += 1;
+                g.newest_ms = g.newest_ms.max(newest_ms);
+            }
+            None => mb.sets.push(Group {
+                holders: set,
+                messages: 1,
+                newest_ms,
+            }),
         }
         mb.bytes += bytes;
         if done > self.end_us {
@@ -717,16 +751,18 @@ impl<'a> World<'a> {
         // Retrieve every message from a live holder, then delete it everywhere.
         let mb = std::mem::take(&mut self.mailboxes[k as usize].sets);
         let bytes = std::mem::take(&mut self.mailboxes[k as usize].bytes);
-        let count: u64 = mb.iter().map(|(_, n)| u64::from(*n)).sum();
+        let count: u64 = mb.iter().map(|g| u64::from(g.messages)).sum();
         let mean_bytes = bytes.checked_div(count).unwrap_or(0);
         let mut end = listed;
         let mut kept = Vec::new();
-        for (set, n) in mb {
-            let Some(h) = set
+        for g in mb {
+            let n = g.messages;
+            let Some(h) = g
+                .holders
                 .iter()
                 .find(|h| self.can_talk(a, *h) && self.up_through(*h, t, listed))
             else {
-                kept.push((set, n));
+                kept.push(g);
                 continue;
             };
             let read = self.m.work(idx(h), t, listed, m.read_cpu_us * f64::from(n))
@@ -777,27 +813,187 @@ impl<'a> World<'a> {
         }
     }
 
+    fn kill(&mut self, id: NodeId, returns: bool) {
+        let h = &mut self.m.hw[idx(id)];
+        h.alive = false;
+        h.returns = returns;
+        self.soft.stop(id);
+        self.views[idx(id)] = None;
+        if let Some(c) = self.members.as_mut() {
+            c.kill(id);
+        }
+    }
+
+    /// One repair pass of every manager (the node's `repair::pass`): for each user,
+    /// the manager lists the fragments of the nodes in the user's mail map, plans
+    /// with the core's `repair::plan`, and copies short messages to the nodes the
+    /// core's `place_copies` chooses. Messages of one holder set count as one id.
+    fn repair(&mut self, t: f64) {
+        let cfg = self.cfg;
+        let m = &cfg.model;
+        let running = |h: &Hw| h.alive && !h.frozen;
+        let live = self.m.hw.iter().filter(|h| running(h)).count();
+        let all_known_live = self.m.hw.iter().all(|h| running(h) || h.removed);
+        let wanted = cfg.replicas.clamp(1, live.max(1));
+        let rules = softstate::repair::RepairRules {
+            wanted_copies: wanted,
+            all_known_live,
+            now_micros: t as u64,
+            copy_min_age_micros: (cfg.repair_copy_min_age_s * 1e6) as u64,
+            tombstone_min_age_micros: u64::MAX,
+        };
+        let current = self.soft.view.as_ref().map(|v| v.epoch);
+        let mut under = 0u64;
+        let mut copies = 0u64;
+        let mut buf = NameBuf::default();
+        for k in 0..self.mailboxes.len() {
+            if self.mailboxes[k].sets.is_empty() {
+                continue;
+            }
+            let short: u64 = self.mailboxes[k]
+                .sets
+                .iter()
+                .filter(|g| {
+                    g.holders
+                        .iter()
+                        .filter(|h| running(&self.m.hw[idx(*h)]))
+                        .count()
+                        < wanted
+                })
+                .map(|g| u64::from(g.messages))
+                .sum();
+            under += short;
+            if short == 0 {
+                continue;
+            }
+            let name = buf.name(k as u64);
+            let bucket = bucket_of(name, BUCKETS);
+            let Some(view) = self.soft.view.clone() else {
+                return;
+            };
+            let manager = view.map.manager(bucket);
+            if !self.m.hw.get(idx(manager)).is_some_and(running) {
+                continue;
+            }
+            // The soft state must be complete and belong to the current view.
+            let map = match self.soft.nodes().get(&manager) {
+                Some(s) if s.is_complete() && s.epoch() == current => match s.mail_map(name) {
+                    Ok(map) => map,
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            let mb = &self.mailboxes[k];
+            let mean_bytes = mb
+                .bytes
+                .checked_div(mb.sets.iter().map(|g| u64::from(g.messages)).sum::<u64>());
+            let answers = map.iter().map(|&n| {
+                let answers =
+                    self.m.hw.get(idx(n)).is_some_and(running) && self.can_talk(manager, n);
+                let listing = answers.then(|| softstate::listing::FragmentListing {
+                    messages: mb
+                        .sets
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, g)| g.holders.iter().any(|h| h == n))
+                        .map(|(i, g)| (i, u64::from(g.messages)))
+                        .collect(),
+                    tombstones: Vec::new(),
+                });
+                (n, listing)
+            });
+            let holdings = softstate::listing::Holdings::merge(answers);
+            let newest: Vec<u64> = mb
+                .sets
+                .iter()
+                .map(|g| u64::from(g.newest_ms) * 1000)
+                .collect();
+            let plan = softstate::repair::plan(&holdings, &rules, |i: usize| newest[i]);
+            for task in plan.copies {
+                let n = self.mailboxes[k].sets[task.id].messages;
+                let bytes = mean_bytes.unwrap_or(0) * u64::from(n);
+                let machines = &self.m;
+                let load = |id: NodeId| machines.load(m, id, t);
+                let Some(node) = self.soft.node_mut_silent(manager) else {
+                    break;
+                };
+                let targets = node.place_copies(&task.from, task.count, &load);
+                if targets.is_empty() {
+                    continue;
+                }
+                node.add(name, &targets);
+                // Read from one holder, store at each new one.
+                let read = self.m.work(
+                    idx(task.from[0]),
+                    t,
+                    t + m.net_latency_us,
+                    m.read_cpu_us * f64::from(n),
+                );
+                for &target in &targets {
+                    let arrive = read + m.net_latency_us + bytes as f64 / m.net_bytes_per_us;
+                    let c = self
+                        .m
+                        .work(idx(target), t, arrive, m.store_cpu_us * f64::from(n));
+                    self.m.hw[idx(target)].write(t, c, bytes, m);
+                    let mb = &mut self.mailboxes[k];
+                    if !mb.fragments_on.contains(&target) {
+                        mb.fragments_on.push(target);
+                        self.soft
+                            .fragments
+                            .entry(target)
+                            .or_default()
+                            .insert((bucket, name.to_string()));
+                    }
+                }
+                let mut nodes: Vec<NodeId> = task.from.clone();
+                nodes.extend(&targets);
+                copies += u64::from(n) * targets.len() as u64;
+                let sets = &mut self.mailboxes[k].sets;
+                sets[task.id].holders = Holders::of(&nodes);
+            }
+            // Groups that now share their holders become one.
+            let sets = &mut self.mailboxes[k].sets;
+            let mut i = 0;
+            while i < sets.len() {
+                match (0..i).find(|j| sets[*j].holders == sets[i].holders) {
+                    Some(j) => {
+                        let g = sets.swap_remove(i);
+                        sets[j].messages += g.messages;
+                        sets[j].newest_ms = sets[j].newest_ms.max(g.newest_ms);
+                    }
+                    None => i += 1,
+                }
+            }
+        }
+        self.report.repair_passes += 1;
+        self.report.repair_copies += copies;
+        self.repair_copies_interval += copies;
+        self.under_replicated = under;
+    }
+
     fn fault(&mut self, i: usize) {
         let Some(f) = self.cfg.faults.get(i).cloned() else {
             return;
         };
         match f.kind {
             FaultKind::Kill(id) => {
-                let h = &mut self.m.hw[idx(id)];
-                h.alive = false;
-                h.returns = self
+                let returns = self
                     .cfg
                     .faults
                     .iter()
                     .any(|g| g.at_ms > f.at_ms && g.kind == FaultKind::Restart(id));
-                self.soft.stop(id);
-                self.views[idx(id)] = None;
-                if let Some(c) = self.members.as_mut() {
-                    c.kill(id);
+                self.kill(id, returns);
+            }
+            FaultKind::Remove(id) => {
+                if self.m.hw[idx(id)].alive {
+                    self.kill(id, false);
                 }
+                let h = &mut self.m.hw[idx(id)];
+                h.returns = false;
+                h.removed = true;
             }
             FaultKind::Restart(id) => {
-                if self.m.hw[idx(id)].alive {
+                if self.m.hw[idx(id)].alive || self.m.hw[idx(id)].removed {
                     return;
                 }
                 let h = &mut self.m.hw[idx(id)];
@@ -900,7 +1096,10 @@ impl<'a> World<'a> {
             live_nodes: live,
             buckets_rebuilding: rebuilding,
             load_max_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
+            under_replicated: self.under_replicated,
+            repair_copies_per_s: self.repair_copies_interval as f64 / interval_s,
         });
+        self.repair_copies_interval = 0;
         for h in &mut self.m.hw {
             h.copies_interval = 0;
         }
@@ -998,13 +1197,18 @@ impl<'a> World<'a> {
         let mut lost = 0;
         let mut short = 0;
         for mb in &self.mailboxes {
-            for (set, n) in &mb.sets {
-                if !set.iter().any(|h| self.m.hw[idx(h)].returns) {
-                    lost += u64::from(*n);
+            for g in &mb.sets {
+                let n = g.messages;
+                if !g.holders.iter().any(|h| self.m.hw[idx(h)].returns) {
+                    lost += u64::from(n);
                 }
-                let live = set.iter().filter(|h| self.m.hw[idx(*h)].alive).count();
+                let live = g
+                    .holders
+                    .iter()
+                    .filter(|h| self.m.hw[idx(*h)].alive)
+                    .count();
                 if live < self.cfg.replicas.min(self.cfg.nodes as usize) {
-                    short += u64::from(*n);
+                    short += u64::from(n);
                 }
             }
         }

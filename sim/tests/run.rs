@@ -92,17 +92,57 @@ fn a_killed_node_costs_some_4xx_but_no_acknowledged_message() {
 fn a_node_killed_for_good_leaves_copies_short_but_loses_nothing_with_two_replicas() {
     let cfg = SimConfig {
         faults: vec![Fault::parse("kill 2 at 10s").expect("fault")],
+        repair_interval_s: 5.0,
         ..small()
     };
     let r = run(&cfg);
     assert_eq!(r.messages_lost, 0);
     assert!(r.messages_under_replicated > 0);
+    // A node merely down still holds its copies: repair waits for its removal.
+    assert!(r.repair_passes > 0);
+    assert_eq!(r.repair_copies, 0);
     let one_copy = SimConfig { replicas: 1, ..cfg };
     let r1 = run(&one_copy);
     assert!(
         r1.messages_lost > 0,
         "with one copy, a node gone for good loses mail"
     );
+}
+
+#[test]
+fn repair_re_replicates_the_copies_of_a_removed_node() {
+    let cfg = SimConfig {
+        faults: vec![
+            Fault::parse("kill 2 at 5s").expect("fault"),
+            Fault::parse("remove 2 at 8s").expect("fault"),
+        ],
+        repair_interval_s: 10.0,
+        ..small()
+    };
+    let r = run(&cfg);
+    assert_eq!(r.messages_lost, 0);
+    assert_eq!(r.repair_passes, 2);
+    assert!(r.repair_copies > 0, "{r:?}");
+    // At the pass at 10 s node 2's copies are younger than the copy minimum age
+    // (15 s); the pass at 20 s copies them all.
+    let at = |t: f64| {
+        r.timeline
+            .iter()
+            .find(|s| (s.t_s - t).abs() < 1e-9)
+            .expect("a sample")
+    };
+    assert!(at(15.0).under_replicated > 0, "{:?}", at(15.0));
+    assert_eq!(r.messages_under_replicated, 0);
+    // A removed node does not come back.
+    let back = SimConfig {
+        faults: vec![
+            Fault::parse("remove 2 at 5s").expect("fault"),
+            Fault::parse("restart 2 at 8s").expect("fault"),
+        ],
+        ..cfg
+    };
+    let r = run(&back);
+    assert_eq!(r.timeline.last().expect("samples").live_nodes, 4);
 }
 
 #[test]

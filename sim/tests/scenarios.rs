@@ -83,6 +83,10 @@ fn failover_loses_nothing_and_recovers() {
     );
     assert!(f(&j, &["recovered_after_kill_s"]) < 10.0);
     assert!(f(&j, &["recovered_after_restart_s"]) < 10.0);
+    // The removed victim's copies are re-replicated before the end.
+    assert!(f(&j, &["report", "repair_copies"]) > 0.0);
+    assert!(f(&j, &["repaired_after_removal_s"]) < 20.0);
+    assert_eq!(f(&j, &["report", "messages_under_replicated"]), 0.0);
     let r = &j["report"];
     assert_eq!(
         f(r, &["messages_offered"]),
