@@ -33,6 +33,7 @@ pub mod listing;
 pub mod load;
 pub mod machine;
 pub mod message;
+pub mod nodeset;
 pub mod place;
 pub mod repair;
 pub mod sim;

@@ -46,6 +46,7 @@ use membership::{Epoch, Millis, NodeId, bucket_of};
 use crate::message::{
     Announce, Ask, HandedBucket, Handoff, Note, Report, Scope, SessionId, Transmit,
 };
+use crate::nodeset::NodeSet;
 use crate::place::{Balance, Rng, choose, choose_extra, choose_random, choose_static};
 use crate::view::{Transition, ViewInfo};
 
@@ -176,9 +177,13 @@ pub struct Stats {
     pub candidates_examined: u64,
 }
 
+/// A user name as the mail-map index keeps it: short names inline in the key, so a
+/// lookup compares bytes in the tree's own nodes (same order as `str`).
+type UserKey = compact_str::CompactString;
+
 #[derive(Debug, Default)]
 struct Bucket {
-    users: BTreeMap<String, BTreeSet<NodeId>>,
+    users: BTreeMap<UserKey, NodeSet>,
     locks: BTreeMap<String, SessionId>,
     /// Nodes that must still report for this bucket.
     waiting: BTreeSet<NodeId>,
@@ -418,7 +423,7 @@ impl SoftState {
                 users: bucket
                     .users
                     .into_iter()
-                    .map(|(u, n)| (u, n.into_iter().collect()))
+                    .map(|(u, n)| (u.into_string(), n.into_iter().collect()))
                     .collect(),
                 locks: bucket.locks.into_iter().collect(),
                 waiting: bucket.waiting.into_iter().collect(),
@@ -573,7 +578,7 @@ impl SoftState {
         let buckets = view.buckets();
         for (user, nodes) in maps {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
-                bucket.users.entry(user).or_default().extend(nodes);
+                bucket.users.entry(user.into()).or_default().extend(nodes);
             }
         }
         self.owed.clear();
@@ -811,7 +816,7 @@ impl SoftState {
             return;
         };
         for (user, nodes) in hb.users {
-            let entry = bucket.users.entry(user).or_default();
+            let entry = bucket.users.entry(user.into()).or_default();
             entry.extend(nodes.into_iter().filter(|n| view.members.contains_key(n)));
         }
         for (user, session) in hb.locks {
@@ -1142,7 +1147,7 @@ impl SoftState {
         let buckets = view.buckets();
         for user in report.users {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
-                bucket.users.entry(user).or_default().insert(from);
+                bucket.users.entry(user.into()).or_default().insert(from);
             }
         }
         for (user, session) in report.locks {
@@ -1167,7 +1172,11 @@ impl SoftState {
         let buckets = view.buckets();
         for user in note.users {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
-                bucket.users.entry(user).or_default().insert(note.from);
+                bucket
+                    .users
+                    .entry(user.into())
+                    .or_default()
+                    .insert(note.from);
             }
         }
         Ok(())
@@ -1269,7 +1278,7 @@ impl SoftState {
             match bucket.users.get_mut(user) {
                 Some(entry) => entry.extend(live),
                 None => {
-                    bucket.users.insert(user.to_string(), live.collect());
+                    bucket.users.insert(user.into(), live.collect());
                 }
             }
         }
@@ -1337,7 +1346,7 @@ impl SoftState {
         match entry {
             Some(set) => set.extend(live),
             None => {
-                bucket.users.insert(user.to_string(), live.collect());
+                bucket.users.insert(user.into(), live.collect());
             }
         }
         Ok(Placement {
@@ -1378,7 +1387,7 @@ impl SoftState {
             .flat_map(|b| {
                 b.users
                     .iter()
-                    .map(|(u, s)| (u.clone(), s.iter().copied().collect()))
+                    .map(|(u, s)| (u.to_string(), s.iter().copied().collect()))
             })
             .collect()
     }

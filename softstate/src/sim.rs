@@ -26,7 +26,8 @@ pub struct Faults {
 
 /// The seeded in-process cluster.
 pub struct Sim {
-    nodes: BTreeMap<NodeId, SoftState>,
+    /// Boxed, so the index itself stays small enough for the cache at 10,000 nodes.
+    nodes: BTreeMap<NodeId, Box<SoftState>>,
     /// What each node holds on "disk": (bucket, user) with live mail or tombstones.
     pub fragments: BTreeMap<NodeId, BTreeSet<(u16, String)>>,
     /// The view the live nodes installed last.
@@ -75,7 +76,7 @@ impl Sim {
     }
 
     /// The machines by node id (running or not).
-    pub fn nodes(&self) -> &BTreeMap<NodeId, SoftState> {
+    pub fn nodes(&self) -> &BTreeMap<NodeId, Box<SoftState>> {
         &self.nodes
     }
 
@@ -83,14 +84,14 @@ impl Sim {
     /// drained at the next [`Sim::run`].
     pub fn node_mut(&mut self, id: NodeId) -> Option<&mut SoftState> {
         self.dirty.insert(id);
-        self.nodes.get_mut(&id)
+        self.nodes.get_mut(&id).map(|n| &mut **n)
     }
 
     /// One machine, for an input that never gives output (`place`, `add`,
     /// `mail_map`, `open`, `close`, sessions): it is not queued for draining, which
     /// keeps such a call O(log N).
     pub fn node_mut_silent(&mut self, id: NodeId) -> Option<&mut SoftState> {
-        self.nodes.get_mut(&id)
+        self.nodes.get_mut(&id).map(|n| &mut **n)
     }
 
     /// Stop process `id` for good (its machine and timers go; fragments stay).
@@ -104,8 +105,10 @@ impl Sim {
     /// Start (or restart, with a new incarnation and empty soft state) process
     /// `id`; its fragments stay.
     pub fn start(&mut self, id: NodeId, incarnation: u64) {
-        self.nodes
-            .insert(id, SoftState::new(id, incarnation, self.config.clone()));
+        self.nodes.insert(
+            id,
+            Box::new(SoftState::new(id, incarnation, self.config.clone())),
+        );
         self.fragments.entry(id).or_default();
         self.disarm(id);
         self.dirty.insert(id);
