@@ -58,6 +58,10 @@ pub struct SimRunArgs {
     /// Run the membership protocol even without faults.
     #[arg(long)]
     pub membership: bool,
+    /// Seconds between repair passes (the node's `repair_interval_secs`; passes run
+    /// while membership does).
+    #[arg(long, default_value_t = 30.0)]
+    pub repair_interval_secs: f64,
     /// Hardware model as JSON (service times; missing keys keep their defaults).
     #[arg(long)]
     pub calibrate: Option<PathBuf>,
@@ -108,6 +112,7 @@ impl SimRunArgs {
             model,
             faults,
             membership: self.membership,
+            repair_interval_s: self.repair_interval_secs,
             ..sim::SimConfig::default()
         })
     }

@@ -243,6 +243,11 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, Sim
             "rate and duration must be positive".into(),
         ));
     }
+    if !positive(cfg.repair_interval_s) || !(cfg.repair_copy_min_age_s >= 0.0) {
+        return Err(SimError::Config(
+            "the repair interval must be positive and the copy minimum age not negative".into(),
+        ));
+    }
     for f in &cfg.faults {
         let id = match f.kind {
             FaultKind::Kill(n)
@@ -414,7 +419,7 @@ impl<'a> World<'a> {
             w.push(f.at_ms * 1000, Ev::Fault(i));
         }
         w.push(cfg.sample_ms.max(1) * 1000, Ev::Sample);
-        if w.members.is_some() && cfg.repair_interval_s > 0.0 {
+        if w.members.is_some() {
             w.push((cfg.repair_interval_s * 1e6) as u64, Ev::Repair);
         }
         w
