@@ -257,6 +257,28 @@ pub fn estimate(m: &Measured) -> Value {
             ),
         );
     }
+    // A server well below its cores at saturation is limited elsewhere: on one
+    // machine with one copy per message, by the store's serial write path (append
+    // and group commit: every message's write waits its turn there).
+    if let (true, Some(cpu), Some(x)) = (m.server_local, m.send_server_cpu_us, m.send_msgs_per_s)
+        && m.send_messages > 0
+        && x > 0.0
+    {
+        let used_cores = cpu / m.send_messages as f64 * x / 1e6;
+        if used_cores < 0.75 * f64::from(m.cores.max(1)) {
+            out.insert("write_us".into(), json!(round1(1e6 / x)));
+            notes.insert(
+                "write_us".into(),
+                json!(format!(
+                    "the server used {used_cores:.2} of {} cores at saturation, so the limit \
+                     was not its CPU: 1e6 / saturation msgs/s, as the serial work of one write \
+                     in the store (assumes one node holding one copy; includes whatever else \
+                     serialises a delivery)",
+                    m.cores
+                )),
+            );
+        }
+    }
     let read = match (m.server_local, m.drain_server_cpu_us, m.drain_msgs_per_s) {
         (true, Some(cpu), _) if m.drain_messages > 0 => Some((
             cpu / m.drain_messages as f64,
@@ -327,6 +349,25 @@ mod tests {
         assert_eq!(v["cores"].as_u64(), Some(2));
         assert!(v["notes"]["fsync_us"].is_string());
         assert!(v.get("pop_cpu_us").is_none(), "no drain, no POP estimate");
+    }
+
+    #[test]
+    fn a_server_short_of_its_cores_is_limited_by_its_write_path() {
+        let m = |cpu_us: f64| Measured {
+            cores: 2,
+            server_local: true,
+            send_msgs_per_s: Some(2000.0),
+            send_messages: 10_000,
+            send_server_cpu_us: Some(cpu_us),
+            cpu_source: CPU_SOURCE_SERVER,
+            ..Measured::default()
+        };
+        // 400 us per message at 2000/s: 0.8 of 2 cores busy.
+        let v = estimate(&m(4e6));
+        assert_eq!(v["write_us"].as_f64(), Some(500.0));
+        assert!(v["notes"]["write_us"].is_string());
+        // 900 us per message: 1.8 cores, CPU-bound: no write-path figure.
+        assert!(estimate(&m(9e6)).get("write_us").is_none());
     }
 
     #[test]

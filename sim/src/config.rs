@@ -61,8 +61,12 @@ pub struct Model {
     pub smtp_cpu_us: f64,
     /// CPU per placement at the manager.
     pub place_cpu_us: f64,
-    /// CPU per stored copy at its node (RPC, index update).
+    /// CPU per stored copy at its node (index update, the store's own work).
     pub store_cpu_us: f64,
+    /// CPU of one call between two different nodes, at each end (encoding,
+    /// authentication, the RPC framework); 0 in the defaults, whose service times
+    /// already hold it.
+    pub rpc_cpu_us: f64,
     /// One fsync of the store's group commit (every write waiting joins the next one).
     pub fsync_us: f64,
     /// Disk write bandwidth, bytes per microsecond.
@@ -87,6 +91,9 @@ pub struct Model {
     /// When above 0, every node's CPU work is served by one pool of this many cores:
     /// the nodes share one machine (as under `porcupine up`).
     pub machine_cores: u32,
+    /// Every node's writes go through one disk with one group commit: the nodes
+    /// share one machine's filesystem (as under `porcupine up`).
+    pub machine_disk: bool,
 }
 
 impl Default for Model {
@@ -96,6 +103,7 @@ impl Default for Model {
             smtp_cpu_us: 250.0,
             place_cpu_us: 20.0,
             store_cpu_us: 60.0,
+            rpc_cpu_us: 0.0,
             fsync_us: 2_000.0,
             disk_bytes_per_us: 200.0,
             net_latency_us: 100.0,
@@ -107,6 +115,7 @@ impl Default for Model {
             deliver_timeout_us: 10e6,
             write_us: 0.0,
             machine_cores: 0,
+            machine_disk: false,
         }
     }
 }

@@ -63,6 +63,8 @@ struct Hw {
 struct Machines {
     hw: Vec<Hw>,
     pool: Option<Cpu>,
+    /// The machine's one disk when the nodes share it (`Model::machine_disk`).
+    disk_pool: Option<Disk>,
 }
 
 impl Machines {
@@ -97,18 +99,29 @@ impl Machines {
             return u32::MAX;
         };
         let cpu = self.cpu(idx(id)).backlog_us(now_us) / model.store_cpu_us.max(1.0);
-        (cpu as u32).saturating_add(h.disk.pending_at(now_us))
+        let disk = self.disk_pool.as_ref().unwrap_or(&h.disk);
+        (cpu as u32).saturating_add(disk.pending_at(now_us))
     }
-}
 
-impl Hw {
-    /// A disk write of `bytes` reaching the disk at `arrive_us`, queued now; when it
-    /// is durable.
-    fn write(&mut self, now_us: f64, arrive_us: f64, bytes: u64, m: &crate::Model) -> f64 {
-        let bw = m.disk_bytes_per_us / self.disk_factor;
-        let fsync = m.fsync_us * self.disk_factor;
-        let work = bytes as f64 / bw.max(1e-9) + m.write_us * self.disk_factor;
-        let queued = self.disk.write_with(now_us, work, fsync);
+    /// A disk write of `bytes` at node index `i` reaching the disk at `arrive_us`,
+    /// queued now; when it is durable.
+    fn write(
+        &mut self,
+        i: usize,
+        now_us: f64,
+        arrive_us: f64,
+        bytes: u64,
+        m: &crate::Model,
+    ) -> f64 {
+        let factor = self.hw[i].disk_factor;
+        let bw = m.disk_bytes_per_us / factor;
+        let fsync = m.fsync_us * factor;
+        let work = bytes as f64 / bw.max(1e-9) + m.write_us * factor;
+        let disk = match &mut self.disk_pool {
+            Some(d) => d,
+            None => &mut self.hw[i].disk,
+        };
+        let queued = disk.write_with(now_us, work, fsync);
         queued.max(arrive_us + work + fsync)
     }
 }
@@ -381,7 +394,11 @@ impl<'a> World<'a> {
         let mut w = World {
             cfg,
             rng: Rng::new(cfg.seed ^ 0x5eed),
-            m: Machines { hw, pool },
+            m: Machines {
+                hw,
+                pool,
+                disk_pool: cfg.model.machine_disk.then(Disk::default),
+            },
             soft,
             members,
             maps,
@@ -569,7 +586,15 @@ impl<'a> World<'a> {
             return false;
         }
         let t2 = t1 + m.net_latency_us;
-        let t3 = self.m.work(idx(manager), t, t2, m.place_cpu_us);
+        // A call to another node costs RPC work at both ends (the caller's is queued
+        // with the callee's, in call order).
+        let rpc = |to: NodeId| if to == a { 0.0 } else { m.rpc_cpu_us };
+        let t3 = self
+            .m
+            .work(idx(manager), t, t2, m.place_cpu_us + rpc(manager));
+        if manager != a && m.rpc_cpu_us > 0.0 {
+            self.m.work(idx(a), t, t1, m.rpc_cpu_us);
+        }
         let targets = match self.place(manager, name, &view, t3) {
             Some(p) => p,
             None => return false,
@@ -582,8 +607,13 @@ impl<'a> World<'a> {
             if !self.can_talk(a, target) || !self.up_through(target, t, arrive) {
                 return false;
             }
-            let c = self.m.work(idx(target), t, arrive, m.store_cpu_us);
-            let d = self.m.hw[idx(target)].write(t, c, bytes, m);
+            let c = self
+                .m
+                .work(idx(target), t, arrive, m.store_cpu_us + rpc(target));
+            if target != a && m.rpc_cpu_us > 0.0 {
+                self.m.work(idx(a), t, t4, m.rpc_cpu_us);
+            }
+            let d = self.m.write(idx(target), t, c, bytes, m);
             done = done.max(d + m.net_latency_us);
         }
         // The deliverer gives up (451) on a delivery that takes too long.
@@ -779,8 +809,7 @@ impl<'a> World<'a> {
         // Tombstones: one write per holder of the drained mail.
         for &h in &map {
             if self.up_through(h, t, end) {
-                let hh = &mut self.m.hw[idx(h)];
-                let d = hh.write(t, end + m.net_latency_us, 64, m);
+                let d = self.m.write(idx(h), t, end + m.net_latency_us, 64, m);
                 end = end.max(d + m.net_latency_us);
             }
         }
@@ -939,7 +968,7 @@ impl<'a> World<'a> {
                     let c = self
                         .m
                         .work(idx(target), t, arrive, m.store_cpu_us * f64::from(n));
-                    self.m.hw[idx(target)].write(t, c, bytes, m);
+                    self.m.write(idx(target), t, c, bytes, m);
                     let mb = &mut self.mailboxes[k];
                     if !mb.fragments_on.contains(&target) {
                         mb.fragments_on.push(target);

@@ -200,4 +200,41 @@ fn nodes_sharing_one_machine_share_its_cores() {
         slow.messages_4xx > 0,
         "deliveries stuck behind the writer time out"
     );
+    // One disk for the machine: the three nodes' writes share one writer.
+    let mut one_disk = writer.clone();
+    one_disk.model.machine_disk = true;
+    let disk = run(&one_disk);
+    assert!(
+        disk.throughput_msgs_per_s < 1_000.0 / 2.0 * 1.1,
+        "{}",
+        disk.throughput_msgs_per_s
+    );
+    assert!(disk.throughput_msgs_per_s > 0.3 * slow.throughput_msgs_per_s);
+}
+
+#[test]
+fn calls_between_nodes_cost_cpu_at_both_ends() {
+    let base = SimConfig {
+        nodes: 3,
+        rate_msgs_per_s: 40_000.0,
+        duration_s: 3.0,
+        pop_per_msg: 0.0,
+        ..small()
+    };
+    let free = run(&base);
+    let mut costly = base.clone();
+    costly.model.rpc_cpu_us = 200.0;
+    let r = run(&costly);
+    // 250 + 20 + 2 x 60 = 390 us a message without; with: 2/3 of 3 calls remote,
+    // two ends of 200 us each: +800 us. About a third of the throughput.
+    let ratio = r.throughput_msgs_per_s / free.throughput_msgs_per_s;
+    assert!((0.25..0.45).contains(&ratio), "{ratio}");
+    // One node makes no calls: nothing changes.
+    let one = SimConfig { nodes: 1, ..base };
+    let mut one_costly = one.clone();
+    one_costly.model.rpc_cpu_us = 200.0;
+    assert_eq!(
+        run(&one).messages_acknowledged,
+        run(&one_costly).messages_acknowledged
+    );
 }
