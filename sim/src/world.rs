@@ -256,7 +256,8 @@ pub fn run(cfg: &SimConfig, progress: &mut dyn FnMut(f64)) -> Result<Report, Sim
             "rate and duration must be positive".into(),
         ));
     }
-    if !positive(cfg.repair_interval_s) || !(cfg.repair_copy_min_age_s >= 0.0) {
+    let age_ok = cfg.repair_copy_min_age_s.is_finite() && cfg.repair_copy_min_age_s >= 0.0;
+    if !positive(cfg.repair_interval_s) || !age_ok {
         return Err(SimError::Config(
             "the repair interval must be positive and the copy minimum age not negative".into(),
         ));
