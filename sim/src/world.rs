@@ -637,15 +637,7 @@ impl<'a> World<'a> {
             let h = &mut self.m.hw[idx(target)];
             h.copies += 1;
             h.copies_interval += 1;
-            let mb = &mut self.mailboxes[k as usize];
-            if !mb.fragments_on.contains(&target) {
-                mb.fragments_on.push(target);
-                self.soft
-                    .fragments
-                    .entry(target)
-                    .or_default()
-                    .insert((bucket, name.to_string()));
-            }
+            self.record_fragment(k as usize, target, bucket, name);
             let behind = self.views[idx(target)]
                 .as_ref()
                 .is_some_and(|v| v.epoch != placed_epoch);
@@ -683,6 +675,20 @@ impl<'a> World<'a> {
         self.acked_by_interval[slot] += 1;
         let _ = self.smtp_lat.record(((done - t) as u64).max(1));
         true
+    }
+
+    /// `target` now holds fragments of user `k` (`name`, in `bucket`): in the user's
+    /// mailbox and on the node's modelled disk, which reconstruction scans.
+    fn record_fragment(&mut self, k: usize, target: NodeId, bucket: u16, name: &str) {
+        let mb = &mut self.mailboxes[k];
+        if !mb.fragments_on.contains(&target) {
+            mb.fragments_on.push(target);
+            self.soft
+                .fragments
+                .entry(target)
+                .or_default()
+                .insert((bucket, name.to_string()));
+        }
     }
 
     /// The targets of a new message of `name` as `manager` chooses them, with the
@@ -877,7 +883,10 @@ impl<'a> World<'a> {
             copy_min_age_micros: (cfg.repair_copy_min_age_s * 1e6) as u64,
             tombstone_min_age_micros: u64::MAX,
         };
-        let current = self.soft.view.as_ref().map(|v| v.epoch);
+        let Some(view) = self.soft.view.clone() else {
+            return;
+        };
+        let current = Some(view.epoch);
         let mut under = 0u64;
         let mut copies = 0u64;
         let mut buf = NameBuf::default();
@@ -903,9 +912,6 @@ impl<'a> World<'a> {
             }
             let name = buf.name(k as u64);
             let bucket = bucket_of(name, BUCKETS);
-            let Some(view) = self.soft.view.clone() else {
-                return;
-            };
             let manager = view.map.manager(bucket);
             if !self.m.hw.get(idx(manager)).is_some_and(running) {
                 continue;
@@ -970,15 +976,7 @@ impl<'a> World<'a> {
                         .m
                         .work(idx(target), t, arrive, m.store_cpu_us * f64::from(n));
                     self.m.write(idx(target), t, c, bytes, m);
-                    let mb = &mut self.mailboxes[k];
-                    if !mb.fragments_on.contains(&target) {
-                        mb.fragments_on.push(target);
-                        self.soft
-                            .fragments
-                            .entry(target)
-                            .or_default()
-                            .insert((bucket, name.to_string()));
-                    }
+                    self.record_fragment(k, target, bucket, name);
                 }
                 let mut nodes: Vec<NodeId> = task.from.clone();
                 nodes.extend(&targets);

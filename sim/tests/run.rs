@@ -171,15 +171,20 @@ fn a_slow_node_gets_less_new_mail_under_porcupine_than_under_random() {
     );
 }
 
-#[test]
-fn nodes_sharing_one_machine_share_its_cores() {
-    let base = SimConfig {
+/// Three nodes offered far more than they can take, SMTP only.
+fn three_saturated() -> SimConfig {
+    SimConfig {
         nodes: 3,
         rate_msgs_per_s: 40_000.0,
         duration_s: 3.0,
         pop_per_msg: 0.0,
         ..small()
-    };
+    }
+}
+
+#[test]
+fn nodes_sharing_one_machine_share_its_cores() {
+    let base = three_saturated();
     let own = run(&base);
     let mut shared = base.clone();
     shared.model.machine_cores = 2;
@@ -214,13 +219,7 @@ fn nodes_sharing_one_machine_share_its_cores() {
 
 #[test]
 fn calls_between_nodes_cost_cpu_at_both_ends() {
-    let base = SimConfig {
-        nodes: 3,
-        rate_msgs_per_s: 40_000.0,
-        duration_s: 3.0,
-        pop_per_msg: 0.0,
-        ..small()
-    };
+    let base = three_saturated();
     let free = run(&base);
     let mut costly = base.clone();
     costly.model.rpc_cpu_us = 200.0;
