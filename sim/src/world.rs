@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use membership::{Epoch, MembershipConfig, Millis, NodeId, UserMap, bucket_of};
+use smallvec::SmallVec;
 use softstate::place::Rng;
 use softstate::sim::Sim as SoftSim;
 use softstate::{SessionId, SoftStateConfig, ViewInfo};
@@ -166,12 +167,18 @@ struct Group {
     newest_ms: u32,
 }
 
+/// Holder sets of one mailbox, inline for the usual few (spread 4, R = 2: at most
+/// six pairs), so a delivery's accounting is one mailbox's cache lines.
+type Groups = SmallVec<[Group; 4]>;
+
+/// One user's mail as the simulator counts it, kept inline: a delivery touches one
+/// record, not three allocations.
 #[derive(Default)]
 struct Mailbox {
-    sets: Vec<Group>,
-    bytes: u64,
     /// Nodes that hold fragments of this user (live mail or tombstones).
-    fragments_on: Vec<NodeId>,
+    fragments_on: SmallVec<[NodeId; 4]>,
+    bytes: u64,
+    sets: Groups,
 }
 
 struct World<'a> {
@@ -796,7 +803,7 @@ impl<'a> World<'a> {
         let count: u64 = mb.iter().map(|g| u64::from(g.messages)).sum();
         let mean_bytes = bytes.checked_div(count).unwrap_or(0);
         let mut end = listed;
-        let mut kept = Vec::new();
+        let mut kept = Groups::new();
         for g in mb {
             let n = g.messages;
             let Some(h) = g

@@ -37,6 +37,7 @@ pub mod nodeset;
 pub mod place;
 pub mod repair;
 pub mod sim;
+pub mod vecmap;
 pub mod view;
 
 pub use load::{Figure, LoadTable, NEARLY_FULL_FLAG, encode_figure, is_nearly_full, queue_of};

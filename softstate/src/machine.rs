@@ -48,6 +48,7 @@ use crate::message::{
 };
 use crate::nodeset::NodeSet;
 use crate::place::{Balance, Rng, choose, choose_extra, choose_random, choose_static};
+use crate::vecmap::VecMap;
 use crate::view::{Transition, ViewInfo};
 
 /// Timings and seeds of a [`SoftState`].
@@ -183,7 +184,7 @@ type UserKey = compact_str::CompactString;
 
 #[derive(Debug, Default)]
 struct Bucket {
-    users: BTreeMap<UserKey, NodeSet>,
+    users: VecMap<UserKey, NodeSet>,
     locks: BTreeMap<String, SessionId>,
     /// Nodes that must still report for this bucket.
     waiting: BTreeSet<NodeId>,
@@ -578,7 +579,7 @@ impl SoftState {
         let buckets = view.buckets();
         for (user, nodes) in maps {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
-                bucket.users.entry(user.into()).or_default().extend(nodes);
+                bucket.users.get_or_default(user.into()).extend(nodes);
             }
         }
         self.owed.clear();
@@ -816,7 +817,7 @@ impl SoftState {
             return;
         };
         for (user, nodes) in hb.users {
-            let entry = bucket.users.entry(user.into()).or_default();
+            let entry = bucket.users.get_or_default(user.into());
             entry.extend(nodes.into_iter().filter(|n| view.members.contains_key(n)));
         }
         for (user, session) in hb.locks {
@@ -1147,7 +1148,7 @@ impl SoftState {
         let buckets = view.buckets();
         for user in report.users {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
-                bucket.users.entry(user.into()).or_default().insert(from);
+                bucket.users.get_or_default(user.into()).insert(from);
             }
         }
         for (user, session) in report.locks {
@@ -1172,11 +1173,7 @@ impl SoftState {
         let buckets = view.buckets();
         for user in note.users {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
-                bucket
-                    .users
-                    .entry(user.into())
-                    .or_default()
-                    .insert(note.from);
+                bucket.users.get_or_default(user.into()).insert(note.from);
             }
         }
         Ok(())
@@ -1294,7 +1291,7 @@ impl SoftState {
         spread: usize,
         load: &dyn Fn(NodeId) -> u32,
     ) -> Result<Placement, Refused> {
-        let (b, view) = self.managed(user)?;
+        let (b, view) = self.bucket_of(user)?;
         let bucket = self.buckets.get_mut(&b).ok_or(Refused::NotManager(b))?;
         // One lookup of the user's map serves the choice and the record.
         let entry = bucket.users.get_mut(user);
@@ -1342,7 +1339,7 @@ impl SoftState {
             .targets
             .iter()
             .copied()
-            .filter(|n| view.members.contains_key(n));
+            .filter(|n| view.is_member(*n));
         match entry {
             Some(set) => set.extend(live),
             None => {

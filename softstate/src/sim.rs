@@ -24,10 +24,69 @@ pub struct Faults {
     pub shuffle: bool,
 }
 
+/// The machines by node id, ascending: a sorted vector, so a lookup of the dense ids
+/// a cluster usually has (1..=N) is one index, not a walk down a tree of 10,000.
+#[derive(Default)]
+pub struct Machines(Vec<(NodeId, Box<SoftState>)>);
+
+impl Machines {
+    fn find(&self, id: NodeId) -> Result<usize, usize> {
+        let guess = (id as usize).wrapping_sub(1);
+        match self.0.get(guess) {
+            Some((at, _)) if *at == id => Ok(guess),
+            _ => self.0.binary_search_by_key(&id, |(n, _)| *n),
+        }
+    }
+
+    /// The machine of node `id`.
+    pub fn get(&self, id: &NodeId) -> Option<&SoftState> {
+        self.find(*id).ok().map(|i| &*self.0[i].1)
+    }
+
+    fn get_mut(&mut self, id: &NodeId) -> Option<&mut SoftState> {
+        match self.find(*id) {
+            Ok(i) => Some(&mut *self.0[i].1),
+            Err(_) => None,
+        }
+    }
+
+    fn insert(&mut self, id: NodeId, machine: Box<SoftState>) {
+        match self.find(id) {
+            Ok(i) => self.0[i].1 = machine,
+            Err(i) => self.0.insert(i, (id, machine)),
+        }
+    }
+
+    fn remove(&mut self, id: &NodeId) {
+        if let Ok(i) = self.find(*id) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Every machine with its node id, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &SoftState)> {
+        self.0.iter().map(|(id, m)| (id, &**m))
+    }
+
+    /// Every machine, by ascending node id.
+    pub fn values(&self) -> impl Iterator<Item = &SoftState> {
+        self.0.iter().map(|(_, m)| &**m)
+    }
+}
+
+impl<'a> IntoIterator for &'a Machines {
+    type Item = (&'a NodeId, &'a SoftState);
+    type IntoIter = Box<dyn Iterator<Item = (&'a NodeId, &'a SoftState)> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
+    }
+}
+
 /// The seeded in-process cluster.
 pub struct Sim {
     /// Boxed, so the index itself stays small enough for the cache at 10,000 nodes.
-    nodes: BTreeMap<NodeId, Box<SoftState>>,
+    nodes: Machines,
     /// What each node holds on "disk": (bucket, user) with live mail or tombstones.
     pub fragments: BTreeMap<NodeId, BTreeSet<(u16, String)>>,
     /// The view the live nodes installed last.
@@ -58,7 +117,7 @@ impl Sim {
     /// An empty cluster; `seed` drives faults and the machines' samplers.
     pub fn new(seed: u64, config: SoftStateConfig) -> Self {
         Sim {
-            nodes: BTreeMap::new(),
+            nodes: Machines::default(),
             fragments: BTreeMap::new(),
             view: None,
             now: Millis(0),
@@ -76,7 +135,7 @@ impl Sim {
     }
 
     /// The machines by node id (running or not).
-    pub fn nodes(&self) -> &BTreeMap<NodeId, Box<SoftState>> {
+    pub fn nodes(&self) -> &Machines {
         &self.nodes
     }
 
@@ -84,14 +143,14 @@ impl Sim {
     /// drained at the next [`Sim::run`].
     pub fn node_mut(&mut self, id: NodeId) -> Option<&mut SoftState> {
         self.dirty.insert(id);
-        self.nodes.get_mut(&id).map(|n| &mut **n)
+        self.nodes.get_mut(&id)
     }
 
     /// One machine, for an input that never gives output (`place`, `add`,
     /// `mail_map`, `open`, `close`, sessions): it is not queued for draining, which
     /// keeps such a call O(log N).
     pub fn node_mut_silent(&mut self, id: NodeId) -> Option<&mut SoftState> {
-        self.nodes.get_mut(&id).map(|n| &mut **n)
+        self.nodes.get_mut(&id)
     }
 
     /// Stop process `id` for good (its machine and timers go; fragments stay).

@@ -50,6 +50,13 @@ impl ViewInfo {
         self.members.get(&id) == Some(&incarnation)
     }
 
+    /// Whether node `id` is a member (of any incarnation): one index for the dense
+    /// ids a cluster usually has, else a binary search of `ids`.
+    pub fn is_member(&self, id: NodeId) -> bool {
+        let guess = (id as usize).wrapping_sub(1);
+        self.ids.get(guess) == Some(&id) || self.ids.binary_search(&id).is_ok()
+    }
+
     /// Number of buckets of the user map.
     pub fn buckets(&self) -> u32 {
         self.map.buckets()
