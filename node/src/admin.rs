@@ -508,6 +508,8 @@ fn record_gauges(node: &Node) {
     metrics::gauge!("porcupine_tombstones_stored").set(stats.tombstones as f64);
     metrics::gauge!("porcupine_fragment_users").set(stats.users as f64);
     metrics::gauge!("porcupine_segment_bytes").set(stats.segment_bytes as f64);
+    metrics::counter!("porcupine_storage_batches_total").absolute(stats.batches);
+    metrics::counter!("porcupine_storage_write_requests_total").absolute(stats.write_requests);
     metrics::gauge!("porcupine_load").set(f64::from(softstate::queue_of(node.load())));
     metrics::gauge!("porcupine_disk_free_bytes").set(node.disk.free_bytes() as f64);
     metrics::gauge!("porcupine_disk_nearly_full").set(f64::from(u8::from(node.disk.nearly_full())));

@@ -28,6 +28,10 @@ pub struct SimRunArgs {
     /// Messages offered per second (Poisson).
     #[arg(long, default_value_t = 1_000.0)]
     pub rate: f64,
+    /// Closed loop: this many SMTP clients, each sending its next message when the
+    /// previous one is answered (`--rate` is then unused); 0: open loop at `--rate`.
+    #[arg(long, default_value_t = 0)]
+    pub sessions: u32,
     /// Simulated time (e.g. 30s, 10m, 1h).
     #[arg(long, default_value = "60s")]
     pub duration: String,
@@ -97,6 +101,7 @@ impl SimRunArgs {
             nodes: self.nodes,
             users: self.users,
             rate_msgs_per_s: self.rate,
+            sessions: self.sessions,
             duration_s: duration_ms as f64 / 1e3,
             seed: self.seed,
             zipf: self.zipf,

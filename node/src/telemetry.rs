@@ -133,6 +133,14 @@ fn describe() {
         "porcupine_segment_bytes",
         "Bytes in this node's message segment files"
     );
+    describe_counter!(
+        "porcupine_storage_batches_total",
+        "Group commits of the store since start (one fdatasync each; batches per write request show how well writes share an fsync)"
+    );
+    describe_counter!(
+        "porcupine_storage_write_requests_total",
+        "Store append and delete requests served since start"
+    );
     describe_gauge!(
         "porcupine_disk_free_bytes",
         "Free bytes on the data directory's file system"

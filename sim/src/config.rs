@@ -127,8 +127,13 @@ pub struct SimConfig {
     pub nodes: u64,
     /// Users u0..u{users-1}.
     pub users: u64,
-    /// Messages offered per second (Poisson arrivals).
+    /// Messages offered per second (Poisson arrivals); unused with `sessions`.
     pub rate_msgs_per_s: f64,
+    /// Closed loop when above 0: this many SMTP clients, each sending its next
+    /// message when the previous one is answered (as `porcupine load` without
+    /// `--rate`), instead of Poisson arrivals.
+    #[serde(default)]
+    pub sessions: u32,
     /// Simulated time.
     pub duration_s: f64,
     /// The one seed of every random choice.
@@ -180,6 +185,7 @@ impl Default for SimConfig {
             nodes: 10,
             users: 10_000,
             rate_msgs_per_s: 1_000.0,
+            sessions: 0,
             duration_s: 60.0,
             seed: 1,
             zipf: 0.0,

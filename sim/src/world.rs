@@ -240,6 +240,9 @@ struct World<'a> {
     /// Exact (fractional µs) arrival times of the next SMTP and POP3 clients.
     smtp_at_us: f64,
     pop_at_us: f64,
+    /// When the last acknowledged delivery was answered (a closed-loop session sends
+    /// its next message then).
+    last_done_us: f64,
     /// The end of the run, virtual µs.
     end_us: f64,
     /// Open POP3 sessions' locks by user (for the one-holder invariant).
@@ -466,6 +469,7 @@ impl<'a> World<'a> {
             acked_by_interval: Vec::new(),
             interval_temp: 0,
             smtp_at_us: 0.0,
+            last_done_us: 0.0,
             pop_at_us: 0.0,
             end_us: cfg.duration_s * 1e6,
             open_locks: BTreeMap::new(),
@@ -474,7 +478,10 @@ impl<'a> World<'a> {
             under_replicated: 0,
             repair_copies_interval: 0,
         };
-        w.push(0, Ev::Smtp);
+        // Open loop: one arrival process; closed loop: one event per session.
+        for _ in 0..cfg.sessions.max(1) {
+            w.push(0, Ev::Smtp);
+        }
         if cfg.pop_per_msg > 0.0 {
             w.push(0, Ev::Pop);
         }
@@ -615,6 +622,21 @@ impl<'a> World<'a> {
 
     fn handle(&mut self, t: u64, ev: Ev) {
         match ev {
+            Ev::Smtp if self.cfg.sessions > 0 => {
+                // Closed loop: this session's next message goes when this one is
+                // answered (a refusal is answered at once).
+                let at = t as f64;
+                self.report.messages_offered += 1;
+                let arrival = self.next_arrival();
+                let next = if self.deliver(at, arrival) {
+                    self.last_done_us
+                } else {
+                    self.report.messages_4xx += 1;
+                    self.interval_temp += 1;
+                    at + self.cfg.model.smtp_cpu_us.max(1.0)
+                };
+                self.push(next.ceil().max(at + 1.0) as u64, Ev::Smtp);
+            }
             Ev::Smtp => {
                 let at = self.smtp_at_us;
                 self.smtp_at_us += exp_gap(&mut self.workload_rng, 1e6 / self.cfg.rate_msgs_per_s);
@@ -774,6 +796,7 @@ impl<'a> World<'a> {
         }
         self.acked_by_interval[slot] += 1;
         let _ = self.smtp_lat.record(((done - t) as u64).max(1));
+        self.last_done_us = done;
         true
     }
 

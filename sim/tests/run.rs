@@ -237,3 +237,26 @@ fn calls_between_nodes_cost_cpu_at_both_ends() {
         run(&one_costly).messages_acknowledged
     );
 }
+
+#[test]
+fn a_closed_loop_keeps_its_sessions_busy_and_no_more() {
+    let base = SimConfig {
+        nodes: 1,
+        sessions: 4,
+        duration_s: 2.0,
+        pop_per_msg: 0.0,
+        ..small()
+    };
+    let r = run(&base);
+    // Four clients, one message each in flight: throughput x latency = sessions
+    // (Little's law; the median stands in for the mean of near-equal latencies).
+    let in_flight = r.throughput_msgs_per_s * r.smtp.p50_ms / 1e3;
+    assert!((3.0..5.0).contains(&in_flight), "{in_flight}");
+    assert_eq!(r.messages_4xx, 0);
+    // Twice the sessions share the group commits: more messages, not twice the latency.
+    let more = run(&SimConfig {
+        sessions: 8,
+        ..base
+    });
+    assert!(more.throughput_msgs_per_s > 1.3 * r.throughput_msgs_per_s);
+}
