@@ -237,6 +237,10 @@ pub struct SoftState {
     /// Per managed bucket, the nodes that must still report it and the old managers
     /// that must still hand it over.
     waits: Waits,
+    /// Nodes whose full report (`Scope::All`) this manager took in the installed view:
+    /// they reported every bucket managed here, so a handover's waiting set naming
+    /// them must not make a bucket wait for them again.
+    took_full: BTreeSet<NodeId>,
     /// A lock was granted since the last view change to a session whose process is
     /// not in the view (the next change must scrub every bucket's locks).
     stray_locks: bool,
@@ -295,6 +299,7 @@ impl SoftState {
             buckets: BTreeMap::new(),
             waits: Waits::default(),
             stray_locks: false,
+            took_full: BTreeSet::new(),
             closed: BTreeSet::new(),
             full_reported: BTreeSet::new(),
             ask_at: None,
@@ -517,6 +522,7 @@ impl SoftState {
             let all: Vec<u16> = view.map.managed(me).to_vec();
             self.waits.wait_group(all, t.fresh.iter().copied());
         }
+        self.took_full.clear();
         self.self_handed = local.iter().map(|hb| hb.bucket).collect();
         for hb in local {
             self.apply_handed(now, &view, me, hb);
@@ -668,6 +674,7 @@ impl SoftState {
             .collect();
         self.waits.clear();
         self.stray_locks = false;
+        self.took_full.clear();
         let buckets = view.buckets();
         for (user, nodes) in maps {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
@@ -923,11 +930,14 @@ impl SoftState {
             }
         }
         let b = hb.bucket;
+        let took_full = &self.took_full;
+        // A node whose full report we took in this view reported this bucket too
+        // (vopr seed 2521: such a node was waited for again, and only asked 2 s later).
         self.waits.wait_one(
             b,
             hb.waiting
                 .into_iter()
-                .filter(|n| view.members.contains_key(n)),
+                .filter(|n| view.members.contains_key(n) && !took_full.contains(n)),
         );
         let mut orphaned = false;
         for n in hb.handoff_from {
@@ -948,7 +958,11 @@ impl SoftState {
         }
         self.waits.handed(b, from);
         if orphaned {
-            self.waits.wait_one(b, view.ids.iter().copied());
+            let took_full = &self.took_full;
+            self.waits.wait_one(
+                b,
+                view.ids.iter().copied().filter(|n| !took_full.contains(n)),
+            );
         }
         // Whoever this bucket now waits for is asked: at once when nobody else will
         // report it, else after the usual wait.
@@ -1209,6 +1223,7 @@ impl SoftState {
         match &report.scope {
             Scope::All => {
                 self.waits.reported_all(from);
+                self.took_full.insert(from);
                 // A full report says its sender takes us for fresh (joined): its
                 // previous view lacked us, so it waits for our full report too. If
                 // we missed that view (dropped and re-added while we saw no change),
