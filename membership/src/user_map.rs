@@ -62,12 +62,19 @@ pub fn bucket_of(user: &str, buckets: u32) -> u16 {
 }
 
 /// bucket -> node, a pure function of the member set; identical on every node.
+///
+/// Besides the table it keeps a by-manager index (every member's buckets, listed
+/// once when the map is built), so a member's buckets cost what it manages, not B.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserMap {
     /// Members, sorted ascending, without duplicates.
     members: Vec<NodeId>,
     /// For each bucket, the index into `members` of its manager.
     table: Vec<u32>,
+    /// Every bucket, grouped by manager (in member order), ascending within a group.
+    by_manager: Vec<u16>,
+    /// Member `i`'s buckets are `by_manager[starts[i]..starts[i + 1]]`.
+    starts: Vec<u32>,
 }
 
 impl UserMap {
@@ -80,7 +87,13 @@ impl UserMap {
         members.sort_unstable();
         members.dedup();
         let table = maglev_table(&members, clamp_buckets(buckets));
-        UserMap { members, table }
+        let (by_manager, starts) = index_by_manager(members.len(), &table);
+        UserMap {
+            members,
+            table,
+            by_manager,
+            starts,
+        }
     }
 
     /// Like [`UserMap::new`], but refuses an empty member set or a bucket
@@ -117,6 +130,17 @@ impl UserMap {
         self.members.get(index as usize).copied()
     }
 
+    /// The index into [`UserMap::members`] of `bucket`'s manager, or `None` for an
+    /// empty map (bucket numbers past the end wrap around, as in `try_manager`). For
+    /// callers that keep per-member tables: no search of the member list.
+    pub fn manager_index(&self, bucket: u16) -> Option<usize> {
+        if self.table.is_empty() {
+            return None;
+        }
+        let slot = usize::from(bucket) % self.table.len();
+        self.table.get(slot).map(|i| *i as usize)
+    }
+
     /// The node that manages `bucket`. A view always contains its own node, so
     /// maps built from a view are never empty; an empty map answers `NodeId::MAX`.
     pub fn manager(&self, bucket: u16) -> NodeId {
@@ -130,37 +154,77 @@ impl UserMap {
 
     /// How many buckets `node` manages.
     pub fn buckets_of(&self, node: NodeId) -> usize {
-        match self.members.binary_search(&node) {
-            Ok(index) => self
-                .table
-                .iter()
-                .filter(|slot| **slot as usize == index)
-                .count(),
-            Err(_) => 0,
-        }
+        self.managed(node).len()
     }
 
     /// The buckets `node` manages, ascending.
     pub fn buckets_managed_by(&self, node: NodeId) -> Vec<u16> {
-        (0..self.table.len())
-            .filter(|slot| self.try_manager(*slot as u16) == Some(node))
-            .map(|slot| slot as u16)
-            .collect()
+        self.managed(node).to_vec()
+    }
+
+    /// The buckets `node` manages, ascending, borrowed from the by-manager index
+    /// (O(log N) to find, no copy); empty for a non-member.
+    pub fn managed(&self, node: NodeId) -> &[u16] {
+        let Ok(index) = self.members.binary_search(&node) else {
+            return &[];
+        };
+        let (Some(&from), Some(&to)) = (self.starts.get(index), self.starts.get(index + 1)) else {
+            return &[];
+        };
+        self.by_manager
+            .get(from as usize..to as usize)
+            .unwrap_or_default()
     }
 
     /// Buckets whose manager differs between `self` and `other`, ascending.
     /// Maps of different sizes number buckets differently, so then every
-    /// bucket of the larger map counts as changed.
+    /// bucket of the larger map counts as changed. One pass over the two tables
+    /// (member indices translated once), no per-bucket lookups.
     pub fn changed_buckets(&self, other: &UserMap) -> Vec<u16> {
         if self.table.len() != other.table.len() {
             let len = self.table.len().max(other.table.len());
             return (0..len).map(|slot| slot as u16).collect();
         }
-        (0..self.table.len())
-            .map(|slot| slot as u16)
-            .filter(|bucket| self.try_manager(*bucket) != other.try_manager(*bucket))
+        // Our member index -> the same node's index in `other` (or none).
+        const ABSENT: u32 = u32::MAX;
+        let translate: Vec<u32> = self
+            .members
+            .iter()
+            .map(|m| other.members.binary_search(m).map_or(ABSENT, |i| i as u32))
+            .collect();
+        self.table
+            .iter()
+            .zip(&other.table)
+            .enumerate()
+            .filter(|(_, (mine, theirs))| translate.get(**mine as usize) != Some(*theirs))
+            .map(|(slot, _)| slot as u16)
             .collect()
     }
+}
+
+/// The by-manager index of a table (a counting sort by manager index): every
+/// bucket grouped by manager, ascending within each group, and where each group
+/// starts (`members + 1` offsets).
+fn index_by_manager(members: usize, table: &[u32]) -> (Vec<u16>, Vec<u32>) {
+    let mut starts = vec![0u32; members + 1];
+    for &m in table {
+        if let Some(c) = starts.get_mut(m as usize + 1) {
+            *c += 1;
+        }
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    let mut by_manager = vec![0u16; table.len()];
+    for (slot, &m) in table.iter().enumerate() {
+        if let Some(at) = next.get_mut(m as usize) {
+            // The table has at most 65,536 slots, numbered by u16.
+            by_manager[*at as usize] = slot as u16;
+            *at += 1;
+        }
+    }
+    (by_manager, starts)
 }
 
 /// Salts of the keys of a node's table permutation.
@@ -184,32 +248,42 @@ const PERM_SALTS: [u64; 4] = [
 #[derive(Clone, Copy, Debug)]
 struct Preference {
     keys: [u64; 4],
-    bits: u32,
     size: u64,
+    /// `2^bits - 1` (all ones for 64 bits), and the two xorshift amounts: computed
+    /// once, since a table fill calls `mix` about B·ln B times.
+    mask: u64,
+    shift1: u32,
+    shift2: u32,
 }
 
 impl Preference {
     fn new(node: NodeId, size: u64) -> Preference {
         let bits = size.next_power_of_two().trailing_zeros();
+        let mut keys = PERM_SALTS.map(|salt| salted(node, salt));
+        // The multipliers must be odd; setting the bit once is what `mix` did.
+        keys[1] |= 1;
+        keys[2] |= 1;
         Preference {
-            keys: PERM_SALTS.map(|salt| salted(node, salt)),
-            bits,
+            keys,
             size,
+            mask: if bits >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << bits) - 1
+            },
+            shift1: bits / 2 + 1,
+            shift2: bits.div_ceil(2),
         }
     }
 
     fn mix(&self, x: u64) -> u64 {
-        let mask = if self.bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.bits) - 1
-        };
+        let mask = self.mask;
         let [k0, k1, k2, k3] = self.keys;
         let mut x = x.wrapping_add(k0) & mask;
-        x = x.wrapping_mul(k1 | 1) & mask;
-        x ^= x >> (self.bits / 2 + 1);
-        x = x.wrapping_mul(k2 | 1) & mask;
-        x ^= x >> self.bits.div_ceil(2);
+        x = x.wrapping_mul(k1) & mask;
+        x ^= x >> self.shift1;
+        x = x.wrapping_mul(k2) & mask;
+        x ^= x >> self.shift2;
         x.wrapping_add(k3) & mask
     }
 
@@ -236,18 +310,22 @@ fn maglev_table(members: &[NodeId], buckets: u32) -> Vec<u32> {
     let mut table = vec![FREE; buckets as usize];
     let mut filled = 0usize;
     while filled < table.len() {
-        for (index, pref) in prefs.iter().enumerate() {
+        for (index, (pref, next)) in prefs.iter().zip(next.iter_mut()).enumerate() {
             // Each list is a permutation of all slots, so a free one is found
             // within `size` steps while any slot is free.
+            let mut j = *next;
             loop {
-                let slot = pref.slot(next[index]) as usize;
-                next[index] += 1;
-                if table[slot] == FREE {
-                    table[slot] = index as u32;
+                let slot = pref.slot(j) as usize;
+                j += 1;
+                if let Some(owner) = table.get_mut(slot)
+                    && *owner == FREE
+                {
+                    *owner = index as u32;
                     filled += 1;
                     break;
                 }
             }
+            *next = j;
             if filled == table.len() {
                 break;
             }
@@ -480,6 +558,40 @@ mod tests {
             .sum();
         assert_eq!(all, 999);
         assert_eq!(map.buckets_of(40), 0);
+    }
+
+    #[test]
+    fn the_by_manager_index_lists_exactly_each_members_buckets() {
+        for (n, buckets) in [(1usize, 1u32), (3, 999), (7, 65_536), (20, 8)] {
+            let ids = node_ids(n, u64::from(buckets));
+            let map = UserMap::new(&ids, buckets);
+            for m in &ids {
+                let brute: Vec<u16> = (0..buckets)
+                    .map(|b| b as u16)
+                    .filter(|b| map.manager(*b) == *m)
+                    .collect();
+                assert_eq!(map.managed(*m), &brute[..], "N={n} B={buckets} node {m}");
+            }
+            assert!(map.managed(u64::MAX).is_empty());
+        }
+    }
+
+    #[test]
+    fn changed_buckets_across_removals_and_replacements_match_the_table() {
+        let all = node_ids(12, 5);
+        let before = UserMap::new(&all, DEFAULT_BUCKETS);
+        // One left, one replaced by a newcomer, and an unrelated member set.
+        let mut replaced = all[1..].to_vec();
+        replaced.push(9_999_999);
+        for other in [&all[1..], &replaced[..], &node_ids(5, 77)[..]] {
+            let after = UserMap::new(other, DEFAULT_BUCKETS);
+            let brute: Vec<u16> = (0..DEFAULT_BUCKETS)
+                .map(|b| b as u16)
+                .filter(|b| before.manager(*b) != after.manager(*b))
+                .collect();
+            assert_eq!(before.changed_buckets(&after), brute);
+            assert_eq!(after.changed_buckets(&before), brute);
+        }
     }
 
     #[test]

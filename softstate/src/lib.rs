@@ -23,6 +23,9 @@
 //! - [`machine`]: `SoftState`, the machine — mail maps and POP3 locks with per-bucket
 //!   completeness, reconstruction (reports, handovers, announces, asks, retries as
 //!   deadlines), sessions, placement.
+//! - `waits` (private): whom a manager still waits for, per bucket, kept as groups
+//!   (one bucket list and its nodes per view change) instead of a set per bucket.
+//! - `sorted` (private): bucket sets as sorted `Vec<u16>`s.
 //! - [`place`]: placement cost flat in N (mail map + power-of-two-choices samples).
 //! - [`sim`]: the seeded in-process cluster of machines with an in-memory fragment
 //!   model and the ground-truth checker (tests, `corebench`, the simulator).
@@ -37,8 +40,10 @@ pub mod nodeset;
 pub mod place;
 pub mod repair;
 pub mod sim;
+mod sorted;
 pub mod vecmap;
 pub mod view;
+mod waits;
 
 pub use load::{Figure, LoadTable, NEARLY_FULL_FLAG, encode_figure, is_nearly_full, queue_of};
 pub use machine::{Placement, Refused, Scan, SoftState, SoftStateConfig, Stats};

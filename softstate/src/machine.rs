@@ -48,8 +48,10 @@ use crate::message::{
 };
 use crate::nodeset::NodeSet;
 use crate::place::{Balance, Rng, choose, choose_extra, choose_random, choose_static};
+use crate::sorted;
 use crate::vecmap::VecMap;
 use crate::view::{Transition, ViewInfo};
+use crate::waits::Waits;
 
 /// Timings and seeds of a [`SoftState`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,14 +152,16 @@ pub struct Placement {
 pub struct Scan {
     /// Names the scan in [`SoftState::handle_scan`].
     pub id: u64,
-    /// The buckets; `None` means every bucket.
-    pub buckets: Option<BTreeSet<u16>>,
+    /// The buckets, ascending and distinct; `None` means every bucket.
+    pub buckets: Option<Vec<u16>>,
 }
 
 impl Scan {
     /// Whether users of `bucket` belong in the answer.
     pub fn wants(&self, bucket: u16) -> bool {
-        self.buckets.as_ref().is_none_or(|b| b.contains(&bucket))
+        self.buckets
+            .as_ref()
+            .is_none_or(|b| sorted::contains(b, bucket))
     }
 }
 
@@ -182,23 +186,14 @@ pub struct Stats {
 /// lookup compares bytes in the tree's own nodes (same order as `str`).
 type UserKey = compact_str::CompactString;
 
+/// A managed bucket's maps and locks. Whom it still waits for is in [`Waits`].
 #[derive(Debug, Default)]
 struct Bucket {
     users: VecMap<UserKey, NodeSet>,
     locks: BTreeMap<String, SessionId>,
-    /// Nodes that must still report for this bucket.
-    waiting: BTreeSet<NodeId>,
-    /// Old managers that must still hand this bucket over.
-    handoff_from: BTreeSet<NodeId>,
     /// No new POP3 lock before this time: a former manager that left the view without
     /// a handover may still be granting in its older view.
     no_lock_before: Option<Millis>,
-}
-
-impl Bucket {
-    fn complete(&self) -> bool {
-        self.waiting.is_empty() && self.handoff_from.is_empty()
-    }
 }
 
 #[derive(Debug)]
@@ -217,8 +212,8 @@ enum Status {
 
 #[derive(Debug)]
 struct Owed {
-    /// `None` = every bucket of the manager.
-    buckets: Option<BTreeSet<u16>>,
+    /// `None` = every bucket of the manager; else ascending, distinct.
+    buckets: Option<Vec<u16>>,
     users: Vec<String>,
     status: Status,
 }
@@ -240,6 +235,16 @@ pub struct SoftState {
     view: Option<Arc<ViewInfo>>,
     // --- manager side ---
     buckets: BTreeMap<u16, Bucket>,
+    /// Per managed bucket, the nodes that must still report it and the old managers
+    /// that must still hand it over.
+    waits: Waits,
+    /// Nodes whose full report (`Scope::All`) this manager took in the installed view:
+    /// they reported every bucket managed here, so a handover's waiting set naming
+    /// them must not make a bucket wait for them again.
+    took_full: BTreeSet<NodeId>,
+    /// A lock was granted since the last view change to a session whose process is
+    /// not in the view (the next change must scrub every bucket's locks).
+    stray_locks: bool,
     /// Sessions closed in this view while not holding the lock: a report that still
     /// names one (built before the close) must not lock the mailbox again.
     closed: BTreeSet<SessionId>,
@@ -293,6 +298,9 @@ impl SoftState {
             config,
             view: None,
             buckets: BTreeMap::new(),
+            waits: Waits::default(),
+            stray_locks: false,
+            took_full: BTreeSet::new(),
             closed: BTreeSet::new(),
             full_reported: BTreeSet::new(),
             ask_at: None,
@@ -360,8 +368,10 @@ impl SoftState {
         let me = self.me;
         let lock_grace_ms = self.config.lock_grace_ms;
         // Manager side. Buckets moving to another live manager leave first (they are
-        // handed over), then the buckets no longer ours; only the rest is scrubbed, so
-        // the work is O(buckets kept + moved), not O(buckets once managed).
+        // handed over), then the buckets no longer ours (named by the transition); the
+        // rest is scrubbed only if a process left. Waits are groups (see `Waits`), so
+        // the work is O(buckets moved) plus O(buckets kept) only when someone left,
+        // not O(buckets × members).
         let mut leaving: Vec<(NodeId, u16, Bucket)> = Vec::new();
         if let Some(outgoing) = t.outgoing.get(&me) {
             for (to, bs) in outgoing {
@@ -372,36 +382,74 @@ impl SoftState {
                 }
             }
         }
-        self.buckets.retain(|b, _| view.map.manager(*b) == me);
+        // The buckets no longer ours: those the transition names (it starts at our
+        // view, and we manage exactly that view's buckets of ours), else by lookup.
+        match t.lost.as_ref() {
+            Some(lost) => {
+                let mine = lost.get(&me).map_or(&[][..], Vec::as_slice);
+                if mine.len() * 4 > self.buckets.len() * 3 {
+                    // Most of them (a one-node view merging back): rebuild in bulk.
+                    self.buckets = std::mem::take(&mut self.buckets)
+                        .into_iter()
+                        .filter(|(b, _)| !sorted::contains(mine, *b))
+                        .collect();
+                } else {
+                    for b in mine {
+                        self.buckets.remove(b);
+                    }
+                }
+            }
+            None => self.buckets.retain(|b, _| view.map.manager(*b) == me),
+        }
         // Stale processes leave every map (and their locks); fresh ones must report.
         let mut ask_soon = false;
-        let kept = self.buckets.values_mut().map(|b| (true, b));
-        let moving = leaving.iter_mut().map(|(_, _, b)| (false, b));
-        for (ours, bucket) in kept.chain(moving) {
+        if !t.stale.is_empty() {
+            self.waits.retain_nodes(|n| !t.stale.contains(n));
+            for b in self.waits.handoff_buckets() {
+                let stale_sender = self.waits.handoff_from(b).any(|n| t.stale.contains(&n));
+                let bucket = match self.buckets.get_mut(&b) {
+                    Some(bucket) => Some((true, bucket)),
+                    None => leaving
+                        .iter_mut()
+                        .find(|(_, lb, _)| *lb == b)
+                        .map(|(_, _, bucket)| (false, bucket)),
+                };
+                let Some((ours, bucket)) = bucket.filter(|_| stale_sender) else {
+                    continue;
+                };
+                // The old manager died before handing over: everyone must report
+                // (they do not know it; they are asked at once). If it only left
+                // (a partition), it may still grant locks for a while.
+                if self
+                    .waits
+                    .handoff_from(b)
+                    .any(|n| !view.members.contains_key(&n))
+                {
+                    bucket.no_lock_before = Some(now.plus_ms(lock_grace_ms));
+                }
+                self.waits.retain_handoffs(b, |n| !t.stale.contains(n));
+                self.waits.wait_one(b, view.ids.iter().copied());
+                ask_soon |= ours;
+            }
+        }
+        // Kept buckets need scrubbing only if someone left, or if a lock may be held
+        // by a process outside the view (`open` takes any session): otherwise every
+        // map and lock names processes of the new view already.
+        let scrub_kept = !t.stale.is_empty() || self.stray_locks;
+        self.stray_locks = false;
+        let kept = self.buckets.values_mut().filter(|_| scrub_kept);
+        let moving = leaving.iter_mut().map(|(_, _, b)| b);
+        for bucket in kept.chain(moving) {
+            if bucket.users.is_empty() && bucket.locks.is_empty() {
+                // Most buckets: nothing to scrub.
+                continue;
+            }
             if !t.stale.is_empty() {
                 bucket.users.retain(|_, nodes| {
                     nodes.retain(|n| !t.stale.contains(n));
                     !nodes.is_empty()
                 });
-                bucket.waiting.retain(|n| !t.stale.contains(n));
-                if bucket.handoff_from.iter().any(|n| t.stale.contains(n)) {
-                    // The old manager died before handing over: everyone must report
-                    // (they do not know it; they are asked at once). If it only left
-                    // (a partition), it may still grant locks for a while.
-                    if bucket
-                        .handoff_from
-                        .iter()
-                        .any(|n| !view.members.contains_key(n))
-                    {
-                        bucket.no_lock_before = Some(now.plus_ms(lock_grace_ms));
-                    }
-                    bucket.handoff_from.retain(|n| !t.stale.contains(n));
-                    bucket.waiting.extend(view.ids.iter().copied());
-                    ask_soon |= ours;
-                }
             }
-            // Also on buckets handed over: our map lacks what fresh nodes hold.
-            bucket.waiting.extend(t.fresh.iter().copied());
             bucket
                 .locks
                 .retain(|_, s| view.has_process(s.node, s.incarnation));
@@ -419,6 +467,9 @@ impl SoftState {
             }
         }
         for (to, b, bucket) in leaving {
+            // Also on buckets handed over: our map lacks what fresh nodes hold.
+            let mut waiting = self.waits.waiting_on(b);
+            waiting.extend(t.fresh.iter().copied());
             let hb = HandedBucket {
                 bucket: b,
                 users: bucket
@@ -427,11 +478,14 @@ impl SoftState {
                     .map(|(u, n)| (u.into_string(), n.into_iter().collect()))
                     .collect(),
                 locks: bucket.locks.into_iter().collect(),
-                waiting: bucket.waiting.into_iter().collect(),
-                handoff_from: bucket.handoff_from.into_iter().collect(),
+                waiting: waiting.into_iter().collect(),
+                handoff_from: self.waits.handoff_from(b).collect(),
             };
             self.queue_handoff(to, hb);
         }
+        let buckets = &self.buckets;
+        self.waits.retain_buckets(|b| buckets.contains_key(&b));
+        let mut new_buckets: Vec<(u16, Bucket)> = Vec::new();
         if let Some(gained) = t.gained.get(&me) {
             let prev = self.view.as_deref();
             let resized = prev.is_some_and(|p| p.buckets() != view.buckets());
@@ -442,28 +496,34 @@ impl SoftState {
                     let old = p.map.manager(b);
                     resized || (old != me && !view.members.contains_key(&old))
                 });
-                self.buckets.insert(
+                new_buckets.push((
                     b,
                     Bucket {
-                        waiting: view.ids.iter().copied().collect(),
                         no_lock_before: departed.then(|| now.plus_ms(lock_grace_ms)),
                         ..Bucket::default()
                     },
-                );
+                ));
+                self.waits.reset(b);
             }
+            // A gained bucket waits on every member.
+            self.waits
+                .wait_group(gained.clone(), view.ids.iter().copied());
         }
         if let Some(incoming) = t.incoming.get(&me) {
             for &(b, from) in incoming {
-                self.buckets.insert(
-                    b,
-                    Bucket {
-                        waiting: t.fresh.clone(),
-                        handoff_from: BTreeSet::from([from]),
-                        ..Bucket::default()
-                    },
-                );
+                new_buckets.push((b, Bucket::default()));
+                self.waits.reset(b);
+                self.waits.wait_handoff(b, from);
             }
         }
+        self.insert_buckets(new_buckets);
+        // Every bucket managed here, kept or new, waits on every fresh member.
+        if !t.fresh.is_empty() {
+            // Exactly the keys of `self.buckets`, copied from the map's index.
+            let all: Vec<u16> = view.map.managed(me).to_vec();
+            self.waits.wait_group(all, t.fresh.iter().copied());
+        }
+        self.took_full.clear();
         self.self_handed = local.iter().map(|hb| hb.bucket).collect();
         for hb in local {
             self.apply_handed(now, &view, me, hb);
@@ -475,11 +535,7 @@ impl SoftState {
         } else {
             self.config.ask_after_ms
         };
-        self.ask_at = self
-            .buckets
-            .values()
-            .any(|b| !b.complete())
-            .then(|| now.plus_ms(ask_after_ms));
+        self.ask_at = (!self.waits.is_empty()).then(|| now.plus_ms(ask_after_ms));
 
         // Reporter side: carry over what a manager that kept its buckets still waits
         // for, then add what this change makes us owe.
@@ -487,7 +543,7 @@ impl SoftState {
         // to wait for us); a full report stays owed to the same process only.
         let mut owed: BTreeMap<NodeId, Owed> = BTreeMap::new();
         let new_entry = || Owed {
-            buckets: Some(BTreeSet::new()),
+            buckets: Some(Vec::new()),
             users: Vec::new(),
             status: Status::NeedsScan,
         };
@@ -512,8 +568,8 @@ impl SoftState {
                 Some(bs) => {
                     for b in bs {
                         let entry = owed.entry(view.map.manager(b)).or_insert_with(new_entry);
-                        if let Some(set) = entry.buckets.as_mut() {
-                            set.insert(b);
+                        if let Some(list) = entry.buckets.as_mut() {
+                            list.push(b);
                         }
                     }
                 }
@@ -525,8 +581,13 @@ impl SoftState {
             .is_some_and(|p| p.has_process(me, self.incarnation));
         for (m, bs) in &t.gained {
             let entry = owed.entry(*m).or_insert_with(new_entry);
-            if let Some(set) = entry.buckets.as_mut() {
-                set.extend(bs.iter().copied());
+            if let Some(list) = entry.buckets.as_mut() {
+                list.extend_from_slice(bs);
+            }
+        }
+        for o in owed.values_mut() {
+            if let Some(list) = o.buckets.take() {
+                o.buckets = Some(sorted::set_of(list));
             }
         }
         // A manager that is new to us (or we to it): a full report.
@@ -564,6 +625,40 @@ impl SoftState {
         self.flush(now);
     }
 
+    /// Start managing these buckets afresh (each replaces any bucket of its number).
+    /// Many at once (a one-node view: every bucket) are merged with the map in one
+    /// pass and the tree rebuilt in bulk, instead of one tree insert each.
+    fn insert_buckets(&mut self, mut new: Vec<(u16, Bucket)>) {
+        if new.len() <= self.buckets.len() * 2 {
+            for (b, bucket) in new {
+                self.buckets.insert(b, bucket);
+            }
+            return;
+        }
+        // Stable: of two entries for one bucket (none expected), the later wins below.
+        new.sort_by_key(|(b, _)| *b);
+        let mut merged: Vec<(u16, Bucket)> = Vec::with_capacity(self.buckets.len() + new.len());
+        let mut old = std::mem::take(&mut self.buckets).into_iter().peekable();
+        for (b, bucket) in new {
+            while let Some((o, _)) = old.peek() {
+                if *o >= b {
+                    break;
+                }
+                merged.extend(old.next());
+            }
+            if old.peek().is_some_and(|(o, _)| *o == b) {
+                old.next();
+            }
+            if merged.last().is_some_and(|(m, _)| *m == b) {
+                merged.pop();
+            }
+            merged.push((b, bucket));
+        }
+        merged.extend(old);
+        // Ascending and distinct: collecting builds the tree in bulk.
+        self.buckets = merged.into_iter().collect();
+    }
+
     /// Like a view install, for a simulation or benchmark that starts from a settled
     /// cluster: install `view` as complete, with these mail maps for the users this
     /// node manages (others are ignored) and nothing owed.
@@ -572,10 +667,15 @@ impl SoftState {
         view: Arc<ViewInfo>,
         maps: impl IntoIterator<Item = (String, Vec<NodeId>)>,
     ) {
-        self.buckets.clear();
-        for b in view.map.buckets_managed_by(self.me) {
-            self.buckets.insert(b, Bucket::default());
-        }
+        self.buckets = view
+            .map
+            .managed(self.me)
+            .iter()
+            .map(|b| (*b, Bucket::default()))
+            .collect();
+        self.waits.clear();
+        self.stray_locks = false;
+        self.took_full.clear();
         let buckets = view.buckets();
         for (user, nodes) in maps {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
@@ -596,20 +696,21 @@ impl SoftState {
         }
         let id = self.fresh_id();
         let mut all = false;
-        let mut buckets = BTreeSet::new();
+        let mut buckets: Vec<u16> = Vec::new();
         for m in std::mem::take(&mut self.needs_scan) {
             if let Some(o) = self.owed.get_mut(&m) {
                 o.status = Status::Scanning(id);
                 match &o.buckets {
                     None => all = true,
-                    Some(bs) => buckets.extend(bs.iter().copied()),
+                    Some(bs) if !all => buckets.extend_from_slice(bs),
+                    Some(_) => {}
                 }
             }
         }
         self.scan = Some(id);
         Some(Scan {
             id,
-            buckets: (!all).then_some(buckets),
+            buckets: (!all).then(|| sorted::set_of(buckets)),
         })
     }
 
@@ -643,7 +744,7 @@ impl SoftState {
             let mine = by_manager.get(&m).map(Vec::as_slice).unwrap_or(&[]);
             o.users = mine
                 .iter()
-                .filter(|(b, _)| o.buckets.as_ref().is_none_or(|bs| bs.contains(b)))
+                .filter(|(b, _)| o.buckets.as_ref().is_none_or(|bs| sorted::contains(bs, *b)))
                 .map(|(_, u)| u.clone())
                 .collect();
             o.status = Status::Ready;
@@ -750,16 +851,18 @@ impl SoftState {
             return Err(Refused::NotMember(ask.from));
         }
         let entry = self.owed.entry(ask.from).or_insert_with(|| Owed {
-            buckets: Some(BTreeSet::new()),
+            buckets: Some(Vec::new()),
             users: Vec::new(),
             status: Status::NeedsScan,
         });
-        if let Some(set) = entry.buckets.as_mut() {
-            set.extend(
+        if let Some(list) = entry.buckets.take() {
+            let mut list = list;
+            list.extend(
                 ask.buckets
                     .iter()
                     .filter(|b| view.map.manager(**b) == ask.from),
             );
+            entry.buckets = Some(sorted::set_of(list));
         }
         if !ask.buckets.is_empty() {
             entry.status = Status::NeedsScan;
@@ -827,10 +930,15 @@ impl SoftState {
                 bucket.locks.entry(user).or_insert(session);
             }
         }
-        bucket.waiting.extend(
+        let b = hb.bucket;
+        let took_full = &self.took_full;
+        // A node whose full report we took in this view reported this bucket too
+        // (vopr seed 2521: such a node was waited for again, and only asked 2 s later).
+        self.waits.wait_one(
+            b,
             hb.waiting
                 .into_iter()
-                .filter(|n| view.members.contains_key(n)),
+                .filter(|n| view.members.contains_key(n) && !took_full.contains(n)),
         );
         let mut orphaned = false;
         for n in hb.handoff_from {
@@ -841,7 +949,7 @@ impl SoftState {
                 // does: every node must report it.
                 orphaned |= !self.self_handed.contains(&hb.bucket);
             } else if view.members.contains_key(&n) {
-                bucket.handoff_from.insert(n);
+                self.waits.wait_handoff(b, n);
             } else {
                 // It died (or was cut off) before handing over: its map is lost, and
                 // if it lives it may still grant locks for a while.
@@ -849,13 +957,17 @@ impl SoftState {
                 bucket.no_lock_before = Some(now.plus_ms(self.config.lock_grace_ms));
             }
         }
-        bucket.handoff_from.remove(&from);
+        self.waits.handed(b, from);
         if orphaned {
-            bucket.waiting.extend(view.ids.iter().copied());
+            let took_full = &self.took_full;
+            self.waits.wait_one(
+                b,
+                view.ids.iter().copied().filter(|n| !took_full.contains(n)),
+            );
         }
         // Whoever this bucket now waits for is asked: at once when nobody else will
         // report it, else after the usual wait.
-        if !bucket.complete() {
+        if !self.waits.complete(b) {
             let delay_ms = if orphaned {
                 0
             } else {
@@ -952,7 +1064,7 @@ impl SoftState {
             }
             let scope = match &o.buckets {
                 None => Scope::All,
-                Some(bs) => Scope::Buckets(bs.iter().copied().collect()),
+                Some(bs) => Scope::Buckets(bs.clone()),
             };
             let buckets = view.buckets();
             let locks = self
@@ -960,7 +1072,8 @@ impl SoftState {
                 .iter()
                 .filter(|(_, user)| {
                     let b = bucket_of(user, buckets);
-                    view.map.manager(b) == m && o.buckets.as_ref().is_none_or(|bs| bs.contains(&b))
+                    view.map.manager(b) == m
+                        && o.buckets.as_ref().is_none_or(|bs| sorted::contains(bs, b))
                 })
                 .map(|(s, user)| (user.clone(), *s))
                 .collect();
@@ -1059,15 +1172,7 @@ impl SoftState {
         let Some(view) = self.view.clone() else {
             return;
         };
-        let mut per: BTreeMap<NodeId, (Vec<u16>, Vec<u16>)> = BTreeMap::new();
-        for (b, bucket) in &self.buckets {
-            for n in &bucket.waiting {
-                per.entry(*n).or_default().0.push(*b);
-            }
-            for n in &bucket.handoff_from {
-                per.entry(*n).or_default().1.push(*b);
-            }
-        }
+        let per = self.waits.asks();
         self.ask_at = (!per.is_empty()).then(|| now.plus_ms(self.config.ask_after_ms));
         for (n, (buckets, handoffs)) in per {
             let ask = Ask {
@@ -1118,9 +1223,8 @@ impl SoftState {
         }
         match &report.scope {
             Scope::All => {
-                for bucket in self.buckets.values_mut() {
-                    bucket.waiting.remove(&from);
-                }
+                self.waits.reported_all(from);
+                self.took_full.insert(from);
                 // A full report says its sender takes us for fresh (joined): its
                 // previous view lacked us, so it waits for our full report too. If
                 // we missed that view (dropped and re-added while we saw no change),
@@ -1137,13 +1241,7 @@ impl SoftState {
                     self.needs_scan.insert(from);
                 }
             }
-            Scope::Buckets(bs) => {
-                for b in bs {
-                    if let Some(bucket) = self.buckets.get_mut(b) {
-                        bucket.waiting.remove(&from);
-                    }
-                }
-            }
+            Scope::Buckets(bs) => self.waits.reported(from, bs),
         }
         let buckets = view.buckets();
         for user in report.users {
@@ -1189,7 +1287,7 @@ impl SoftState {
 
     fn complete(&self, user: &str) -> Result<(u16, Arc<ViewInfo>), Refused> {
         let (b, view) = self.managed(user)?;
-        if self.buckets.get(&b).is_some_and(|x| !x.complete()) {
+        if !self.waits.complete(b) {
             return Err(Refused::Rebuilding(b));
         }
         Ok((b, view))
@@ -1209,7 +1307,7 @@ impl SoftState {
         user: &str,
         session: SessionId,
     ) -> Result<Vec<NodeId>, Refused> {
-        let (b, _) = self.complete(user)?;
+        let (b, view) = self.complete(user)?;
         if view_lease_until.is_some_and(|t| now >= t) {
             return Err(Refused::LeaseExpired);
         }
@@ -1225,6 +1323,7 @@ impl SoftState {
             }
         }
         bucket.locks.insert(user.to_string(), session);
+        self.stray_locks |= !view.has_process(session.node, session.incarnation);
         Ok(bucket
             .users
             .get(user)
@@ -1379,9 +1478,9 @@ impl SoftState {
     /// Every user of a complete bucket with its mail map (for repair passes).
     pub fn snapshot(&self) -> Vec<(String, Vec<NodeId>)> {
         self.buckets
-            .values()
-            .filter(|b| b.complete())
-            .flat_map(|b| {
+            .iter()
+            .filter(|(b, _)| self.waits.complete(**b))
+            .flat_map(|(_, b)| {
                 b.users
                     .iter()
                     .map(|(u, s)| (u.to_string(), s.iter().copied().collect()))
@@ -1391,21 +1490,17 @@ impl SoftState {
 
     /// Whether a view is installed and every bucket this node manages is complete.
     pub fn is_complete(&self) -> bool {
-        self.view.is_some() && self.buckets.values().all(|b| b.complete())
+        self.view.is_some() && self.waits.is_empty()
     }
 
     /// Buckets managed here that are still rebuilding.
     pub fn buckets_rebuilding(&self) -> usize {
-        self.buckets.values().filter(|b| !b.complete()).count()
+        self.waits.rebuilding().len()
     }
 
     /// The managed buckets still rebuilding, ascending.
     pub fn rebuilding(&self) -> Vec<u16> {
-        self.buckets
-            .iter()
-            .filter(|(_, b)| !b.complete())
-            .map(|(id, _)| *id)
-            .collect()
+        self.waits.rebuilding()
     }
 
     /// Whether nothing is owed, in flight or waiting (reconstruction settled here).
@@ -1422,13 +1517,15 @@ impl SoftState {
         let managed = self.buckets.get(&b).map(|x| {
             format!(
                 "users {:?} waiting {:?} handoff_from {:?}",
-                x.users, x.waiting, x.handoff_from
+                x.users,
+                self.waits.waiting_on(b),
+                self.waits.handoff_from(b).collect::<Vec<_>>()
             )
         });
         let owed: Vec<(NodeId, Status)> = self
             .owed
             .iter()
-            .filter(|(_, o)| o.buckets.as_ref().is_none_or(|bs| bs.contains(&b)))
+            .filter(|(_, o)| o.buckets.as_ref().is_none_or(|bs| sorted::contains(bs, b)))
             .map(|(m, o)| (*m, o.status))
             .collect();
         let out: Vec<NodeId> = self
@@ -1560,7 +1657,7 @@ mod tests {
         );
         s.install_view_with(Millis(5), v2.clone(), &t);
         let scan = s.poll_scan().expect("a scan");
-        let moved: BTreeSet<u16> = t.gained.values().flatten().copied().collect();
+        let moved: Vec<u16> = sorted::set_of(t.gained.values().flatten().copied().collect());
         assert_eq!(scan.buckets.as_ref(), Some(&moved));
         s.handle_scan(Millis(6), scan.id, vec![(moved_b, moved_user.clone())]);
         let to_node2 = v2.map.manager(moved_b) == 2;
@@ -1792,7 +1889,7 @@ mod tests {
         drain(&mut s);
         s.handle_delivered(2);
         let gained: Vec<u16> = (0..B as u16)
-            .filter(|b| v2.map.manager(*b) == 1 && s.buckets.get(b).is_some_and(|x| !x.complete()))
+            .filter(|b| v2.map.manager(*b) == 1 && !s.waits.complete(*b))
             .collect();
         assert!(!gained.is_empty());
         assert_eq!(s.poll_timeout(), Some(Millis(2000)));

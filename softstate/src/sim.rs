@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use membership::{Millis, NodeId, bucket_of};
+use membership::{Epoch, Millis, NodeId, bucket_of};
 
 use crate::machine::{SoftState, SoftStateConfig};
 use crate::message::{Note, Transmit};
@@ -111,6 +111,64 @@ pub struct Sim {
     /// One side of a network partition: messages between it and the rest are
     /// refused.
     pub cut: Option<BTreeSet<NodeId>>,
+    /// Transitions already computed, shared by the machines that install them.
+    transitions: Transitions,
+}
+
+/// Transitions by (previous epoch, new epoch), each with the two views it was
+/// computed from: a machine whose views differ (which membership's checker would
+/// flag) gets its own, so sharing never changes what a machine installs.
+#[derive(Default)]
+struct Transitions {
+    known: BTreeMap<(Option<Epoch>, Epoch), Shared>,
+}
+
+struct Shared {
+    prev: Option<Arc<ViewInfo>>,
+    next: Arc<ViewInfo>,
+    transition: Arc<Transition>,
+}
+
+/// Whether two views are the same: epoch, processes and member set of the map
+/// (O(N), not a compare of the B-slot tables).
+fn same_view(a: &ViewInfo, b: &ViewInfo) -> bool {
+    a.epoch == b.epoch
+        && a.members == b.members
+        && (Arc::ptr_eq(&a.map, &b.map)
+            || (a.map.buckets() == b.map.buckets() && a.map.members() == b.map.members()))
+}
+
+impl Transitions {
+    const KEPT_MAX: usize = 1024;
+
+    /// The transition from `prev` to `next`, computed once per pair.
+    fn get(&mut self, prev: Option<&Arc<ViewInfo>>, next: &Arc<ViewInfo>) -> Arc<Transition> {
+        let key = (prev.map(|p| p.epoch), next.epoch);
+        if let Some(s) = self.known.get(&key) {
+            let prev_same = match (&s.prev, prev) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || same_view(a, b),
+                _ => false,
+            };
+            if prev_same && (Arc::ptr_eq(&s.next, next) || same_view(&s.next, next)) {
+                return s.transition.clone();
+            }
+        }
+        let transition = Arc::new(Transition::between(prev.map(|p| &**p), next));
+        if self.known.len() >= Self::KEPT_MAX {
+            // A bound on what a long run keeps; dropping only costs a recomputation.
+            self.known.clear();
+        }
+        self.known.insert(
+            key,
+            Shared {
+                prev: prev.cloned(),
+                next: next.clone(),
+                transition: transition.clone(),
+            },
+        );
+        transition
+    }
 }
 
 impl Sim {
@@ -131,6 +189,7 @@ impl Sim {
             running: BTreeSet::new(),
             frozen: BTreeSet::new(),
             cut: None,
+            transitions: Transitions::default(),
         }
     }
 
@@ -175,9 +234,10 @@ impl Sim {
     }
 
     /// Install `view` on the given members (default: all of them), sharing one
-    /// transition among machines that come from the same epoch.
+    /// transition among machines that come from the same view: transitions are kept
+    /// by (previous epoch, new epoch) across calls, so a driver installing a view
+    /// one node at a time (the cluster simulator) computes each pair once.
     pub fn install(&mut self, view: Arc<ViewInfo>, on: Option<&[NodeId]>) {
-        let mut transitions: BTreeMap<Option<membership::Epoch>, Transition> = BTreeMap::new();
         let targets: Vec<NodeId> = match on {
             Some(ids) => ids.to_vec(),
             None => view.ids.clone(),
@@ -186,11 +246,8 @@ impl Sim {
             let Some(node) = self.nodes.get_mut(&id) else {
                 continue;
             };
-            let from = node.epoch();
-            let t = transitions
-                .entry(from)
-                .or_insert_with(|| Transition::between(node.view().map(|v| &**v), &view));
-            node.install_view_with(self.now, view.clone(), t);
+            let t = self.transitions.get(node.view(), &view);
+            node.install_view_with(self.now, view.clone(), &t);
             self.dirty.insert(id);
         }
         self.view = Some(view);

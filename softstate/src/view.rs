@@ -64,8 +64,10 @@ impl ViewInfo {
 }
 
 /// What changed from one view to the next, as the soft state needs it. Computed
-/// once per pair of views (O(B + N log N)) and shareable by every machine that
-/// installs the same pair (the simulator, the benchmark).
+/// once per pair of views and shareable by every machine that installs the same
+/// pair (the simulator, the benchmark): one pass comparing the two user maps'
+/// tables (O(B) word compares, no per-bucket lookups), then work proportional to
+/// the buckets that changed manager or belong to a fresh manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     /// The epoch of the previous view (`None`: no previous view).
@@ -81,6 +83,10 @@ pub struct Transition {
     pub outgoing: BTreeMap<NodeId, BTreeMap<NodeId, Vec<u16>>>,
     /// New manager -> (bucket, old manager) of the same moves.
     pub incoming: BTreeMap<NodeId, Vec<(u16, NodeId)>>,
+    /// Old manager -> buckets it no longer manages, ascending (every bucket whose
+    /// manager id changed). `None` when the two maps cannot be compared (no previous
+    /// view, or another bucket count).
+    pub lost: Option<BTreeMap<NodeId, Vec<u16>>>,
     /// Members of the new view that were not in the previous one as the same process
     /// (joined, or restarted with a new incarnation). They report all their fragments,
     /// and every manager waits for them.
@@ -108,33 +114,86 @@ impl Transition {
                     .collect()
             })
             .unwrap_or_default();
-        let mut gained: BTreeMap<NodeId, Vec<u16>> = BTreeMap::new();
-        let mut outgoing: BTreeMap<NodeId, BTreeMap<NodeId, Vec<u16>>> = BTreeMap::new();
-        let mut incoming: BTreeMap<NodeId, Vec<(u16, NodeId)>> = BTreeMap::new();
-        let resized = prev.is_some_and(|p| p.map.buckets() != next.map.buckets());
-        for slot in 0..next.map.buckets() {
-            let bucket = slot as u16;
-            let manager = next.map.manager(bucket);
-            let old = match prev {
-                Some(p) if !resized => Some(p.map.manager(bucket)),
-                _ => None,
+        let old_map = prev
+            .map(|p| &p.map)
+            .filter(|m| m.buckets() == next.map.buckets());
+        // Only these buckets can be anything but kept: those whose manager changed
+        // and those of a fresh manager (a restarted node keeps its id and its
+        // buckets, but not its maps). Without a comparable previous map, all.
+        let candidates: Vec<u16> = match old_map {
+            Some(old) => {
+                let mut c = if Arc::ptr_eq(old, &next.map) {
+                    Vec::new()
+                } else {
+                    old.changed_buckets(&next.map)
+                };
+                let before = c.len();
+                for m in &fresh {
+                    c.extend_from_slice(next.map.managed(*m));
+                }
+                if c.len() > before {
+                    c = crate::sorted::set_of(c);
+                }
+                c
+            }
+            None => (0..next.map.buckets()).map(|slot| slot as u16).collect(),
+        };
+        // Per member index (new map for managers, old map for old managers), so a
+        // candidate costs two table reads and no tree lookup.
+        let new_ids = next.map.members();
+        let new_fresh: Vec<bool> = new_ids.iter().map(|m| fresh.contains(m)).collect();
+        let old_ids = old_map.map_or(&[][..], |m| m.members());
+        let old_stale: Vec<bool> = old_ids.iter().map(|m| stale.contains(m)).collect();
+        let mut gained_by: Vec<Vec<u16>> = vec![Vec::new(); new_ids.len()];
+        let mut lost_by: Vec<Vec<u16>> = vec![Vec::new(); old_ids.len()];
+        let mut moves: Vec<(u16, NodeId, NodeId)> = Vec::new();
+        for bucket in candidates {
+            let Some(ni) = next.map.manager_index(bucket) else {
+                continue;
             };
+            let manager = new_ids[ni];
+            let manager_fresh = new_fresh[ni];
+            let old = old_map.and_then(|m| m.manager_index(bucket));
+            if let Some(oi) = old
+                && old_ids[oi] != manager
+            {
+                lost_by[oi].push(bucket);
+            }
             match old {
                 // Same manager process: kept.
-                Some(o) if o == manager && !fresh.contains(&manager) => {}
+                Some(oi) if old_ids[oi] == manager && !manager_fresh => {}
                 // A live old manager hands over to a live, not new, manager (a fresh
                 // manager gets full reports from everyone anyway).
-                Some(o) if o != manager && !stale.contains(&o) && !fresh.contains(&manager) => {
-                    outgoing
-                        .entry(o)
-                        .or_default()
-                        .entry(manager)
-                        .or_default()
-                        .push(bucket);
-                    incoming.entry(manager).or_default().push((bucket, o));
+                Some(oi) if old_ids[oi] != manager && !old_stale[oi] && !manager_fresh => {
+                    moves.push((bucket, old_ids[oi], manager));
                 }
-                _ => gained.entry(manager).or_default().push(bucket),
+                _ => gained_by[ni].push(bucket),
             }
+        }
+        let gained: BTreeMap<NodeId, Vec<u16>> = new_ids
+            .iter()
+            .zip(gained_by)
+            .filter(|(_, bs)| !bs.is_empty())
+            .map(|(m, bs)| (*m, bs))
+            .collect();
+        let lost = old_map.map(|_| {
+            old_ids
+                .iter()
+                .zip(lost_by)
+                .filter(|(_, bs)| !bs.is_empty())
+                .map(|(m, bs)| (*m, bs))
+                .collect()
+        });
+        let mut outgoing: BTreeMap<NodeId, BTreeMap<NodeId, Vec<u16>>> = BTreeMap::new();
+        let mut incoming: BTreeMap<NodeId, Vec<(u16, NodeId)>> = BTreeMap::new();
+        for (bucket, o, manager) in moves {
+            outgoing
+                .entry(o)
+                .or_default()
+                .entry(manager)
+                .or_default()
+                .push(bucket);
+            incoming.entry(manager).or_default().push((bucket, o));
         }
         Transition {
             from: prev.map(|p| p.epoch),
@@ -142,6 +201,7 @@ impl Transition {
             gained,
             outgoing,
             incoming,
+            lost,
             fresh,
             stale,
         }
