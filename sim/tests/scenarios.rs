@@ -201,6 +201,12 @@ const REGRESSION_SEEDS: &[(u64, u64)] = &[
     // manager already took in this view).
     (2521, 50),
     (6875, 50),
+    // 6304 (on the SMTP stream before d666ccb; it passes on today's stream): after
+    // a partition healed, node 14, in the merged view, locked u0 at manager 35, still
+    // in its own side's view without 14, while 18, u0's manager in 14's old view
+    // (lease running), locked u0 for node 2 (fixed: `open` refuses a session whose
+    // process is not in the manager's view).
+    (6304, 50),
 ];
 
 #[test]

@@ -242,9 +242,6 @@ pub struct SoftState {
     /// they reported every bucket managed here, so a handover's waiting set naming
     /// them must not make a bucket wait for them again.
     took_full: BTreeSet<NodeId>,
-    /// A lock was granted since the last view change to a session whose process is
-    /// not in the view (the next change must scrub every bucket's locks).
-    stray_locks: bool,
     /// Sessions closed in this view while not holding the lock: a report that still
     /// names one (built before the close) must not lock the mailbox again.
     closed: BTreeSet<SessionId>,
@@ -299,7 +296,6 @@ impl SoftState {
             view: None,
             buckets: BTreeMap::new(),
             waits: Waits::default(),
-            stray_locks: false,
             took_full: BTreeSet::new(),
             closed: BTreeSet::new(),
             full_reported: BTreeSet::new(),
@@ -432,11 +428,10 @@ impl SoftState {
                 ask_soon |= ours;
             }
         }
-        // Kept buckets need scrubbing only if someone left, or if a lock may be held
-        // by a process outside the view (`open` takes any session): otherwise every
-        // map and lock names processes of the new view already.
-        let scrub_kept = !t.stale.is_empty() || self.stray_locks;
-        self.stray_locks = false;
+        // Kept buckets need scrubbing only if someone left: otherwise every map and
+        // lock names processes of the new view already (`open` takes only sessions
+        // of the view's processes).
+        let scrub_kept = !t.stale.is_empty();
         let kept = self.buckets.values_mut().filter(|_| scrub_kept);
         let moving = leaving.iter_mut().map(|(_, _, b)| b);
         for bucket in kept.chain(moving) {
@@ -674,7 +669,6 @@ impl SoftState {
             .map(|b| (*b, Bucket::default()))
             .collect();
         self.waits.clear();
-        self.stray_locks = false;
         self.took_full.clear();
         let buckets = view.buckets();
         for (user, nodes) in maps {
@@ -1298,8 +1292,10 @@ impl SoftState {
     /// (`Membership::view_lease_until`: `None` for a one-node view). Refused while
     /// the user's bucket is rebuilding (never a partial map), once the lease has run
     /// out (this node may have been cut off or paused long enough for the others to
-    /// hand its buckets to new managers), and, for a new holder, during the bucket's
-    /// lock grace.
+    /// hand its buckets to new managers), for a session whose process is not in
+    /// this node's view (`Refused::NotMember`: its node is on another view, whose
+    /// manager of the bucket may lock the mailbox too), and, for a new holder,
+    /// during the bucket's lock grace.
     pub fn open(
         &mut self,
         now: Millis,
@@ -1310,6 +1306,13 @@ impl SoftState {
         let (b, view) = self.complete(user)?;
         if view_lease_until.is_some_and(|t| now >= t) {
             return Err(Refused::LeaseExpired);
+        }
+        // Only a session of a process in our view: one from outside is on another
+        // view, where another manager of this bucket (ours in its old view, its
+        // lease still running) may grant the same mailbox to a view-mate of the
+        // session (`sim vopr` seed 6304, on the SMTP stream before d666ccb).
+        if !view.has_process(session.node, session.incarnation) {
+            return Err(Refused::NotMember(session.node));
         }
         let bucket = self.buckets.get_mut(&b).ok_or(Refused::NotManager(b))?;
         match bucket.locks.get(user) {
@@ -1323,7 +1326,6 @@ impl SoftState {
             }
         }
         bucket.locks.insert(user.to_string(), session);
-        self.stray_locks |= !view.has_process(session.node, session.incarnation);
         Ok(bucket
             .users
             .get(user)
@@ -1845,6 +1847,40 @@ mod tests {
         );
         s.close(&a, held);
         assert_eq!(s.open(Millis(0), None, &a, mine), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_session_of_a_process_outside_the_view_gets_no_lock() {
+        // Seed 6304: node 14, already in a merged view, opened at manager 35, still
+        // in a view without 14, while 18, manager in 14's old view (lease running),
+        // locked the same mailbox for a view-mate of 14.
+        let v = view(2, &[(1, 10), (2, 20)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(v.clone(), []);
+        let a = user_of(&v, 1, 0);
+        let outsider = SessionId {
+            node: 3,
+            incarnation: 30,
+            seq: 1,
+        };
+        let restarted = SessionId {
+            node: 2,
+            incarnation: 21,
+            seq: 1,
+        };
+        assert_eq!(
+            s.open(Millis(0), None, &a, outsider),
+            Err(Refused::NotMember(3))
+        );
+        assert_eq!(
+            s.open(Millis(0), None, &a, restarted),
+            Err(Refused::NotMember(2))
+        );
+        let member = SessionId {
+            incarnation: 20,
+            ..restarted
+        };
+        assert_eq!(s.open(Millis(0), None, &a, member), Ok(vec![]));
     }
 
     #[test]
