@@ -207,6 +207,13 @@ const REGRESSION_SEEDS: &[(u64, u64)] = &[
     // (lease running), locked u0 for node 2 (fixed: `open` refuses a session whose
     // process is not in the manager's view).
     (6304, 50),
+    // 1504 (on the SMTP stream before d666ccb): manager 11, paused 18.4-40 s, came
+    // back in view (9, 9) keeping bucket 11461 with its 18 s map; node 10, which got
+    // u67's mail meanwhile under manager 6, owed 11 a full report that 11 did not
+    // wait for, and 11 handed the stale map to 6 at the next change (fixed: a full
+    // report from a node not taken for fresh makes every managed bucket wait on
+    // every member again).
+    (1504, 50),
 ];
 
 #[test]

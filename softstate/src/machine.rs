@@ -247,6 +247,13 @@ pub struct SoftState {
     closed: BTreeSet<SessionId>,
     /// Managers owed (or sent) a full report in the installed view.
     full_reported: BTreeSet<NodeId>,
+    /// When the installed view was installed (a rebuild started later asks from
+    /// then on).
+    installed_at: Millis,
+    /// Every bucket managed here waits on every member again in this view: a full
+    /// report from a node we did not take for fresh showed that we missed views,
+    /// so our kept maps may lack what was stored meanwhile under other managers.
+    rebuilding_all: bool,
     ask_at: Option<Millis>,
     // --- reporter side ---
     sessions: BTreeMap<SessionId, String>,
@@ -299,6 +306,8 @@ impl SoftState {
             took_full: BTreeSet::new(),
             closed: BTreeSet::new(),
             full_reported: BTreeSet::new(),
+            installed_at: Millis(0),
+            rebuilding_all: false,
             ask_at: None,
             sessions: BTreeMap::new(),
             session_seq: 0,
@@ -519,6 +528,8 @@ impl SoftState {
             self.waits.wait_group(all, t.fresh.iter().copied());
         }
         self.took_full.clear();
+        self.installed_at = now;
+        self.rebuilding_all = false;
         self.self_handed = local.iter().map(|hb| hb.bucket).collect();
         for hb in local {
             self.apply_handed(now, &view, me, hb);
@@ -670,6 +681,7 @@ impl SoftState {
             .collect();
         self.waits.clear();
         self.took_full.clear();
+        self.rebuilding_all = false;
         let buckets = view.buckets();
         for (user, nodes) in maps {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
@@ -972,6 +984,30 @@ impl SoftState {
         }
     }
 
+    /// Make every bucket managed here wait on every member whose full report we
+    /// have not taken in this view (see `rebuilding_all`).
+    fn rebuild_all(&mut self, view: &ViewInfo) {
+        self.rebuilding_all = true;
+        let took_full = &self.took_full;
+        self.waits.wait_group(
+            view.map.managed(self.me).to_vec(),
+            view.ids.iter().copied().filter(|n| !took_full.contains(n)),
+        );
+        if !self.took_full.contains(&self.me) && self.full_reported.insert(self.me) {
+            self.owed.insert(
+                self.me,
+                Owed {
+                    buckets: None,
+                    users: Vec::new(),
+                    status: Status::NeedsScan,
+                },
+            );
+            self.needs_scan.insert(self.me);
+        }
+        let at = self.installed_at.plus_ms(self.config.ask_after_ms);
+        self.ask_at = Some(self.ask_at.map_or(at, |a| a.min(at)));
+    }
+
     /// An old manager's handover (see [`Handoff`]), received at `now`.
     pub fn handle_handoff(&mut self, now: Millis, note: Handoff) -> Result<(), Refused> {
         let view = self.current(note.epoch)?;
@@ -1233,6 +1269,15 @@ impl SoftState {
                         },
                     );
                     self.needs_scan.insert(from);
+                    // We missed views, so the maps of the buckets we kept may lack
+                    // what holders stored meanwhile under other managers (vopr seed
+                    // 1504: manager 11, paused 21.6 s, kept bucket 11461 with its
+                    // old map and handed it over without node 10's later mail):
+                    // every bucket managed here waits on every member again, as if
+                    // gained, ourselves included (we owe ourselves a full report).
+                    if !self.rebuilding_all {
+                        self.rebuild_all(&view);
+                    }
                 }
             }
             Scope::Buckets(bs) => self.waits.reported(from, bs),
@@ -2146,7 +2191,11 @@ mod tests {
             users: vec![],
             locks: vec![],
         };
+        assert!(s.is_complete());
         s.handle_report(full(1)).expect("taken");
+        // We missed views: our kept maps may be stale, so every bucket we manage
+        // waits on every member again (vopr seed 1504).
+        assert!(!s.is_complete(), "rebuilding after missed views");
         let scan = s.poll_scan().expect("a scan for node 1");
         assert_eq!(scan.buckets, None);
         s.handle_scan(Millis(1), scan.id, vec![]);
@@ -2169,5 +2218,8 @@ mod tests {
         s.handle_delivered(out[0].token);
         s.handle_report(full(1)).expect("taken");
         assert_eq!(s.poll_scan(), None);
+        assert!(!s.is_complete(), "node 2 has not reported yet");
+        s.handle_report(full(2)).expect("taken");
+        assert!(s.is_complete(), "every member reported");
     }
 }
