@@ -242,14 +242,18 @@ pub struct SoftState {
     /// they reported every bucket managed here, so a handover's waiting set naming
     /// them must not make a bucket wait for them again.
     took_full: BTreeSet<NodeId>,
-    /// A lock was granted since the last view change to a session whose process is
-    /// not in the view (the next change must scrub every bucket's locks).
-    stray_locks: bool,
     /// Sessions closed in this view while not holding the lock: a report that still
     /// names one (built before the close) must not lock the mailbox again.
     closed: BTreeSet<SessionId>,
     /// Managers owed (or sent) a full report in the installed view.
     full_reported: BTreeSet<NodeId>,
+    /// When the installed view was installed (a rebuild started later asks from
+    /// then on).
+    installed_at: Millis,
+    /// Every bucket managed here waits on every member again in this view: a full
+    /// report from a node we did not take for fresh showed that we missed views,
+    /// so our kept maps may lack what was stored meanwhile under other managers.
+    rebuilding_all: bool,
     ask_at: Option<Millis>,
     // --- reporter side ---
     sessions: BTreeMap<SessionId, String>,
@@ -299,10 +303,11 @@ impl SoftState {
             view: None,
             buckets: BTreeMap::new(),
             waits: Waits::default(),
-            stray_locks: false,
             took_full: BTreeSet::new(),
             closed: BTreeSet::new(),
             full_reported: BTreeSet::new(),
+            installed_at: Millis(0),
+            rebuilding_all: false,
             ask_at: None,
             sessions: BTreeMap::new(),
             session_seq: 0,
@@ -432,11 +437,10 @@ impl SoftState {
                 ask_soon |= ours;
             }
         }
-        // Kept buckets need scrubbing only if someone left, or if a lock may be held
-        // by a process outside the view (`open` takes any session): otherwise every
-        // map and lock names processes of the new view already.
-        let scrub_kept = !t.stale.is_empty() || self.stray_locks;
-        self.stray_locks = false;
+        // Kept buckets need scrubbing only if someone left: otherwise every map and
+        // lock names processes of the new view already (`open` takes only sessions
+        // of the view's processes).
+        let scrub_kept = !t.stale.is_empty();
         let kept = self.buckets.values_mut().filter(|_| scrub_kept);
         let moving = leaving.iter_mut().map(|(_, _, b)| b);
         for bucket in kept.chain(moving) {
@@ -524,6 +528,8 @@ impl SoftState {
             self.waits.wait_group(all, t.fresh.iter().copied());
         }
         self.took_full.clear();
+        self.installed_at = now;
+        self.rebuilding_all = false;
         self.self_handed = local.iter().map(|hb| hb.bucket).collect();
         for hb in local {
             self.apply_handed(now, &view, me, hb);
@@ -674,8 +680,8 @@ impl SoftState {
             .map(|b| (*b, Bucket::default()))
             .collect();
         self.waits.clear();
-        self.stray_locks = false;
         self.took_full.clear();
+        self.rebuilding_all = false;
         let buckets = view.buckets();
         for (user, nodes) in maps {
             if let Some(bucket) = self.buckets.get_mut(&bucket_of(&user, buckets)) {
@@ -978,6 +984,30 @@ impl SoftState {
         }
     }
 
+    /// Make every bucket managed here wait on every member whose full report we
+    /// have not taken in this view (see `rebuilding_all`).
+    fn rebuild_all(&mut self, view: &ViewInfo) {
+        self.rebuilding_all = true;
+        let took_full = &self.took_full;
+        self.waits.wait_group(
+            view.map.managed(self.me).to_vec(),
+            view.ids.iter().copied().filter(|n| !took_full.contains(n)),
+        );
+        if !self.took_full.contains(&self.me) && self.full_reported.insert(self.me) {
+            self.owed.insert(
+                self.me,
+                Owed {
+                    buckets: None,
+                    users: Vec::new(),
+                    status: Status::NeedsScan,
+                },
+            );
+            self.needs_scan.insert(self.me);
+        }
+        let at = self.installed_at.plus_ms(self.config.ask_after_ms);
+        self.ask_at = Some(self.ask_at.map_or(at, |a| a.min(at)));
+    }
+
     /// An old manager's handover (see [`Handoff`]), received at `now`.
     pub fn handle_handoff(&mut self, now: Millis, note: Handoff) -> Result<(), Refused> {
         let view = self.current(note.epoch)?;
@@ -1239,6 +1269,15 @@ impl SoftState {
                         },
                     );
                     self.needs_scan.insert(from);
+                    // We missed views, so the maps of the buckets we kept may lack
+                    // what holders stored meanwhile under other managers (vopr seed
+                    // 1504: manager 11, paused 21.6 s, kept bucket 11461 with its
+                    // old map and handed it over without node 10's later mail):
+                    // every bucket managed here waits on every member again, as if
+                    // gained, ourselves included (we owe ourselves a full report).
+                    if !self.rebuilding_all {
+                        self.rebuild_all(&view);
+                    }
                 }
             }
             Scope::Buckets(bs) => self.waits.reported(from, bs),
@@ -1298,8 +1337,10 @@ impl SoftState {
     /// (`Membership::view_lease_until`: `None` for a one-node view). Refused while
     /// the user's bucket is rebuilding (never a partial map), once the lease has run
     /// out (this node may have been cut off or paused long enough for the others to
-    /// hand its buckets to new managers), and, for a new holder, during the bucket's
-    /// lock grace.
+    /// hand its buckets to new managers), for a session whose process is not in
+    /// this node's view (`Refused::NotMember`: its node is on another view, whose
+    /// manager of the bucket may lock the mailbox too), and, for a new holder,
+    /// during the bucket's lock grace.
     pub fn open(
         &mut self,
         now: Millis,
@@ -1310,6 +1351,13 @@ impl SoftState {
         let (b, view) = self.complete(user)?;
         if view_lease_until.is_some_and(|t| now >= t) {
             return Err(Refused::LeaseExpired);
+        }
+        // Only a session of a process in our view: one from outside is on another
+        // view, where another manager of this bucket (ours in its old view, its
+        // lease still running) may grant the same mailbox to a view-mate of the
+        // session (`sim vopr` seed 6304, on the SMTP stream before d666ccb).
+        if !view.has_process(session.node, session.incarnation) {
+            return Err(Refused::NotMember(session.node));
         }
         let bucket = self.buckets.get_mut(&b).ok_or(Refused::NotManager(b))?;
         match bucket.locks.get(user) {
@@ -1323,7 +1371,6 @@ impl SoftState {
             }
         }
         bucket.locks.insert(user.to_string(), session);
-        self.stray_locks |= !view.has_process(session.node, session.incarnation);
         Ok(bucket
             .users
             .get(user)
@@ -1848,6 +1895,40 @@ mod tests {
     }
 
     #[test]
+    fn a_session_of_a_process_outside_the_view_gets_no_lock() {
+        // Seed 6304: node 14, already in a merged view, opened at manager 35, still
+        // in a view without 14, while 18, manager in 14's old view (lease running),
+        // locked the same mailbox for a view-mate of 14.
+        let v = view(2, &[(1, 10), (2, 20)]);
+        let mut s = SoftState::new(1, 10, SoftStateConfig::default());
+        s.install_settled(v.clone(), []);
+        let a = user_of(&v, 1, 0);
+        let outsider = SessionId {
+            node: 3,
+            incarnation: 30,
+            seq: 1,
+        };
+        let restarted = SessionId {
+            node: 2,
+            incarnation: 21,
+            seq: 1,
+        };
+        assert_eq!(
+            s.open(Millis(0), None, &a, outsider),
+            Err(Refused::NotMember(3))
+        );
+        assert_eq!(
+            s.open(Millis(0), None, &a, restarted),
+            Err(Refused::NotMember(2))
+        );
+        let member = SessionId {
+            incarnation: 20,
+            ..restarted
+        };
+        assert_eq!(s.open(Millis(0), None, &a, member), Ok(vec![]));
+    }
+
+    #[test]
     fn a_store_placed_in_another_epoch_is_announced_until_taken() {
         let v = view(2, &[(1, 10), (2, 20)]);
         let mut s = SoftState::new(1, 10, SoftStateConfig::default());
@@ -2110,7 +2191,11 @@ mod tests {
             users: vec![],
             locks: vec![],
         };
+        assert!(s.is_complete());
         s.handle_report(full(1)).expect("taken");
+        // We missed views: our kept maps may be stale, so every bucket we manage
+        // waits on every member again (vopr seed 1504).
+        assert!(!s.is_complete(), "rebuilding after missed views");
         let scan = s.poll_scan().expect("a scan for node 1");
         assert_eq!(scan.buckets, None);
         s.handle_scan(Millis(1), scan.id, vec![]);
@@ -2133,5 +2218,8 @@ mod tests {
         s.handle_delivered(out[0].token);
         s.handle_report(full(1)).expect("taken");
         assert_eq!(s.poll_scan(), None);
+        assert!(!s.is_complete(), "node 2 has not reported yet");
+        s.handle_report(full(2)).expect("taken");
+        assert!(s.is_complete(), "every member reported");
     }
 }
