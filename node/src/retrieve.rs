@@ -55,6 +55,19 @@ impl RetrievalProxy {
         let node = &self.0;
         let deadline = tokio::time::Instant::now() + OPEN_WAIT;
         loop {
+            // A manager of a view we left may still grant this bucket's locks.
+            let held_back = node
+                .manager
+                .with(|s| s.may_lock_here(node.cluster.now(), bucket));
+            if let Err(e) = held_back {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(MailboxError::TempFail(format!(
+                        "mailbox lock not available, try again later ({e})"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
             let manager = node.cluster.view().map.manager(bucket);
             let req = Request::Open {
                 user: user.to_string(),

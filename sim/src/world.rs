@@ -858,11 +858,17 @@ impl<'a> World<'a> {
             self.report.pop_4xx += 1;
             return;
         }
-        let Some(session) = self.soft.node_mut_silent(a).map(|s| s.begin_session(name)) else {
+        let now = Millis((t / 1000.0) as u64);
+        // The front end's own grace: a manager it left behind may still grant this
+        // bucket to its view-mates.
+        let session = self.soft.node_mut_silent(a).and_then(|s| {
+            s.may_lock_here(now, bucket).ok()?;
+            Some(s.begin_session(name))
+        });
+        let Some(session) = session else {
             self.report.pop_4xx += 1;
             return;
         };
-        let now = Millis((t / 1000.0) as u64);
         // The manager's membership lease on its view (no membership: views never
         // go stale, no lease).
         let lease = self

@@ -257,6 +257,10 @@ pub struct SoftState {
     ask_at: Option<Millis>,
     // --- reporter side ---
     sessions: BTreeMap<SessionId, String>,
+    /// Buckets whose manager stayed behind in a view we left, with the end of their
+    /// grace: that manager may grant their locks to its view-mates, who still count
+    /// us as one of them, until it notices we left.
+    deserted: Vec<(Millis, Arc<Vec<u16>>)>,
     session_seq: u64,
     owed: BTreeMap<NodeId, Owed>,
     needs_scan: BTreeSet<NodeId>,
@@ -310,6 +314,7 @@ impl SoftState {
             rebuilding_all: false,
             ask_at: None,
             sessions: BTreeMap::new(),
+            deserted: Vec::new(),
             session_seq: 0,
             owed: BTreeMap::new(),
             needs_scan: BTreeSet::new(),
@@ -372,6 +377,11 @@ impl SoftState {
     fn apply_view(&mut self, now: Millis, view: Arc<ViewInfo>, t: &Transition) {
         let me = self.me;
         let lock_grace_ms = self.config.lock_grace_ms;
+        self.deserted.retain(|(until, _)| now < *until);
+        if !t.deserted.is_empty() {
+            self.deserted
+                .push((now.plus_ms(lock_grace_ms), t.deserted.clone()));
+        }
         // Manager side. Buckets moving to another live manager leave first (they are
         // handed over), then the buckets no longer ours (named by the transition); the
         // rest is scrubbed only if a process left. Waits are groups (see `Waits`), so
@@ -1016,6 +1026,22 @@ impl SoftState {
         }
         for hb in note.buckets {
             self.apply_handed(now, &view, note.from, hb);
+        }
+        Ok(())
+    }
+
+    /// Whether a POP3 session of this node may ask for a lock in `bucket` now. Not
+    /// during the lock grace after we left a view whose manager of the bucket is
+    /// not in ours: it may still grant the lock to a view-mate of ours there, and
+    /// count us as its member too, while our manager grants it to us (`sim vopr`
+    /// seed 6599: a node moved from a partition's view to a merged one).
+    pub fn may_lock_here(&self, now: Millis, bucket: u16) -> Result<(), Refused> {
+        let held_back = self
+            .deserted
+            .iter()
+            .any(|(until, bs)| now < *until && sorted::contains(bs, bucket));
+        if held_back {
+            return Err(Refused::LockGrace(bucket));
         }
         Ok(())
     }
@@ -1926,6 +1952,48 @@ mod tests {
             ..restarted
         };
         assert_eq!(s.open(Millis(0), None, &a, member), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_node_that_left_a_view_takes_no_lock_its_old_manager_may_grant() {
+        // Seed 6599: node 3 left view [2, 3, 4] for [1, 3] (a partition healing
+        // while 2 was paused), and its session locked u1 at 1, while 2, its lease
+        // just renewed in the old view, locked u1 for a session of 4.
+        let grace = SoftStateConfig::default().lock_grace_ms;
+        let old = view(7, &[(2, 20), (3, 30), (4, 40)]);
+        let new = view(8, &[(1, 10), (3, 30)]);
+        let mut s = SoftState::new(3, 30, SoftStateConfig::default());
+        s.install_settled(old.clone(), []);
+        let of_2 = bucket_of(&user_of(&old, 2, 0), B);
+        let of_3 = bucket_of(&user_of(&old, 3, 0), B);
+        assert_eq!(s.may_lock_here(Millis(100), of_2), Ok(()));
+        s.install_view(Millis(1_000), new.clone());
+        let t = Transition::between(Some(&old), &new);
+        assert!(sorted::contains(&t.deserted, of_2));
+        assert!(!sorted::contains(&t.deserted, of_3), "our own buckets");
+        assert_eq!(
+            s.may_lock_here(Millis(1_000), of_2),
+            Err(Refused::LockGrace(of_2))
+        );
+        assert_eq!(
+            s.may_lock_here(Millis(1_000 + grace - 1), of_2),
+            Err(Refused::LockGrace(of_2))
+        );
+        assert_eq!(s.may_lock_here(Millis(1_000), of_3), Ok(()));
+        assert_eq!(s.may_lock_here(Millis(1_000 + grace), of_2), Ok(()));
+        // A further view within the grace keeps it; one without departures adds none.
+        let merged = view(9, &[(1, 10), (2, 20), (3, 30), (4, 40)]);
+        s.install_view(Millis(1_200), merged.clone());
+        assert_eq!(
+            s.may_lock_here(Millis(1_300), of_2),
+            Err(Refused::LockGrace(of_2))
+        );
+        assert!(Transition::between(Some(&new), &merged).deserted.is_empty());
+        // A manager that restarted (same id, new incarnation) grants nothing more.
+        let restarted = view(10, &[(1, 10), (2, 21), (3, 30), (4, 40)]);
+        assert!(Transition::between(Some(&merged), &restarted).deserted.is_empty());
+        // A process's first view leaves nothing behind.
+        assert!(Transition::between(None, &merged).deserted.is_empty());
     }
 
     #[test]

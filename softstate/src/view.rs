@@ -94,6 +94,12 @@ pub struct Transition {
     /// Ids of the previous view whose process is not in the new one (left, or
     /// restarted): dropped from every mail map.
     pub stale: BTreeSet<NodeId>,
+    /// Buckets, ascending, whose previous manager left the view (its id is not in
+    /// the new one; a restarted manager's old process is gone). That manager may
+    /// live on in a view of its own, still counting us as members, and grant
+    /// these buckets' locks there for a while (every bucket when the bucket count
+    /// changed). Shared: every machine installing the pair keeps it for a grace.
+    pub deserted: Arc<Vec<u16>>,
 }
 
 impl Transition {
@@ -176,6 +182,24 @@ impl Transition {
             .filter(|(_, bs)| !bs.is_empty())
             .map(|(m, bs)| (*m, bs))
             .collect();
+        // Every bucket of a departed manager changed manager, so `lost_by` holds
+        // them all; without comparable maps, every bucket if anyone departed.
+        let departed = |m: &NodeId| !next.members.contains_key(m);
+        let deserted: Vec<u16> = match (prev, old_map) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(_)) => crate::sorted::set_of(
+                old_ids
+                    .iter()
+                    .zip(&lost_by)
+                    .filter(|(m, _)| departed(m))
+                    .flat_map(|(_, bs)| bs.iter().copied())
+                    .collect(),
+            ),
+            (Some(p), None) if p.ids.iter().any(departed) => {
+                (0..next.map.buckets()).map(|slot| slot as u16).collect()
+            }
+            (Some(_), None) => Vec::new(),
+        };
         let lost = old_map.map(|_| {
             old_ids
                 .iter()
@@ -204,6 +228,7 @@ impl Transition {
             lost,
             fresh,
             stale,
+            deserted: Arc::new(deserted),
         }
     }
 
