@@ -569,6 +569,15 @@ impl<'a> World<'a> {
             };
             self.prefetch_for(&a);
             self.ahead.push_back(a);
+            // Halfway along, its mailbox has arrived: fetch the records of the nodes
+            // already holding its mail, the candidates placement reads loads of.
+            if let Some(mid) = self.ahead.get(AHEAD / 2) {
+                for n in &self.mailboxes[mid.user as usize].fragments_on {
+                    if let Some(h) = self.m.hw.get(idx(*n)) {
+                        prefetch(h);
+                    }
+                }
+            }
         }
         match self.ahead.pop_front() {
             Some(a) => a,

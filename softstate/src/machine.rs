@@ -1991,7 +1991,11 @@ mod tests {
         assert!(Transition::between(Some(&new), &merged).deserted.is_empty());
         // A manager that restarted (same id, new incarnation) grants nothing more.
         let restarted = view(10, &[(1, 10), (2, 21), (3, 30), (4, 40)]);
-        assert!(Transition::between(Some(&merged), &restarted).deserted.is_empty());
+        assert!(
+            Transition::between(Some(&merged), &restarted)
+                .deserted
+                .is_empty()
+        );
         // A process's first view leaves nothing behind.
         assert!(Transition::between(None, &merged).deserted.is_empty());
     }

@@ -83,12 +83,54 @@ impl<'a> IntoIterator for &'a Machines {
     }
 }
 
+/// What one node holds on "disk": (bucket, user) pairs with live mail or
+/// tombstones. A store appends (the cluster simulator adds one per new holder of a
+/// user, at its message rate); the pairs are sorted and made distinct only when a
+/// scan reads them, which is rare (view changes).
+#[derive(Debug, Default, Clone)]
+pub struct Held {
+    pairs: Vec<(u16, String)>,
+    /// `pairs[..settled]` is ascending and distinct.
+    settled: usize,
+}
+
+impl Held {
+    /// The node now holds fragments of the user in the bucket.
+    pub fn insert(&mut self, pair: (u16, String)) {
+        self.pairs.push(pair);
+    }
+
+    /// The pairs, in no particular order, possibly repeated (use [`Held::settle`]
+    /// first for each once, ascending).
+    pub fn iter(&self) -> std::slice::Iter<'_, (u16, String)> {
+        self.pairs.iter()
+    }
+
+    /// Sort the pairs and drop repeats.
+    pub fn settle(&mut self) {
+        if self.settled < self.pairs.len() {
+            self.pairs.sort_unstable();
+            self.pairs.dedup();
+            self.settled = self.pairs.len();
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Held {
+    type Item = &'a (u16, String);
+    type IntoIter = std::slice::Iter<'a, (u16, String)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 /// The seeded in-process cluster.
 pub struct Sim {
     /// Boxed, so the index itself stays small enough for the cache at 10,000 nodes.
     nodes: Machines,
     /// What each node holds on "disk": (bucket, user) with live mail or tombstones.
-    pub fragments: BTreeMap<NodeId, BTreeSet<(u16, String)>>,
+    pub fragments: BTreeMap<NodeId, Held>,
     /// The view the live nodes installed last.
     pub view: Option<Arc<ViewInfo>>,
     /// Virtual time.
@@ -272,7 +314,8 @@ impl Sim {
             return;
         };
         while let Some(scan) = node.poll_scan() {
-            let users = self.fragments.get(&id).map_or_else(Vec::new, |f| {
+            let users = self.fragments.get_mut(&id).map_or_else(Vec::new, |f| {
+                f.settle();
                 f.iter().filter(|(b, _)| scan.wants(*b)).cloned().collect()
             });
             node.handle_scan(self.now, scan.id, users);

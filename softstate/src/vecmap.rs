@@ -4,24 +4,31 @@
 //! Iteration order is the key order, as with `BTreeMap`. Beside the entries, a
 //! short fingerprint of each key (in the same order) is searched first: one cache
 //! line of fingerprints, then the one entry, instead of a binary search's several
-//! lines of keys.
+//! lines of keys. The fingerprints of a map's first [`PRINTS_INLINE`] keys live in
+//! the map itself, so finding a key in a small map reads the map, then the entry.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
+
+use smallvec::SmallVec;
+
+/// Fingerprints kept inside the map (a bucket's mail maps: users ÷ buckets keys,
+/// about 15 at a million users).
+pub const PRINTS_INLINE: usize = 16;
 
 /// Keys ascending, each once, with their values.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VecMap<K, V> {
     entries: Vec<(K, V)>,
     /// `fingerprint(key)` of each entry, in entry order.
-    prints: Vec<u16>,
+    prints: SmallVec<[u16; PRINTS_INLINE]>,
 }
 
 impl<K, V> Default for VecMap<K, V> {
     fn default() -> Self {
         VecMap {
             entries: Vec::new(),
-            prints: Vec::new(),
+            prints: SmallVec::new(),
         }
     }
 }
