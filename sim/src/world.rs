@@ -46,20 +46,12 @@ struct Arrival {
     bucket: u16,
     /// The message's size.
     bytes: u64,
+    /// The manager of its bucket in its first node's view when drawn (0: none), for
+    /// the cache hints only: the delivery looks it up again.
+    manager_hint: NodeId,
 }
 
-/// Start loading the cache line at `p`: a hint that changes nothing else.
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 reads no memory architecturally and never faults, whatever
-    // the address; it only asks the cache for the line.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast())
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
+use softstate::hint::{prefetch, prefetch_record};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -553,30 +545,32 @@ impl<'a> World<'a> {
                 .any(|k| *k > from_us && *k <= to_us)
     }
 
-    /// The next SMTP client; the one [`AHEAD`] behind it is drawn now and what its
-    /// delivery will read is prefetched.
+    /// The next SMTP client; the one [`AHEAD`] behind it is drawn now. What the
+    /// clients in between will read is prefetched in stages, each loading what the
+    /// previous one brought in points to.
     fn next_arrival(&mut self) -> Arrival {
         while self.ahead.len() <= AHEAD {
             let first_pick = self.workload_rng.below(self.cfg.nodes as usize) as NodeId + 1;
             let user = self.zipf.draw(&mut self.workload_rng);
             let bytes = size(&self.cfg.size, &mut self.workload_rng);
             let bucket = bucket_of(NameBuf::default().name(user), BUCKETS);
+            let manager_hint = self.views[idx(first_pick)]
+                .as_ref()
+                .map_or(0, |v| v.map.manager(bucket));
             let a = Arrival {
                 first_pick,
                 user,
                 bucket,
                 bytes,
+                manager_hint,
             };
-            self.prefetch_for(&a);
+            self.prefetch_drawn(&a);
             self.ahead.push_back(a);
-            // Halfway along, its mailbox has arrived: fetch the records of the nodes
-            // already holding its mail, the candidates placement reads loads of.
             if let Some(mid) = self.ahead.get(AHEAD / 2) {
-                for n in &self.mailboxes[mid.user as usize].fragments_on {
-                    if let Some(h) = self.m.hw.get(idx(*n)) {
-                        prefetch(h);
-                    }
-                }
+                self.prefetch_midway(mid);
+            }
+            if let Some(near) = self.ahead.get(2) {
+                self.prefetch_near(near);
             }
         }
         match self.ahead.pop_front() {
@@ -585,25 +579,39 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Prefetch what `a`'s delivery reads first: its mailbox, its node's and its
-    /// manager's records, the manager's soft state.
-    fn prefetch_for(&self, a: &Arrival) {
-        let mb: *const Mailbox = &self.mailboxes[a.user as usize];
-        prefetch(mb);
-        prefetch(mb.cast::<u8>().wrapping_add(64));
-        let i = idx(a.first_pick);
-        prefetch(&self.m.hw[i]);
-        if let Some(v) = &self.views[i] {
-            let manager = v.map.manager(a.bucket);
-            if let Some(h) = self.m.hw.get(idx(manager)) {
-                prefetch(h);
+    /// Just drawn: its mailbox, its node's and its manager's records, the manager's
+    /// soft state.
+    fn prefetch_drawn(&self, a: &Arrival) {
+        prefetch_record(&self.mailboxes[a.user as usize]);
+        prefetch_record(&self.m.hw[idx(a.first_pick)]);
+        if let Some(h) = self.m.hw.get(idx(a.manager_hint)) {
+            prefetch_record(h);
+        }
+        if let Some(s) = self.soft.nodes().get(&a.manager_hint) {
+            let p: *const softstate::SoftState = s;
+            for line in 0..4 {
+                prefetch(p.cast::<u8>().wrapping_add(64 * line));
             }
-            if let Some(s) = self.soft.nodes().get(&manager) {
-                let p: *const softstate::SoftState = s;
-                for line in 0..4 {
-                    prefetch(p.cast::<u8>().wrapping_add(64 * line));
-                }
+        }
+    }
+
+    /// Halfway: the records of the nodes already holding its mail (the candidates
+    /// whose loads placement reads), and the manager's record of its bucket.
+    fn prefetch_midway(&self, a: &Arrival) {
+        for n in &self.mailboxes[a.user as usize].fragments_on {
+            if let Some(h) = self.m.hw.get(idx(*n)) {
+                prefetch_record(h);
             }
+        }
+        if let Some(s) = self.soft.nodes().get(&a.manager_hint) {
+            s.prefetch_bucket(a.bucket);
+        }
+    }
+
+    /// Nearly due: the user's mail map at the manager.
+    fn prefetch_near(&self, a: &Arrival) {
+        if let Some(s) = self.soft.nodes().get(&a.manager_hint) {
+            s.prefetch_mail_map(a.bucket, NameBuf::default().name(a.user));
         }
     }
 

@@ -27,11 +27,13 @@
 //!   (one bucket list and its nodes per view change) instead of a set per bucket.
 //! - `sorted` (private): bucket sets as sorted `Vec<u16>`s.
 //! - [`place`]: placement cost flat in N (mail map + power-of-two-choices samples).
+//! - [`hint`]: cache prefetch hints for drivers that know their next requests.
 //! - [`sim`]: the seeded in-process cluster of machines with an in-memory fragment
 //!   model and the ground-truth checker (tests, `corebench`, the simulator).
 #![warn(missing_docs)]
 
 pub mod fragments;
+pub mod hint;
 pub mod listing;
 pub mod load;
 pub mod machine;

@@ -1524,6 +1524,23 @@ impl SoftState {
         })
     }
 
+    /// A hint (see [`crate::hint`]): start loading the record of `bucket`, which a
+    /// coming placement or lock in it reads. Changes nothing.
+    pub fn prefetch_bucket(&self, bucket: u16) {
+        if let Some(b) = self.buckets.get(&bucket) {
+            crate::hint::prefetch_record(b);
+        }
+    }
+
+    /// A hint (see [`crate::hint`]): start loading `user`'s mail map in `bucket`
+    /// (best after [`SoftState::prefetch_bucket`] has had time to work). Changes
+    /// nothing.
+    pub fn prefetch_mail_map(&self, bucket: u16, user: &str) {
+        if let Some(b) = self.buckets.get(&bucket) {
+            b.users.prefetch(user);
+        }
+    }
+
     /// Choose `count` live nodes outside `holders` for extra copies of a message that
     /// has too few (repair), least loaded first; cost independent of the view's size.
     /// The caller records each copy that lands with [`SoftState::add`].

@@ -85,6 +85,18 @@ impl<K: Ord + Hash, V> VecMap<K, V> {
         }
     }
 
+    /// Start loading the entry of `key`, if there is one (a [`crate::hint`]).
+    pub fn prefetch<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Ord + Hash + ?Sized,
+    {
+        let print = fingerprint(key);
+        if let Some(i) = self.prints.iter().position(|p| *p == print) {
+            crate::hint::prefetch_record(&self.entries[i]);
+        }
+    }
+
     fn insert_at(&mut self, i: usize, key: K, value: V) {
         self.prints.insert(i, fingerprint(&key));
         self.entries.insert(i, (key, value));
