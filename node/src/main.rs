@@ -614,8 +614,14 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e),
         },
         Command::Sim { command } => tokio::task::block_in_place(|| match command {
-            SimCommand::Run(args) => node::simcli::run(&args),
-            SimCommand::Scenario(args) => node::simcli::scenario(&args),
+            SimCommand::Run(args) => {
+                node::simcli::reexec_with_huge_pages();
+                node::simcli::run(&args)
+            }
+            SimCommand::Scenario(args) => {
+                node::simcli::reexec_with_huge_pages();
+                node::simcli::scenario(&args)
+            }
             SimCommand::Vopr(args) => node::simcli::vopr(&args),
         }),
         Command::Ca {

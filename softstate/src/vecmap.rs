@@ -4,8 +4,8 @@
 //! Iteration order is the key order, as with `BTreeMap`. Beside the entries, a
 //! short fingerprint of each key (in the same order) is searched first: one cache
 //! line of fingerprints, then the one entry, instead of a binary search's several
-//! lines of keys. The fingerprints of a map's first [`PRINTS_INLINE`] keys live in
-//! the map itself, so finding a key in a small map reads the map, then the entry.
+//! lines of keys. A map of up to [`PRINTS_INLINE`] keys keeps its fingerprints in
+//! itself, so finding a key in it reads the map, then the entry.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -13,8 +13,8 @@ use std::hash::{Hash, Hasher};
 use smallvec::SmallVec;
 
 /// Fingerprints kept inside the map (a bucket's mail maps: users ÷ buckets keys,
-/// about 15 at a million users).
-pub const PRINTS_INLINE: usize = 16;
+/// about 15 at a million users, more than 24 in one of 70 buckets).
+pub const PRINTS_INLINE: usize = 24;
 
 /// Keys ascending, each once, with their values.
 #[derive(Clone, PartialEq, Eq)]
