@@ -51,7 +51,7 @@ struct Arrival {
     manager_hint: NodeId,
 }
 
-use softstate::hint::{prefetch, prefetch_record};
+use softstate::hint::prefetch_record;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
@@ -579,19 +579,21 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Node `id`'s record, if there is such a node (hints may name none: 0).
+    fn hw_of(&self, id: NodeId) -> Option<&Hw> {
+        self.m.hw.get(usize::try_from(id.checked_sub(1)?).ok()?)
+    }
+
     /// Just drawn: its mailbox, its node's and its manager's records, the manager's
     /// soft state.
     fn prefetch_drawn(&self, a: &Arrival) {
         prefetch_record(&self.mailboxes[a.user as usize]);
         prefetch_record(&self.m.hw[idx(a.first_pick)]);
-        if let Some(h) = self.m.hw.get(idx(a.manager_hint)) {
+        if let Some(h) = self.hw_of(a.manager_hint) {
             prefetch_record(h);
         }
         if let Some(s) = self.soft.nodes().get(&a.manager_hint) {
-            let p: *const softstate::SoftState = s;
-            for line in 0..4 {
-                prefetch(p.cast::<u8>().wrapping_add(64 * line));
-            }
+            s.prefetch_place();
         }
     }
 
@@ -599,7 +601,7 @@ impl<'a> World<'a> {
     /// whose loads placement reads), and the manager's record of its bucket.
     fn prefetch_midway(&self, a: &Arrival) {
         for n in &self.mailboxes[a.user as usize].fragments_on {
-            if let Some(h) = self.m.hw.get(idx(*n)) {
+            if let Some(h) = self.hw_of(*n) {
                 prefetch_record(h);
             }
         }

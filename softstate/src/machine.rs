@@ -1524,6 +1524,19 @@ impl SoftState {
         })
     }
 
+    /// A hint (see [`crate::hint`]): start loading the fields of this machine that
+    /// a placement reads. Changes nothing.
+    pub fn prefetch_place(&self) {
+        use crate::hint::prefetch;
+        prefetch(&self.view);
+        prefetch(&self.config.balance);
+        prefetch(&self.buckets);
+        prefetch(&self.unplaceable);
+        prefetch(&self.tie_break);
+        prefetch(&self.rng);
+        prefetch(&self.stats);
+    }
+
     /// A hint (see [`crate::hint`]): start loading the record of `bucket`, which a
     /// coming placement or lock in it reads. Changes nothing.
     pub fn prefetch_bucket(&self, bucket: u16) {
