@@ -510,6 +510,9 @@ fn record_gauges(node: &Node) {
     metrics::gauge!("porcupine_segment_bytes").set(stats.segment_bytes as f64);
     metrics::counter!("porcupine_storage_batches_total").absolute(stats.batches);
     metrics::counter!("porcupine_storage_write_requests_total").absolute(stats.write_requests);
+    metrics::counter!("porcupine_storage_commit_microseconds_total").absolute(stats.commit_micros);
+    metrics::counter!("porcupine_storage_commit_cpu_microseconds_total")
+        .absolute(stats.commit_cpu_micros);
     metrics::gauge!("porcupine_load").set(f64::from(softstate::queue_of(node.load())));
     metrics::gauge!("porcupine_disk_free_bytes").set(node.disk.free_bytes() as f64);
     metrics::gauge!("porcupine_disk_nearly_full").set(f64::from(u8::from(node.disk.nearly_full())));

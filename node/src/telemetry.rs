@@ -141,6 +141,14 @@ fn describe() {
         "porcupine_storage_write_requests_total",
         "Store append and delete requests served since start"
     );
+    describe_counter!(
+        "porcupine_storage_commit_microseconds_total",
+        "Time the store's writer spent in group commits since start (appends, fdatasync, index update), microseconds"
+    );
+    describe_counter!(
+        "porcupine_storage_commit_cpu_microseconds_total",
+        "CPU the store's writer thread spent in group commits since start (sled's own threads not included), microseconds"
+    );
     describe_gauge!(
         "porcupine_disk_free_bytes",
         "Free bytes on the data directory's file system"

@@ -21,6 +21,14 @@ pub struct StoreStats {
     pub batches: u64,
     /// `append`/`delete` calls served since open.
     pub write_requests: u64,
+    /// Time the writer spent in group commits since open (from taking a batch to
+    /// answering it: appends, fdatasync, index update), microseconds.
+    #[serde(default)]
+    pub commit_micros: u64,
+    /// CPU the writer thread itself spent in those group commits, microseconds
+    /// (sled's own threads not included).
+    #[serde(default)]
+    pub commit_cpu_micros: u64,
     /// `append`/`delete` calls queued for the writer and not yet answered (a
     /// measure of disk load).
     pub pending_write_requests: u64,
@@ -46,6 +54,8 @@ pub(crate) struct Counters {
     syncs: AtomicU64,
     batches: AtomicU64,
     write_requests: AtomicU64,
+    commit_micros: AtomicU64,
+    commit_cpu_micros: AtomicU64,
     pending_write_requests: AtomicU64,
     compacted_segments: AtomicU64,
     compacted_bytes: AtomicU64,
@@ -130,6 +140,13 @@ impl Counters {
         self.write_requests.fetch_add(requests, Ordering::Relaxed);
     }
 
+    /// One group commit took `wall_micros`, `cpu_micros` of them on the writer's CPU.
+    pub(crate) fn add_commit_time(&self, wall_micros: u64, cpu_micros: u64) {
+        self.commit_micros.fetch_add(wall_micros, Ordering::Relaxed);
+        self.commit_cpu_micros
+            .fetch_add(cpu_micros, Ordering::Relaxed);
+    }
+
     /// A write request was queued for the writer.
     pub(crate) fn add_pending(&self) {
         self.pending_write_requests.fetch_add(1, Ordering::Relaxed);
@@ -149,6 +166,8 @@ impl Counters {
             syncs: self.syncs.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             write_requests: self.write_requests.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
+            commit_cpu_micros: self.commit_cpu_micros.load(Ordering::Relaxed),
             pending_write_requests: self.pending_write_requests.load(Ordering::Relaxed),
             compacted_segments: self.compacted_segments.load(Ordering::Relaxed),
             compacted_bytes: self.compacted_bytes.load(Ordering::Relaxed),

@@ -73,6 +73,15 @@ async fn append_list_read_are_byte_exact() {
         stats.syncs >= 2,
         "each acknowledged append was synced: {stats:?}"
     );
+    // Two group commits, each with a 10 MiB or a small append and an fdatasync:
+    // the writer's time in them is counted, and its own CPU is part of that time.
+    assert!(stats.batches >= 2, "{stats:?}");
+    assert!(stats.commit_micros > 0, "{stats:?}");
+    assert!(stats.commit_cpu_micros > 0, "{stats:?}");
+    assert!(
+        stats.commit_cpu_micros <= stats.commit_micros + 1_000,
+        "{stats:?}"
+    );
     store.close().await.unwrap();
 }
 
