@@ -55,30 +55,27 @@ impl RetrievalProxy {
         let node = &self.0;
         let deadline = tokio::time::Instant::now() + OPEN_WAIT;
         loop {
-            // A manager of a view we left may still grant this bucket's locks.
+            // A manager of a view we left may still grant this bucket's locks: wait
+            // as for a manager's refusal.
             let held_back = node
                 .manager
                 .with(|s| s.may_lock_here(node.cluster.now(), bucket));
-            if let Err(e) = held_back {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(MailboxError::TempFail(format!(
-                        "mailbox lock not available, try again later ({e})"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            let manager = node.cluster.view().map.manager(bucket);
-            let req = Request::Open {
-                user: user.to_string(),
-                bucket,
-                session,
-            };
-            let why = match node.call(manager, req).await {
-                Ok(Response::MailMap(map)) => return Ok(map),
-                Ok(Response::InUse) => return Err(MailboxError::InUse),
-                Ok(other) => format!("{other:?}"),
+            let why = match held_back {
                 Err(e) => e.to_string(),
+                Ok(()) => {
+                    let manager = node.cluster.view().map.manager(bucket);
+                    let req = Request::Open {
+                        user: user.to_string(),
+                        bucket,
+                        session,
+                    };
+                    match node.call(manager, req).await {
+                        Ok(Response::MailMap(map)) => return Ok(map),
+                        Ok(Response::InUse) => return Err(MailboxError::InUse),
+                        Ok(other) => format!("{other:?}"),
+                        Err(e) => e.to_string(),
+                    }
+                }
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(MailboxError::TempFail(format!(
