@@ -280,10 +280,15 @@ impl Cluster {
         }
     }
 
-    /// Last known load figure of a node (0 when unknown), nearly-full flag included
-    /// (see [`softstate::queue_of`] for the queue alone).
+    /// A node's load figure as of now, nearly-full flag included (see
+    /// [`softstate::queue_of`] for the queue alone): the last one heard, its queue
+    /// counted as idle once older than [`LOAD_FIGURE_AGE_MAX_MS`] (0 when unknown).
     pub fn load_of(&self, id: NodeId) -> u32 {
-        self.loads.lock().map(|l| l.load_of(id)).unwrap_or(0)
+        let now = self.now();
+        self.loads
+            .lock()
+            .map(|l| l.load_at(id, now, LOAD_FIGURE_AGE_MAX_MS))
+            .unwrap_or(0)
     }
 
     /// The nodes whose newest load figure says their disk is nearly full; this node
@@ -321,6 +326,11 @@ pub const JOIN_WAIT_MAX_MS: u64 = 30_000;
 /// How often gossiped load figures are copied into the load table, in milliseconds
 /// (figures from RPC replies go in at once).
 const LOADS_PUBLISH_MS: u64 = 250;
+
+/// How long a load figure's queue part counts, in milliseconds: a few membership
+/// pings (500 ms apart by default), so a ring neighbour's figure is always fresh, and
+/// a figure from a burst long past no longer keeps placement away from a node.
+pub const LOAD_FIGURE_AGE_MAX_MS: u64 = 5_000;
 
 /// Most inputs queued for the membership driver (a coordinator of a 10,000-node view
 /// receives one Accept per member in a round).

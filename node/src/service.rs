@@ -161,7 +161,8 @@ impl Node {
         self.manager.with(|s| s.end_session(id))
     }
 
-    /// This node's load figure: requests being served now plus disk writes queued,
+    /// This node's load figure: mail-store requests being served now
+    /// ([`Request::touches_store`]) plus disk writes queued,
     /// with the nearly-full flag when the data dir's free space is below the reserve
     /// (see [`softstate::encode_figure`]).
     pub fn load(&self) -> u32 {
@@ -207,7 +208,8 @@ impl Node {
         Ok(response)
     }
 
-    /// Serve one request, counted in this node's load while it runs.
+    /// Serve one request, counted in this node's load while it runs if it may wait
+    /// on the mail store ([`Request::touches_store`]).
     pub(crate) async fn serve(&self, req: Request) -> Response {
         // A guard, not a decrement after the await: a caller that times out drops this
         // future mid-way, and the load figure must not keep the abandoned request.
@@ -216,6 +218,9 @@ impl Node {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        if !req.touches_store() {
+            return self.dispatch(req).await;
         }
         self.inflight.fetch_add(1, Ordering::Relaxed);
         let _guard = InFlight(&self.inflight);

@@ -82,6 +82,19 @@ impl LoadTable {
         self.figures.get(&node).map_or(0, |f| f.load)
     }
 
+    /// The figure of `node` as placement should weigh it at `now`: its queue part
+    /// counts only while the figure is at most `max_age_ms` old. An old queue says
+    /// nothing of the node now, and kept for ever it would steer placement away from a
+    /// node nobody calls any more (so nobody hears a newer figure). The nearly-full
+    /// flag stays until a newer figure clears it: placing on a full node fails.
+    pub fn load_at(&self, node: NodeId, now: Millis, max_age_ms: u64) -> u32 {
+        match self.figures.get(&node) {
+            None => 0,
+            Some(f) if now.0.saturating_sub(f.at.0) <= max_age_ms => f.load,
+            Some(f) => f.load & NEARLY_FULL_FLAG,
+        }
+    }
+
     /// The newest figure of `node` with its time, if any.
     pub fn figure(&self, node: NodeId) -> Option<Figure> {
         self.figures.get(&node).copied()
@@ -112,6 +125,24 @@ impl LoadTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_queue_counts_as_idle_but_an_old_full_flag_stays() {
+        let mut t = LoadTable::new();
+        assert_eq!(t.load_at(1, Millis(0), 1_000), 0);
+        t.observe(1, 9, Millis(100));
+        assert_eq!(t.load_at(1, Millis(1_100), 1_000), 9);
+        assert_eq!(t.load_at(1, Millis(1_101), 1_000), 0);
+        // A clock read before the figure's own time (another thread) is not "old".
+        assert_eq!(t.load_at(1, Millis(50), 1_000), 9);
+        let full = encode_figure(4, true);
+        t.observe(2, full, Millis(100));
+        assert_eq!(t.load_at(2, Millis(500), 1_000), full);
+        assert_eq!(t.load_at(2, Millis(5_000), 1_000), NEARLY_FULL_FLAG);
+        assert!(is_nearly_full(t.load_at(2, Millis(5_000), 1_000)));
+        // The plain reading is the newest figure, however old.
+        assert_eq!(t.load_of(1), 9);
+    }
 
     #[test]
     fn newest_figure_wins_whatever_the_arrival_order() {

@@ -109,6 +109,36 @@ pub enum Request {
     Registry(Vec<u8>),
 }
 
+impl Request {
+    /// Whether serving this request may wait on this node's mail store: what its
+    /// load figure counts (Porcupine's measure, pending requests that may touch the
+    /// disk). Control traffic (membership, placement, locks, soft-state reports,
+    /// registry heartbeats) is cheap and would only add noise: a manager counting
+    /// the `Place` it is serving would never place on itself when idle.
+    pub fn touches_store(&self) -> bool {
+        match self {
+            Request::Store { .. }
+            | Request::Read { .. }
+            | Request::Delete { .. }
+            | Request::Purge { .. }
+            | Request::List { .. } => true,
+            Request::Membership(_)
+            | Request::Place { .. }
+            | Request::Open { .. }
+            | Request::MailMap { .. }
+            | Request::Close { .. }
+            | Request::Report(_)
+            | Request::Announce(_)
+            | Request::Ask(_)
+            | Request::Handoff(_)
+            | Request::Forget { .. }
+            | Request::Drain { .. }
+            | Request::Status
+            | Request::Registry(_) => false,
+        }
+    }
+}
+
 /// An answer to a [`Request`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
