@@ -77,11 +77,6 @@ impl LoadTable {
         }
     }
 
-    /// The newest figure of `node`, 0 when never heard of.
-    pub fn load_of(&self, node: NodeId) -> u32 {
-        self.figures.get(&node).map_or(0, |f| f.load)
-    }
-
     /// The figure of `node` as placement should weigh it at `now`: its queue part
     /// counts only while the figure is at most `max_age_ms` old. An old queue says
     /// nothing of the node now, and kept for ever it would steer placement away from a
@@ -126,6 +121,11 @@ impl LoadTable {
 mod tests {
     use super::*;
 
+    /// The newest figure's load, however old (0 when never heard of).
+    fn newest(t: &LoadTable, node: NodeId) -> u32 {
+        t.figure(node).map_or(0, |f| f.load)
+    }
+
     #[test]
     fn an_old_queue_counts_as_idle_but_an_old_full_flag_stays() {
         let mut t = LoadTable::new();
@@ -141,18 +141,18 @@ mod tests {
         assert_eq!(t.load_at(2, Millis(5_000), 1_000), NEARLY_FULL_FLAG);
         assert!(is_nearly_full(t.load_at(2, Millis(5_000), 1_000)));
         // The plain reading is the newest figure, however old.
-        assert_eq!(t.load_of(1), 9);
+        assert_eq!(newest(&t, 1), 9);
     }
 
     #[test]
     fn newest_figure_wins_whatever_the_arrival_order() {
         let mut t = LoadTable::new();
-        assert_eq!(t.load_of(1), 0);
+        assert_eq!(newest(&t, 1), 0);
         // A reply at 100 ms says 7.
         assert!(t.observe(1, 7, Millis(100)));
         // Gossip heard at 40 ms (republished after the reply) must not overwrite it.
         assert!(!t.observe(1, 3, Millis(40)));
-        assert_eq!(t.load_of(1), 7);
+        assert_eq!(newest(&t, 1), 7);
         // Newer gossip does.
         assert!(t.observe(1, 2, Millis(150)));
         assert_eq!(
@@ -164,10 +164,10 @@ mod tests {
         );
         // Same time: the later input replaces.
         assert!(t.observe(1, 9, Millis(150)));
-        assert_eq!(t.load_of(1), 9);
+        assert_eq!(newest(&t, 1), 9);
         t.observe(2, 1, Millis(1));
         t.retain(|id| id != 1);
-        assert_eq!((t.len(), t.load_of(1), t.load_of(2)), (1, 0, 1));
+        assert_eq!((t.len(), newest(&t, 1), newest(&t, 2)), (1, 0, 1));
     }
 
     #[test]
